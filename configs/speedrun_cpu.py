@@ -1,0 +1,68 @@
+"""CPU speedrun: a ~0.85M-parameter byte-level GPT on the built-in CPython-stdlib corpus.
+
+  python -m experiments.train --config=configs/speedrun_cpu.py --workdir=runs/speedrun_cpu
+
+800 AdamW steps, batch 32 x 128 bytes; about six minutes on two CPU cores. Override any field,
+e.g. `--config.optimizer.learning_rate=1e-3 --config.train.steps=400`.
+"""
+
+import ml_collections
+
+FieldReference = ml_collections.FieldReference
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 256
+  c.model.num_layers = 4
+  c.model.width = 128
+  c.model.num_heads = 4
+  c.model.mlp_ratio = 4
+  c.model.max_seq_len = 128
+  c.model.rope_base = 10000.0
+  c.model.logit_softcap = FieldReference(None, field_type=float)
+  c.model.remat = False
+  c.model.dtype = "float32"
+  c.model.init_std = FieldReference(None, field_type=float)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "stdlib"  # "stdlib" (built-in corpus) or "bin" (FineWeb-style shards)
+  c.data.train_glob = FieldReference(None, field_type=str)  # for source="bin"
+  c.data.val_glob = FieldReference(None, field_type=str)  # for source="bin"
+  c.data.cache_dir = FieldReference(None, field_type=str)  # None: <workdir>/data
+  c.data.seq_len = 128
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "warmup_cosine"  # "warmup_cosine", "wsd" or "constant"
+  c.schedule.warmup_steps = 50
+  c.schedule.final_lr_fraction = 0.0  # lr at the last step, as a fraction of the peak
+  c.schedule.decay_fraction = 0.2  # wsd only: fraction of the steps spent decaying
+  # Linear scaling rule (Goyal et al. 2017): peak lr *= global_batch / base_batch_size.
+  c.schedule.base_batch_size = FieldReference(None, field_type=int)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 800
+  c.train.batch_size = 32  # global batch, in sequences
+  c.train.grad_accum_steps = 1
+  c.train.grad_clip_norm = FieldReference(None, field_type=float)
+  c.train.eval_every = 100
+  c.train.eval_batches = 16
+  c.train.log_every = 25
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: every device on the `data` axis
+  return c

@@ -1,0 +1,173 @@
+"""A NanoGPT-style decoder-only transformer in Flax NNX.
+
+The architecture follows the modded-nanogpt speedrun (Keller Jordan et al., 2024): rotary
+position embeddings (Su et al., 2021, arXiv 2104.09864), RMSNorm (Zhang & Sennrich, 2019),
+QK-norm (Henry et al., 2020), ReLU^2 MLP (So et al., 2021, arXiv 2109.08668), zero-initialized
+output projections, an untied head and an optional logit soft-cap (Gemma 2).
+
+Training code never sees the Flax module: `init_params` returns a plain nested dict of arrays
+and `apply` maps (params, tokens) to logits. Every 2-D kernel is stored as (fan_in, fan_out), so
+optimizers that need matrix orientation (Muon, Shampoo) can rely on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  vocab_size: int = 256
+  num_layers: int = 4
+  width: int = 128
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  max_seq_len: int = 128
+  rope_base: float = 10000.0
+  logit_softcap: float | None = None  # None or 0 disables the cap.
+  remat: bool = False
+  dtype: str = "float32"  # compute dtype; parameters stay float32.
+  init_std: float | None = None  # None: 1/sqrt(width).
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> "GPTConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(cfg)
+    unknown = set(values) - fields
+    if unknown:
+      raise ValueError(
+          f"Unknown model config keys {sorted(unknown)}; valid keys: {sorted(fields)}")
+    return cls(**values)
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
+    if (self.width // self.num_heads) % 2:
+      raise ValueError("the head dimension must be even for rotary embeddings")
+
+
+def _rms_norm(x, eps=1e-6):
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+def _rotary(x_BxTxNxH, base: float):
+  """Rotates pairs (x[..., :H/2], x[..., H/2:]) by position-dependent angles."""
+  _, t, _, h = x_BxTxNxH.shape
+  inv_freq = 1.0 / (base ** (jnp.arange(0, h // 2, dtype=jnp.float32) / (h // 2)))
+  angles_TxF = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  cos = jnp.cos(angles_TxF)[None, :, None, :]
+  sin = jnp.sin(angles_TxF)[None, :, None, :]
+  x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, std = cfg.width, cfg.init_std or cfg.width ** -0.5
+    init = nnx.initializers.normal(std)
+    dtype = jnp.dtype(cfg.dtype)
+    self.q = nnx.Linear(d, d, use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
+    self.k = nnx.Linear(d, d, use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
+    self.v = nnx.Linear(d, d, use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(d, d, use_bias=False, kernel_init=nnx.initializers.zeros,
+                           dtype=dtype, rngs=rngs)
+    self.num_heads = cfg.num_heads
+    self.rope_base = cfg.rope_base
+
+  def __call__(self, x_BxTxD):
+    b, t, d = x_BxTxD.shape
+    shape = (b, t, self.num_heads, d // self.num_heads)
+    q = _rotary(_rms_norm(self.q(x_BxTxD).reshape(shape)), self.rope_base)
+    k = _rotary(_rms_norm(self.k(x_BxTxD).reshape(shape)), self.rope_base)
+    v = self.v(x_BxTxD).reshape(shape)
+    y_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return self.proj(y_BxTxNxH.reshape(b, t, d))
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, std = cfg.width, cfg.init_std or cfg.width ** -0.5
+    dtype = jnp.dtype(cfg.dtype)
+    self.fc = nnx.Linear(d, cfg.mlp_ratio * d, use_bias=False,
+                         kernel_init=nnx.initializers.normal(std), dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(cfg.mlp_ratio * d, d, use_bias=False,
+                           kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.proj(jnp.square(jax.nn.relu(self.fc(x))))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x):
+    x = x + self.attn(self.attn_norm(x))
+    return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nnx.Module):
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.width,
+                           embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+    self.lm_head = nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False,
+                              kernel_init=nnx.initializers.normal(cfg.width ** -0.5),
+                              rngs=rngs)
+
+  def __call__(self, tokens_BxT):
+    cfg = self.cfg
+    x = self.embed(tokens_BxT).astype(jnp.dtype(cfg.dtype))
+    for block in self.blocks:
+      if cfg.remat:
+        x = nnx.remat(lambda blk, h: blk(h))(block, x)
+      else:
+        x = block(x)
+    logits_BxTxV = self.lm_head(self.final_norm(x)).astype(jnp.float32)
+    if cfg.logit_softcap:
+      logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
+    return logits_BxTxV
+
+
+def init_params(cfg: GPTConfig, key: jax.Array) -> dict:
+  """Returns the model's parameters as a plain nested dict of arrays."""
+  model = GPT(cfg, rngs=nnx.Rngs(params=key))
+  return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def apply(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
+  """Logits (float32) of a (batch, time) array of token ids."""
+  graphdef, abstract_state = nnx.split(
+      nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0))))
+  abstract_state.replace_by_pure_dict(params)
+  model = nnx.merge(graphdef, abstract_state)
+  return model(tokens_BxT)
+
+
+def loss_fn(cfg: GPTConfig, params: dict, batch_Bx_T1: jax.Array) -> jax.Array:
+  """Mean next-token cross entropy in nats per token; the batch holds T+1 tokens per row."""
+  inputs, targets = batch_Bx_T1[:, :-1], batch_Bx_T1[:, 1:]
+  logits = apply(cfg, params, inputs)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return jnp.mean(nll)
+
+
+def num_params(params: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

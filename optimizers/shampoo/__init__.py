@@ -1,0 +1,1 @@
+"""Shampoo and SOAP: placeholder, filled in by its issue."""
