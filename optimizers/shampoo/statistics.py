@@ -1,0 +1,57 @@
+"""Kronecker-factor statistics of a tensor block, and products of a block with its factors.
+
+For a block G of rank k, the factor of dimension i is the contraction of G with itself over
+every other dimension: `G G^T` (rows) and `G^T G` (columns) for a matrix. Written by hand:
+optax has no Kronecker-factored statistics.
+
+References:
+  Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
+  ICML 2018, arXiv 1802.09568.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def factor_products(block: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
+  """`[G_(i) G_(i)^T for i in dims]`, G_(i) the mode-i unfolding of `block` (float32)."""
+  block = block.astype(jnp.float32)
+  out = []
+  for i in dims:
+    others = [j for j in range(block.ndim) if j != i]
+    out.append(jnp.tensordot(block, block, axes=(others, others), precision=_HIGHEST))
+  return out
+
+
+def update_factors(factors: Sequence[jax.Array], block: jax.Array, dims: Sequence[int],
+                   b2: float) -> tuple[jax.Array, ...]:
+  """F_i <- b2 F_i + (1 - b2) G_(i) G_(i)^T, or the plain sum F_i + G_(i) G_(i)^T if b2 == 1."""
+  products = factor_products(block, dims)
+  if b2 == 1.0:
+    return tuple(f + gg for f, gg in zip(factors, products))
+  return tuple(b2 * f + (1.0 - b2) * gg for f, gg in zip(factors, products))
+
+
+def mode_products(block: jax.Array, matrices: Sequence[jax.Array | None],
+                  transpose: bool = False) -> jax.Array:
+  """`block x_1 A_1 x_2 A_2 ...`: every dimension i multiplied by `matrices[i]`.
+
+  Without `transpose`, dimension i of the result is `sum_a block[..a..] A_i[a, b]` (so
+  `A_1^T G A_2` for a matrix); with `transpose`, `A_i` is used transposed (`A_1 G A_2^T`).
+  A `None` leaves that dimension as it is. Each contraction takes the first axis and appends
+  the new one last, so after all of them the axes are back in order.
+  """
+  for mat in matrices:
+    if mat is None:
+      block = jnp.moveaxis(block, 0, -1)
+    else:
+      block = jnp.tensordot(block, mat, axes=([0], [1 if transpose else 0]),
+                            precision=_HIGHEST)
+  return block
