@@ -1,1 +1,192 @@
-"""Placeholder: filled in by its issue."""
+"""Muon: momentum orthogonalized by Newton–Schulz, for hidden-layer matrices; AdamW elsewhere.
+
+Registry entries:
+  muon        this implementation (Keller Jordan's reference update, batched Newton–Schulz,
+              optional Gram iteration for rectangular matrices, safe default routing).
+  optax_muon  `optax.contrib.muon` behind the same routing and hyperparameter names, for
+              comparisons "given the same tuning and routing".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers import newton_schulz
+from optimizers import routing
+from optimizers._registry import register
+
+SCALES = ("original", "match_adamw_rms")
+
+
+def _shape_scale(scale: str, fan_in: int, fan_out: int) -> float:
+  if scale == "original":
+    return max(1.0, fan_out / fan_in) ** 0.5
+  if scale == "match_adamw_rms":
+    return 0.2 * max(fan_in, fan_out) ** 0.5
+  raise ValueError(f"unknown scale {scale!r}; choose from {SCALES}")
+
+
+def scale_by_newton_schulz(
+    *, ns_coeffs: str | Sequence[Any] = "quintic", ns_steps: int = 5,
+    ns_dtype: Any = "float32", gram_ns: bool = False, scale: str = "original",
+    dimension_numbers: routing.DimNumRule | Any | None = None,
+) -> optax.GradientTransformation:
+  """Replaces each matrix update by its Newton–Schulz orthogonalization times a shape scale.
+
+  u <- s(fan_in, fan_out) * NS(u),  with s = sqrt(max(1, fan_out / fan_in)) ("original") or
+  0.2 sqrt(max(fan_in, fan_out)) ("match_adamw_rms"). Leaves are viewed as (batch, fan_in,
+  fan_out) stacks by their dimension numbers (`routing`); stacks of the same matrix shape go
+  through one batched iteration. Written here: optax has no public batched orthogonalization.
+
+  Args:
+    ns_coeffs, ns_steps, ns_dtype: see `newton_schulz.orthogonalize`.
+    gram_ns: use the Gram iteration for matrices with aspect ratio >= 1.5.
+    scale: "original" or "match_adamw_rms".
+    dimension_numbers: see `routing.dimension_numbers_rule`.
+
+  Returns:
+    A stateless `optax.GradientTransformation`.
+  """
+  _shape_scale(scale, 1, 1)  # validates `scale` now
+  newton_schulz.schedule(ns_coeffs, ns_steps)  # validates the coefficients now
+  resolve = routing.dimension_numbers_rule(dimension_numbers)
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    stacks, inverses, factors = [], [], []
+    for path, u in leaves:
+      dn = resolve(path, u)
+      mats, inverse = routing.to_matrices(u, dn)
+      stacks.append(mats)
+      inverses.append(inverse)
+      factors.append(_shape_scale(scale, *routing.fans(u.shape, dn)))
+    outs = newton_schulz.orthogonalize_many(
+        stacks, gram_min_aspect=1.5 if gram_ns else None, ns_coeffs=ns_coeffs,
+        ns_steps=ns_steps, ns_dtype=ns_dtype)
+    new = [(inv(o) * f).astype(u.dtype)
+           for (_, u), inv, o, f in zip(leaves, inverses, outs, factors)]
+    return jax.tree.unflatten(treedef, new), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+@register("muon")
+def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
+         ns_steps: int = 5, ns_coeffs: str | Sequence[Any] = "quintic",
+         ns_dtype: str = "float32", gram_ns: bool = False, scale: str = "original",
+         weight_decay: float = 0.0, adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9,
+         adam_b2: float = 0.95, adam_eps: float = 1e-8, adam_weight_decay: float = 0.0,
+         labels: routing.LabelRule | Any | None = None,
+         dimension_numbers: routing.DimNumRule | Any | None = None,
+         ) -> optax.GradientTransformation:
+  """Muon (Jordan et al., 2024) on hidden matrices, AdamW on the rest.
+
+  m <- beta m + (1 - beta) g;  u = (1 - beta) g + beta m (Nesterov) or m;
+  theta <- theta - lr * (s * NS(u) + weight_decay * theta)   (Muon leaves)
+  AdamW with `adam_*` hyperparameters on embeddings, head, norms, biases, scalars.
+  The momentum is `optax.trace` on (1 - beta) g (no bias correction, as in the reference);
+  routing is `optax.partition` with `routing.label_fn`.
+
+  Args:
+    learning_rate: Muon learning rate (float or optax schedule).
+    momentum: beta.
+    nesterov: Nesterov momentum (the reference's default).
+    ns_steps, ns_coeffs, ns_dtype: Newton–Schulz iteration (`newton_schulz.orthogonalize`).
+    gram_ns: Gram Newton–Schulz for rectangular matrices (aspect ratio >= 1.5).
+    scale: "original" (sqrt(max(1, fan_out / fan_in))) or "match_adamw_rms" (Moonlight's
+      0.2 sqrt(max(fan_in, fan_out))).
+    weight_decay: decoupled weight decay on Muon leaves (multiplied by the learning rate).
+    adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW on the rest.
+    labels: routing override (`routing.label_fn`).
+    dimension_numbers: matrix view of Muon tensors (`routing.dimension_numbers_rule`).
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024,
+    https://kellerjordan.github.io/posts/muon/
+    Liu et al., "Muon is Scalable for LLM Training", 2025, arXiv 2502.16982.
+    Amsel et al., "The Polar Express", 2025, arXiv 2505.16932.
+  """
+  muon_tx = optax.chain(
+      optax.scale(1.0 - momentum),
+      optax.trace(decay=momentum, nesterov=nesterov),
+      scale_by_newton_schulz(ns_coeffs=ns_coeffs, ns_steps=ns_steps, ns_dtype=ns_dtype,
+                             gram_ns=gram_ns, scale=scale, dimension_numbers=dimension_numbers),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  return _with_routing(muon_tx, labels, dimension_numbers, adam_learning_rate=adam_learning_rate,
+                       adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
+                       adam_weight_decay=adam_weight_decay)
+
+
+def _with_routing(muon_tx, labels, dimension_numbers, *, adam_learning_rate, adam_b1, adam_b2,
+                  adam_eps, adam_weight_decay) -> optax.GradientTransformation:
+  adam_tx = optax.adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
+                        weight_decay=adam_weight_decay)
+  return optax.partition({routing.MUON: muon_tx, routing.ADAM: adam_tx},
+                         routing.label_fn(labels, dimension_numbers))
+
+
+@register("optax_muon")
+def optax_muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
+               ns_steps: int = 5, ns_coeffs: str | Sequence[Any] = "quintic",
+               scale: str = "original", weight_decay: float = 0.0,
+               adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9, adam_b2: float = 0.95,
+               adam_eps: float = 1e-8, adam_weight_decay: float = 0.0,
+               labels: routing.LabelRule | Any | None = None,
+               dimension_numbers: routing.DimNumRule | Any | None = None,
+               ) -> optax.GradientTransformation:
+  """`optax.contrib.muon` (float32 Newton–Schulz, bias-corrected Nesterov) with our routing.
+
+  Same hyperparameter names and defaults as `muon`; the Muon branch is optax's own
+  `scale_by_muon` with our dimension numbers, the rest is the same AdamW as `muon`'s (optax's
+  NAdamW with b2 = 0.999 would confound the comparison).
+
+  Args:
+    See `muon`; `ns_coeffs` presets and `scale` as there.
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    optax.contrib.muon (optax 0.2.8); Jordan et al., 2024.
+  """
+  sched = newton_schulz.schedule(ns_coeffs, ns_steps)
+  if sched.norm_scale != 1.0:
+    raise ValueError("optax_muon normalizes by the plain Frobenius norm; use a coefficient set "
+                     "without a norm safety factor")
+  resolve = routing.dimension_numbers_rule(dimension_numbers)
+  dims: Callable[[Any], Any] = lambda tree: jax.tree_util.tree_map_with_path(resolve, tree)
+  # One triple takes optax's default (unrolled) path; a schedule takes its scan.
+  coeffs = sched.coeffs[0] if len(set(sched.coeffs)) == 1 else sched.coeffs
+  muon_tx = optax.chain(
+      optax.contrib.scale_by_muon(ns_coeffs=coeffs, ns_steps=ns_steps, beta=momentum,
+                                  eps=sched.eps, nesterov=nesterov,
+                                  weight_dimension_numbers=dims),
+      _optax_shape_scale(scale, resolve),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  return _with_routing(muon_tx, labels, dimension_numbers, adam_learning_rate=adam_learning_rate,
+                       adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
+                       adam_weight_decay=adam_weight_decay)
+
+
+def _optax_shape_scale(scale: str, resolve: routing.DimNumRule) -> optax.GradientTransformation:
+  """The shape scale alone (optax keeps its `scale_by_shape` private)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: u * _shape_scale(scale, *routing.fans(u.shape, resolve(p, u))),
+        updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
