@@ -1,1 +1,12 @@
-"""Shampoo and SOAP: placeholder, filled in by its issue."""
+"""Shampoo and SOAP: Kronecker-factored preconditioners, one piece per module.
+
+  statistics.py    factor statistics G_(i) G_(i)^T and mode products with a block
+  matrix_roots.py  inverse p-th roots (coupled Newton, eigh) with a failure check
+  blocking.py      which leaves get factors; blocking and merging of dimensions
+  grafting.py      per-block grafting onto a diagonal method's step length
+  shampoo.py       the `shampoo` registry entry
+  soap.py          the `soap` registry entry (Adam in Shampoo's eigenbasis)
+"""
+
+from optimizers.shampoo import shampoo  # noqa: F401  (registers "shampoo")
+from optimizers.shampoo import soap  # noqa: F401  (registers "soap")

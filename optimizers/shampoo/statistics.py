@@ -55,3 +55,16 @@ def mode_products(block: jax.Array, matrices: Sequence[jax.Array | None],
       block = jnp.tensordot(block, mat, axes=([0], [1 if transpose else 0]),
                             precision=_HIGHEST)
   return block
+
+
+def batched_mode_products(blocks: jax.Array, mats: Sequence[jax.Array], dims: Sequence[int],
+                          transpose: bool = False) -> jax.Array:
+  """`mode_products` over a stack (n, ...) of blocks: dimension dims[j] by mats[j] (n, d, d)."""
+
+  def one(block, *ms):
+    per_dim = [None] * block.ndim
+    for d, mat in zip(dims, ms):
+      per_dim[d] = mat
+    return mode_products(block, per_dim, transpose)
+
+  return jax.vmap(one)(blocks, *mats)

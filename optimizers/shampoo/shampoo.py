@@ -1,0 +1,247 @@
+"""Shampoo: Kronecker-factored preconditioning with inverse 2k-th roots, grafted per block.
+
+For a block G of rank k (a matrix: k = 2), with m the bias-corrected momentum of the gradient:
+  L_i <- b2 L_i + (1 - b2) G_(i) G_(i)^T       (the plain sum when b2 = 1; every
+                                                `statistics_every` steps)
+  P_i = (L_i + r I)^{-1/(2k)}                  (every `precondition_every` steps from
+                                                `start_preconditioning_step`)
+  S = m x_1 P_1 ... x_k P_k                    (L^{-1/4} m R^{-1/4} for a matrix)
+  update = S |d| / |S|                         (d: the grafting direction, see grafting.py)
+Before `start_preconditioning_step`, and for leaves without factors (rank <= 1, embeddings),
+the update is the grafting direction d (m itself with grafting "none"). With grafting "adam"
+and the same b1, b2 and eps as AdamW, the first steps are exactly AdamW's.
+
+The roots run inside `lax.cond`, so their cost is paid once per `precondition_every` steps;
+blocks and factors of equal shape are stacked and processed batched. A root that is not
+finite or whose residual exceeds `failure_threshold` is rejected: the previous one (initially
+the identity) is kept and the failure is counted in `metrics`.
+
+References:
+  Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
+  ICML 2018, arXiv 1802.09568.
+  Anil et al., "Scalable Second Order Optimization for Deep Learning", arXiv 2002.09018, 2020.
+  Shi et al., "A Distributed Data-Parallel PyTorch Implementation of the Distributed Shampoo
+  Optimizer for Training Neural Networks At-Scale", arXiv 2309.06497, 2023.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from optimizers._registry import register
+from optimizers.shampoo import blocking
+from optimizers.shampoo import grafting as grafting_lib
+from optimizers.shampoo import matrix_roots
+from optimizers.shampoo import statistics
+
+
+class ShampooState(NamedTuple):
+  count: jax.Array  # int32, steps taken
+  mu: Any  # momentum of the gradient (params-shaped, float32), or () when b1 == 0
+  nu: Any  # grafting second moment (params-shaped, float32), or () when not needed
+  stats: dict[str, tuple[jax.Array, ...]]  # per block group: its factors (n, d, d)
+  roots: dict[str, tuple[jax.Array, ...]]  # per block group: the inverse roots (n, d, d)
+  metrics: dict[str, jax.Array]  # root_failures (cumulative), root_residual (last max)
+
+
+def momentum(mu, grads, *, b1: float, nesterov: bool, count: jax.Array):
+  """mu <- b1 mu + (1 - b1) g; returns (mu, bias-corrected m), Nesterov as in NAdam.
+
+  m = mu / (1 - b1^t), or with Nesterov b1 mu / (1 - b1^{t+1}) + (1 - b1) g / (1 - b1^t).
+  With b1 == 0, m = g and mu stays ().
+  """
+  if b1 == 0.0:
+    return mu, list(grads)
+  mu = [b1 * m + (1.0 - b1) * g for m, g in zip(mu, grads)]
+  t = count.astype(jnp.float32)
+  if nesterov:
+    m = [b1 * x / (1.0 - b1 ** (t + 1)) + (1.0 - b1) * g / (1.0 - b1 ** t)
+         for x, g in zip(mu, grads)]
+  else:
+    m = [x / (1.0 - b1 ** t) for x in mu]
+  return mu, m
+
+
+def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
+                     relative_eps: bool = True, nesterov: bool = False,
+                     block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
+                     graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
+                     precondition_every: int = 10, statistics_every: int = 1,
+                     start_preconditioning_step: int = 25, grafting: str = "adam",
+                     graft_eps: float = 1e-8, root_method: str = "newton",
+                     newton_iters: int = 100, newton_tol: float = 1e-6,
+                     failure_threshold: float = 0.1) -> optax.GradientTransformation:
+  """The Shampoo direction of the module docstring (no learning rate, no weight decay).
+
+  Args: as `shampoo`.
+
+  Returns:
+    An optax.GradientTransformation with state `ShampooState`.
+  """
+  grafting_lib.check(grafting)
+  if root_method not in matrix_roots.METHODS:
+    raise ValueError(f"unknown root_method {root_method!r}; choose from {matrix_roots.METHODS}")
+  if min(precondition_every, statistics_every, start_preconditioning_step) < 1:
+    raise ValueError("precondition_every, statistics_every and start_preconditioning_step "
+                     "must be >= 1")
+  layout_options = dict(block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
+                        graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
+  root_fn = functools.partial(matrix_roots.inverse_pth_root, method=root_method, eps=eps,
+                              relative_eps=relative_eps, max_iters=newton_iters, tol=newton_tol)
+
+  def layout_of(leaves) -> blocking.Layout:
+    return blocking.Layout([x.shape for x in leaves], **layout_options)
+
+  def init_fn(params):
+    leaves = jax.tree.leaves(params)
+    layout = layout_of(leaves)
+    zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    stats = {k: tuple(jnp.zeros(s, jnp.float32) for s in shapes)
+             for k, shapes in layout.factor_shapes().items()}
+    roots = {k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=jnp.float32), s) for s in shapes)
+             for k, shapes in layout.factor_shapes().items()}
+    return ShampooState(
+        count=jnp.zeros([], jnp.int32),
+        mu=zeros() if b1 > 0 else (),
+        nu=zeros() if grafting_lib.has_second_moment(grafting) else (),
+        stats=stats, roots=roots,
+        metrics={"root_failures": jnp.zeros([], jnp.int32),
+                 "root_residual": jnp.zeros([], jnp.float32)})
+
+  def compute_roots(layout, stats, roots, metrics):
+    """Every factor's root, batched over the factors of equal size and root."""
+    buckets: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for key, dims in layout.dims.items():
+      for j, d in enumerate(dims):
+        buckets.setdefault((layout.shapes[key][d], 2 * len(dims)), []).append((key, j))
+    new = {k: list(v) for k, v in roots.items()}
+    failures, residual = metrics["root_failures"], jnp.zeros([], jnp.float32)
+    for (_, p), items in sorted(buckets.items()):
+      mats = jnp.concatenate([stats[k][j] for k, j in items])
+      prev = jnp.concatenate([roots[k][j] for k, j in items])
+      result = jax.vmap(functools.partial(root_fn, p=p))(mats)
+      root, failed = matrix_roots.accept(prev, result, failure_threshold)
+      failures += jnp.sum(failed, dtype=jnp.int32)
+      residual = jnp.maximum(residual, jnp.max(jnp.where(failed, 0.0, result.residual)))
+      start = 0
+      for k, j in items:
+        n = stats[k][j].shape[0]
+        new[k][j] = root[start:start + n]
+        start += n
+    return ({k: tuple(v) for k, v in new.items()},
+            {"root_failures": failures, "root_residual": residual})
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    layout = layout_of(leaves)
+    count = optax.safe_increment(state.count)
+    grads = [g.astype(jnp.float32) for g in leaves]
+
+    mu, m = momentum(treedef.flatten_up_to(state.mu) if b1 > 0 else (), grads,
+                     b1=b1, nesterov=nesterov, count=count)
+    nu = None
+    if grafting_lib.has_second_moment(grafting):
+      nu = grafting_lib.update_second_moment(treedef.flatten_up_to(state.nu), grads,
+                                             grafting, b2)
+    graft_dir = grafting_lib.direction(m, nu, grafting, b2=b2, eps=graft_eps, count=count)
+
+    def update_stats(stats):
+      blocks = layout.gather(grads)
+      return {k: jax.vmap(functools.partial(statistics.update_factors, dims=layout.dims[k],
+                                            b2=b2))(stats[k], blocks[k])
+              for k in stats}
+
+    if statistics_every == 1:
+      stats = update_stats(state.stats)
+    else:
+      stats = lax.cond(count % statistics_every == 0, update_stats, lambda s: s, state.stats)
+
+    since_start = count - start_preconditioning_step
+    roots, metrics = lax.cond(
+        (since_start >= 0) & (since_start % precondition_every == 0),
+        functools.partial(compute_roots, layout),
+        lambda stats, roots, metrics: (roots, metrics),
+        stats, state.roots, state.metrics)
+
+    m_blocks = layout.gather(m)
+    directions = {k: statistics.batched_mode_products(m_blocks[k], roots[k], layout.dims[k])
+                  for k in m_blocks}
+    if grafting != "none":
+      graft_blocks = layout.gather(graft_dir)
+      directions = {k: grafting_lib.rescale(v, graft_blocks[k]) for k, v in directions.items()}
+    preconditioned = count >= start_preconditioning_step
+    out = [d if s is None else jnp.where(preconditioned, s, d)
+           for s, d in zip(layout.scatter(directions), graft_dir)]
+    out = [o.astype(g.dtype) for o, g in zip(out, leaves)]
+    new_state = ShampooState(
+        count=count,
+        mu=treedef.unflatten(mu) if b1 > 0 else (),
+        nu=treedef.unflatten(nu) if nu is not None else (),
+        stats=stats, roots=roots, metrics=metrics)
+    return treedef.unflatten(out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+@register("shampoo")
+def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
+            relative_eps: bool = True, weight_decay: float = 0.0, nesterov: bool = False,
+            block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
+            graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
+            precondition_every: int = 10, statistics_every: int = 1,
+            start_preconditioning_step: int = 25, grafting: str = "adam",
+            graft_eps: float = 1e-8, root_method: str = "newton", newton_iters: int = 100,
+            newton_tol: float = 1e-6,
+            failure_threshold: float = 0.1) -> optax.GradientTransformation:
+  """Shampoo with grafting, momentum and decoupled weight decay.
+
+  update = -lr * (shampoo_direction + weight_decay * theta)   (see the module docstring)
+
+  Args:
+    learning_rate: float or optax schedule.
+    b1: momentum of the gradient (bias-corrected); 0 disables it.
+    b2: decay of the factor statistics (1: the paper's plain sums) and of the grafting
+      second moment.
+    eps: ridge added to every factor before its root (the paper's epsilon).
+    relative_eps: whether the ridge is `eps * lambda_max(factor)` (else `eps`).
+    weight_decay: decoupled weight decay, multiplied by the learning rate.
+    nesterov: Nesterov momentum (NAdam form).
+    block_size: dimensions above it are split into blocks of this size (None: never).
+    max_preconditioner_dim: dimensions above it get no factor (None: no limit).
+    graft_only_dim: leaves with a dimension at or above it use the grafting direction only.
+    merge_small_dims: merge consecutive dimensions while their product is <= block_size.
+    precondition_every: steps between root computations.
+    statistics_every: steps between factor updates.
+    start_preconditioning_step: first step (from 1) that uses the Shampoo direction.
+    grafting: "none", "sgd", "adagrad", "rmsprop" or "adam".
+    graft_eps: epsilon of the grafting denominator.
+    root_method: "newton" (coupled Newton iteration) or "eigh".
+    newton_iters: Newton iteration limit.
+    newton_tol: Newton stopping tolerance on max|X^p A - I|.
+    failure_threshold: a root whose residual exceeds this is rejected (previous one kept).
+
+  Returns:
+    optax.GradientTransformation (state: chain of ShampooState, weight decay, learning rate).
+
+  References:
+    Gupta, Koren & Singer 2018, arXiv 1802.09568; Anil et al. 2020, arXiv 2002.09018.
+  """
+  return optax.chain(
+      scale_by_shampoo(
+          b1=b1, b2=b2, eps=eps, relative_eps=relative_eps, nesterov=nesterov,
+          block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
+          graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,
+          precondition_every=precondition_every, statistics_every=statistics_every,
+          start_preconditioning_step=start_preconditioning_step, grafting=grafting,
+          graft_eps=graft_eps, root_method=root_method, newton_iters=newton_iters,
+          newton_tol=newton_tol, failure_threshold=failure_threshold),
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,197 @@
+"""SOAP: Adam run in the eigenbasis of Shampoo's Kronecker factors.
+
+Per block G (a matrix: factors L, R with orthogonal bases Q_L, Q_R; rank k: one per dim):
+  step 1:  L = G G^T, R = G^T G;  Q_L, Q_R = their eigenvectors (eigenvalues descending);
+           no step (the basis never contains the gradient it is applied to).
+  step t:  s = t - 1 (Adam's step)
+           mu <- b1 mu + (1 - b1) G                     (original space)
+           G' = Q_L^T G Q_R;   M' = Q_L^T m Q_R          (m = mu / (1 - b1^s))
+           nu <- b2 nu + (1 - b2) G'^2                  (rotated space)
+           update = Q_L (M' / (sqrt(nu / (1 - b2^s)) + eps)) Q_R^T
+           L <- sb L + (1 - sb) G G^T,  R likewise       (sb = shampoo_b2, default b2)
+           every `precondition_every` Adam steps, per factor: order Q's columns by the
+             estimated eigenvalues diag(Q^T L Q) (descending, nu permuted alike), then
+             Q <- QR(L Q) (one power-iteration step warm-started from Q).
+Leaves without factors (rank <= 1, embeddings; see blocking.py) run plain Adam. Written by
+hand: no library has SOAP in JAX; the moments follow optax's Adam.
+
+References:
+  Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321, 2024.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from optimizers._registry import register
+from optimizers.shampoo import blocking
+from optimizers.shampoo import statistics
+from optimizers.shampoo.shampoo import momentum
+
+
+class SoapState(NamedTuple):
+  count: jax.Array  # int32, steps taken (the first one only initializes the bases)
+  mu: Any  # first moment, original space (params-shaped, float32)
+  nu: Any  # second moment, each block in its rotated space (params-shaped, float32)
+  stats: dict[str, tuple[jax.Array, ...]]  # per block group: its factors (n, d, d)
+  bases: dict[str, tuple[jax.Array, ...]]  # per block group: the eigenbases (n, d, d)
+
+
+def _descending_eigenvectors(factor: jax.Array) -> jax.Array:
+  """Eigenvectors of a stack of symmetric matrices, as columns, by descending eigenvalue."""
+  return jnp.flip(jnp.linalg.eigh(factor)[1], axis=-1)
+
+
+def refresh_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One QR power-iteration step for a stack (n, d, d): returns (new basis, column order).
+
+  The columns of `basis` are first ordered by the estimated eigenvalues diag(Q^T L Q),
+  descending; `order` (n, d) tells how the rotated coordinates were permuted.
+  """
+  lq = jnp.matmul(factor, basis, precision=lax.Precision.HIGHEST)
+  estimate = jnp.sum(basis * lq, axis=-2)
+  order = jnp.argsort(-estimate, axis=-1, stable=True)
+  lq = jnp.take_along_axis(lq, order[:, None, :], axis=-1)
+  return jnp.linalg.qr(lq)[0], order
+
+
+def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
+                  shampoo_b2: float | None = None, nesterov: bool = False,
+                  block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
+                  graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
+                  precondition_every: int = 10) -> optax.GradientTransformation:
+  """The SOAP direction of the module docstring (no learning rate, no weight decay).
+
+  Args: as `soap`.
+
+  Returns:
+    An optax.GradientTransformation with state `SoapState`.
+  """
+  if precondition_every < 1:
+    raise ValueError("precondition_every must be >= 1")
+  sb = b2 if shampoo_b2 is None else shampoo_b2
+  layout_options = dict(block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
+                        graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
+
+  def layout_of(leaves) -> blocking.Layout:
+    return blocking.Layout([x.shape for x in leaves], **layout_options)
+
+  def init_fn(params):
+    layout = layout_of(jax.tree.leaves(params))
+    zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    shapes = layout.factor_shapes()
+    return SoapState(
+        count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(),
+        stats={k: tuple(jnp.zeros(s, jnp.float32) for s in v) for k, v in shapes.items()},
+        bases={k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=jnp.float32), s) for s in v)
+               for k, v in shapes.items()})
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    layout = layout_of(leaves)
+    count = optax.safe_increment(state.count)
+    grads = [g.astype(jnp.float32) for g in leaves]
+    g_blocks = layout.gather(grads)
+
+    def update_stats(stats, beta):
+      return {k: jax.vmap(functools.partial(statistics.update_factors, dims=layout.dims[k],
+                                            b2=beta))(stats[k], g_blocks[k])
+              for k in stats}
+
+    def first_step(state):
+      stats = update_stats(state.stats, 0.0)
+      bases = {k: tuple(_descending_eigenvectors(f) for f in v) for k, v in stats.items()}
+      return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
+
+    def adam_step(state):
+      s = count - 1
+      mu, m = momentum(treedef.flatten_up_to(state.mu), grads, b1=b1, nesterov=nesterov,
+                       count=s)
+      nu_leaves = treedef.flatten_up_to(state.nu)
+      debias = 1.0 / (1.0 - b2 ** s.astype(jnp.float32))
+      rotate = lambda blocks, k, back=False: statistics.batched_mode_products(
+          blocks, state.bases[k], layout.dims[k], transpose=back)
+      m_blocks, nu_blocks = layout.gather(m), layout.gather(nu_leaves)
+      directions, new_nu = {}, {}
+      for k in layout.members:
+        nu_k = b2 * nu_blocks[k] + (1.0 - b2) * jnp.square(rotate(g_blocks[k], k))
+        directions[k] = rotate(rotate(m_blocks[k], k) / (jnp.sqrt(nu_k * debias) + eps), k,
+                               back=True)
+        new_nu[k] = nu_k
+      stats = update_stats(state.stats, sb)
+
+      def refresh(bases, nu):
+        bases, nu = dict(bases), dict(nu)
+        for k, dims in layout.dims.items():
+          new = []
+          for j, d in enumerate(dims):
+            basis, order = refresh_basis(stats[k][j], bases[k][j])
+            new.append(basis)
+            index = order.reshape(order.shape[:1] + (1,) * d + order.shape[1:]
+                                  + (1,) * (nu[k].ndim - d - 2))
+            nu[k] = jnp.take_along_axis(nu[k], index, axis=d + 1)
+          bases[k] = tuple(new)
+        return bases, nu
+
+      bases, new_nu = lax.cond(s % precondition_every == 0, refresh, lambda b, n: (b, n),
+                               state.bases, new_nu)
+      # Leaves without factors: plain Adam.
+      plain_nu = [b2 * n + (1.0 - b2) * jnp.square(g) for n, g in zip(nu_leaves, grads)]
+      out, nu = [], []
+      for i, (d, n) in enumerate(zip(layout.scatter(directions), layout.scatter(new_nu))):
+        out.append(m[i] / (jnp.sqrt(plain_nu[i] * debias) + eps) if d is None else d)
+        nu.append(plain_nu[i] if n is None else n)
+      return out, SoapState(count, treedef.unflatten(mu), treedef.unflatten(nu), stats, bases)
+
+    out, new_state = lax.cond(count == 1, first_step, adam_step, state)
+    new_state = new_state._replace(count=count)
+    return treedef.unflatten([o.astype(g.dtype) for o, g in zip(out, leaves)]), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+@register("soap")
+def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
+         weight_decay: float = 0.0, shampoo_b2: float | None = None, nesterov: bool = False,
+         block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
+         graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
+         precondition_every: int = 10) -> optax.GradientTransformation:
+  """SOAP (Adam in Shampoo's eigenbasis) with decoupled weight decay.
+
+  update = -lr * (soap_direction + weight_decay * theta)   (see the module docstring)
+
+  Args:
+    learning_rate: float or optax schedule.
+    b1: Adam's first-moment decay (original space).
+    b2: Adam's second-moment decay (rotated space).
+    eps: Adam's epsilon.
+    weight_decay: decoupled weight decay, multiplied by the learning rate.
+    shampoo_b2: decay of the Kronecker factors (None: b2, as in the paper).
+    nesterov: Nesterov momentum (NAdam form) on the first moment.
+    block_size: dimensions above it are split into blocks of this size (None: never).
+    max_preconditioner_dim: dimensions above it are not rotated (None: no limit).
+    graft_only_dim: leaves with a dimension at or above it run plain Adam.
+    merge_small_dims: merge consecutive dimensions while their product is <= block_size.
+    precondition_every: Adam steps between basis refreshes.
+
+  Returns:
+    optax.GradientTransformation (state: chain of SoapState, weight decay, learning rate).
+
+  References:
+    Vyas et al. 2024, arXiv 2409.11321.
+  """
+  return optax.chain(
+      scale_by_soap(b1=b1, b2=b2, eps=eps, shampoo_b2=shampoo_b2, nesterov=nesterov,
+                    block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
+                    graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,
+                    precondition_every=precondition_every),
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.scale_by_learning_rate(learning_rate),
+  )
