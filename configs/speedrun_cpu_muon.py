@@ -1,0 +1,35 @@
+"""CPU speedrun with Muon on the hidden matrices and AdamW on embeddings, head and norms.
+
+  python -m experiments.train --config=configs/speedrun_cpu_muon.py --workdir=runs/speedrun_cpu_muon
+
+The base config's schedule (warmup 50 + cosine) shapes `learning_rate`. Variants:
+`--config.optimizer.gram_ns=True` (Gram Newton–Schulz on the 128x512 MLP kernels),
+`--config.optimizer.ns_coeffs=polar_express`, `--config.optimizer.name=optax_muon` (the
+`optax.contrib.muon` baseline with the same routing; drop `ns_dtype` and `gram_ns` for it).
+"""
+
+import ml_collections
+
+from configs import speedrun_cpu
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = speedrun_cpu.get_config(arg)
+  o = ml_collections.ConfigDict()
+  o.name = "muon"
+  o.learning_rate = 0.01  # optax.contrib.muon's best of {0.01, 0.02, 0.04} here (FACTS.md)
+  o.momentum = 0.95
+  o.nesterov = True
+  o.ns_steps = 5
+  o.ns_coeffs = "quintic"  # "quintic", "polar_express" or "cubic"
+  o.ns_dtype = "float32"  # bfloat16 is no faster on this CPU
+  o.gram_ns = False
+  o.scale = "original"  # or "match_adamw_rms"
+  o.weight_decay = 0.0
+  o.adam_learning_rate = 3e-3  # AdamW's best on this run (FACTS.md)
+  o.adam_b1 = 0.9
+  o.adam_b2 = 0.95
+  o.adam_eps = 1e-8
+  o.adam_weight_decay = 0.0
+  c.optimizer = o
+  return c
