@@ -65,14 +65,39 @@ def _blocks(flat: jax.Array, block_size: int) -> jax.Array:
   return jnp.pad(flat, (0, pad)).reshape(-1, block_size)
 
 
-def quantize(x: jax.Array, code: np.ndarray, block_size: int,
+def _nearest_index(xn: jax.Array, signed: bool) -> jax.Array:
+  """Index (int32) of the code value nearest to each `xn` in [-1, 1], without a search.
+
+  A magnitude a in decade e (10^-(e+1) < a <= 10^-e) lies on that decade's uniform grid
+  10^-e (0.1 + 0.9 (k + 1) / 2^f), k = -1 .. 2^f - 1 (k = -1 is the next decade's top), and
+  sits at position 2^f + k among the sorted magnitudes; rounding k gives the nearest code.
+  log10 may misplace a value at a decade edge by one code, so the nearest of the three codes
+  around that guess is taken.
+  """
+  bits = 7 if signed else 8
+  code = jnp.asarray(SIGNED_CODE if signed else UNSIGNED_CODE)
+  a = jnp.abs(xn)
+  e = jnp.clip(jnp.floor(-jnp.log10(jnp.maximum(a, 1e-30))), 0, bits - 1).astype(jnp.int32)
+  steps = jnp.asarray([2.0 ** (bits - 1 - i) for i in range(bits)], jnp.float32)[e]  # 2^f
+  k = jnp.round((a * jnp.asarray([10.0 ** i for i in range(bits)], jnp.float32)[e] - 0.1)
+                / 0.9 * steps - 1)
+  pos = (steps + jnp.clip(k, -1, steps - 1)).astype(jnp.int32)
+  guess = jnp.where(xn < 0, 127 - pos, 128 + pos) if signed else pos
+  best, best_err = guess, jnp.abs(code[guess] - xn)
+  for i in (jnp.maximum(guess - 1, 0), jnp.minimum(guess + 1, 255)):
+    err = jnp.abs(code[i] - xn)
+    best, best_err = jnp.where(err < best_err, i, best), jnp.minimum(err, best_err)
+  return best
+
+
+def quantize(x: jax.Array, signed: bool, block_size: int,
              keep_nonzero: bool = False) -> QuantizedArray:
-  """Block-wise absmax scaling, then the nearest value of `code` for each element.
+  """Block-wise absmax scaling, then the nearest value of the dynamic code for each element.
 
   Args:
     x: any shape; flattened, and the last block zero-padded when the size is not a multiple
       of `block_size`.
-    code: sorted code values in [-1, 1] (`SIGNED_CODE` or `UNSIGNED_CODE`).
+    signed: `SIGNED_CODE` (values of either sign) or `UNSIGNED_CODE` (x >= 0).
     block_size: elements per float32 scale.
     keep_nonzero: map non-zero values below the smallest code to it instead of to 0 (used for
       the second moment, so that a tiny v never becomes 0 under a non-zero m).
@@ -83,25 +108,24 @@ def quantize(x: jax.Array, code: np.ndarray, block_size: int,
   blocks = _blocks(x.reshape(-1).astype(jnp.float32), block_size)
   absmax = jnp.max(jnp.abs(blocks), axis=1)
   normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-  midpoints = jnp.asarray((code[1:] + code[:-1]) / 2)
-  index = jnp.searchsorted(midpoints, normalized)
+  index = _nearest_index(normalized, signed)
   if keep_nonzero:
-    zero = int(np.searchsorted(code, 0.0, side="right"))  # first code above 0
-    index = jnp.where((normalized > 0) & (index < zero), zero, index)
+    smallest = 129 if signed else 1  # index of the smallest positive code
+    index = jnp.where((normalized > 0) & (index < smallest), smallest, index)
   return QuantizedArray(codes=index.astype(jnp.uint8).reshape(-1)[:x.size], scales=absmax)
 
 
-def dequantize(q: QuantizedArray, code: np.ndarray, block_size: int,
+def dequantize(q: QuantizedArray, signed: bool, block_size: int,
                shape: tuple[int, ...]) -> jax.Array:
   """Inverse of `quantize` up to rounding: code value times its block's absmax (float32)."""
-  values = _blocks(jnp.asarray(code)[q.codes], block_size) * q.scales[:, None]
+  code = jnp.asarray(SIGNED_CODE if signed else UNSIGNED_CODE)
+  values = _blocks(code[q.codes], block_size) * q.scales[:, None]
   return values.reshape(-1)[:math.prod(shape)].reshape(shape)
 
 
-def _zeros(shape, code: np.ndarray, block_size: int) -> QuantizedArray:
+def _zeros(shape, signed: bool, block_size: int) -> QuantizedArray:
   size = math.prod(shape)
-  zero = int(np.flatnonzero(code == 0.0)[0])
-  return QuantizedArray(codes=jnp.full((size,), zero, jnp.uint8),
+  return QuantizedArray(codes=jnp.full((size,), 128 if signed else 0, jnp.uint8),
                         scales=jnp.zeros((-(-size // block_size),), jnp.float32))
 
 
@@ -144,8 +168,7 @@ def scale_by_adam_8bit(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     def moments(p):
       if p.size < min_quantized_size:
         return jnp.zeros(p.shape, jnp.float32), jnp.zeros(p.shape, jnp.float32)
-      return (_zeros(p.shape, SIGNED_CODE, block_size),
-              _zeros(p.shape, UNSIGNED_CODE, block_size))
+      return _zeros(p.shape, True, block_size), _zeros(p.shape, False, block_size)
 
     leaves, treedef = jax.tree.flatten(params)
     mu, nu = zip(*map(moments, leaves)) if leaves else ((), ())
@@ -160,15 +183,15 @@ def scale_by_adam_8bit(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     def one(g, mu, nu):
       quantized = isinstance(mu, QuantizedArray)
       if quantized:
-        mu = dequantize(mu, SIGNED_CODE, block_size, g.shape)
-        nu = dequantize(nu, UNSIGNED_CODE, block_size, g.shape)
+        mu = dequantize(mu, True, block_size, g.shape)
+        nu = dequantize(nu, False, block_size, g.shape)
       g32 = g.astype(jnp.float32)
       mu = b1 * mu + (1 - b1) * g32
       nu = b2 * nu + (1 - b2) * jnp.square(g32)
       u = (mu / bc1) / (jnp.sqrt(nu / bc2) + eps)
       if quantized:
-        mu = quantize(mu, SIGNED_CODE, block_size)
-        nu = quantize(nu, UNSIGNED_CODE, block_size, keep_nonzero=True)
+        mu = quantize(mu, True, block_size)
+        nu = quantize(nu, False, block_size, keep_nonzero=True)
       return u.astype(g.dtype), mu, nu
 
     leaves, treedef = jax.tree.flatten(updates)

@@ -77,8 +77,8 @@ def test_round_trip_error_bounded_per_block(shape, signed):
 
   @jax.jit
   def round_trip(x):
-    q = quantized.quantize(x, code, BLOCK, keep_nonzero=keep_nonzero)
-    return q, quantized.dequantize(q, code, BLOCK, x.shape)
+    q = quantized.quantize(x, signed, BLOCK, keep_nonzero=keep_nonzero)
+    return q, quantized.dequantize(q, signed, BLOCK, x.shape)
 
   q, back = round_trip(jnp.asarray(x))
   chex.assert_shape(q.codes, (x.size,))
@@ -95,6 +95,21 @@ def test_round_trip_error_bounded_per_block(shape, signed):
   assert np.all(np.asarray(back).ravel()[:BLOCK] == 0)  # the all-zero block stays zero
   if not signed:  # small values survive
     assert np.all(np.asarray(back)[x > 0] > 0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_code_index_is_the_nearest_code(signed):
+  """The search-free index against a brute-force nearest value (ties may go either way)."""
+  code = (quantized.SIGNED_CODE if signed else quantized.UNSIGNED_CODE).astype(np.float64)
+  rng = np.random.default_rng(2)
+  mids = (code[1:] + code[:-1]) / 2
+  x = np.concatenate([  # every code, every midpoint's neighbours, and random magnitudes
+      code, np.nextafter(mids.astype(np.float32), 2), np.nextafter(mids.astype(np.float32), -2),
+      np.exp(rng.uniform(-20, 0, 20000)) * (rng.choice([-1, 1], 20000) if signed else 1)])
+  x = np.clip(x, -1 if signed else 0, 1).astype(np.float32)
+  index = np.asarray(jax.jit(quantized._nearest_index, static_argnums=1)(x, signed))
+  dist = np.abs(code[None, :] - x.astype(np.float64)[:, None])
+  chex.assert_trees_all_equal(dist[np.arange(x.size), index], dist.min(axis=1))
 
 
 def _dequantize_np(state_leaf, code, shape):
