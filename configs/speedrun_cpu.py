@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 800
+  # End this invocation after this step (checkpointing first); rerunning resumes. For job slots
+  # shorter than the run. The schedule still spans `steps`.
+  c.train.stop_at_step = FieldReference(None, field_type=int)
   c.train.batch_size = 32  # global batch, in sequences
   c.train.grad_accum_steps = 1
   c.train.grad_clip_norm = FieldReference(None, field_type=float)

@@ -288,6 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=resumed_from)
   total_steps = int(train_cfg.steps)
+  stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
   tokens_per_step = batch * config.data.seq_len
   last_good_ckpt = resumed_from
   summary = {"step": step, "val_loss": None, "stopped_by_signal": None}
@@ -319,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     window = {"t0": time.perf_counter(), "steps": 0, "losses": []}
     run_t0 = time.perf_counter()
     steps_at_start = step
-    while step < total_steps:
+    while step < stop_at:
       local = next(train_iter)
       batch_arr = sharding_lib.device_batch(
           local.reshape(accum, micro // jax.process_count(), -1), train_batch_sh)
@@ -351,7 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         summary["val_loss"] = v
         logging.info("step %d | val_loss %.4f", step, v)
         window["t0"] += time.perf_counter() - t_eval  # eval time is not training throughput
-      if step % int(train_cfg.checkpoint_every) == 0 or step == total_steps or flag.signum:
+      if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
+          flag.signum):
         t_ck = time.perf_counter()
         save(state, step)
         window["t0"] += time.perf_counter() - t_ck

@@ -1,0 +1,53 @@
+"""The optimizer registry: names, errors, hyperparameter checking."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import optimizers
+
+
+def test_names_include_the_foundation_entries():
+  names = optimizers.names()
+  assert names == sorted(names)
+  assert {"adamw", "sgd"} <= set(names)
+
+
+def test_unknown_name_lists_the_choices():
+  with pytest.raises(ValueError) as e:
+    optimizers.create("adamq", learning_rate=1e-3)
+  for name in optimizers.names():
+    assert name in str(e.value)
+
+
+def test_unknown_hyperparameter_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="beta1") as e:
+    optimizers.create("adamw", learning_rate=1e-3, beta1=0.9)
+  assert "b1" in str(e.value) and "weight_decay" in str(e.value)
+
+
+def test_learning_rate_is_required():
+  with pytest.raises(ValueError, match="learning_rate"):
+    optimizers.create("sgd")
+
+
+def test_learning_rate_may_be_a_schedule():
+  tx = optimizers.create("sgd", learning_rate=optax.linear_schedule(1.0, 0.0, 10))
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  updates, _ = tx.update({"w": jnp.ones(3)}, state, params)
+  assert isinstance(tx, optax.GradientTransformation)
+  assert float(updates["w"][0]) == -1.0
+
+
+def test_collect_metrics_finds_metrics_fields():
+  from typing import NamedTuple
+
+  class S(NamedTuple):
+    count: jax.Array
+    metrics: dict
+
+  state = (optax.EmptyState(), S(jnp.int32(0), {"failures": jnp.int32(2), "res": jnp.float32(1.5)}))
+  m = optimizers.collect_metrics(state)
+  assert set(m) == {"failures", "res"} and int(m["failures"]) == 2
