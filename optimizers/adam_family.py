@@ -18,10 +18,6 @@ import optax
 from optimizers._registry import register
 
 
-def _maybe(transform: optax.GradientTransformation, enabled: Any) -> optax.GradientTransformation:
-  return transform if enabled else optax.identity()
-
-
 @register("sgd")
 def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = False,
         weight_decay: float = 0.0) -> optax.GradientTransformation:
@@ -32,7 +28,7 @@ def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = F
   before momentum (coupled L2, as in `torch.optim.SGD`).
   """
   return optax.chain(
-      _maybe(optax.add_decayed_weights(weight_decay), weight_decay),
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
 
@@ -48,9 +44,9 @@ def adagrad(*, learning_rate: Any, initial_accumulator_value: float = 0.0,
     learning_rate: the paper's eta.
     initial_accumulator_value: starting value of G. The paper starts from 0 (as PyTorch does);
       optax's own default is 0.1.
-    eps: added inside the square root (optax's placement). The default 0 is the paper's
-      `diag(G)^(-1/2) g` with a pseudo-inverse for zero entries. PyTorch adds its eps (1e-10)
-      outside the square root: `g / (sqrt(G) + eps)`.
+    eps: added inside the square root (optax's placement). The paper's delta sits outside,
+      `g / (delta + sqrt(G))`, as PyTorch's eps (default 1e-10) does; with the default 0 both
+      read `diag(G)^(-1/2) g` (a pseudo-inverse for zero entries), the paper's update.
 
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_rss` then the learning rate).
@@ -67,7 +63,7 @@ def rmsprop(*, learning_rate: Any, decay: float = 0.9, eps: float = 1e-8,
 
   v <- decay v + (1-decay) g^2;  update = -lr * g / sqrt(v + eps).
   centered: mu <- decay mu + (1-decay) g and the denominator is sqrt(v - mu^2 + eps).
-  momentum: b <- momentum b + lr * g / sqrt(...);  update = -b (Graves's eq. 38-41).
+  momentum: b <- momentum b + lr * g / sqrt(...);  update = -b (as in Graves).
 
   Differences from PyTorch: PyTorch puts eps outside the root (`sqrt(v) + eps`, here
   `eps_in_sqrt=False`) and keeps lr outside its momentum buffer (b <- momentum b + g/denom,
@@ -271,7 +267,7 @@ def scale_by_lars_trust_ratio(*, trust_coefficient: float = 1e-3, weight_decay: 
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError("lars: update() needs params for the trust ratio")
 
     def one(g, p):
       p_norm = jnp.linalg.norm(p.ravel())

@@ -42,7 +42,7 @@ def sam_ascent(*, rho: float, adaptive: bool = False, eta: float = 0.01,
   def update_fn(updates, state, params=None):
     if adaptive:
       if params is None:
-        raise ValueError(optax.NO_PARAMS_MSG)
+        raise ValueError("sam(adaptive=True): update() needs params")
       scale = jax.tree.map(lambda p: jnp.abs(p) + eta, params)
     else:
       scale = jax.tree.map(jnp.ones_like, updates)

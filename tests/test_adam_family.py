@@ -264,3 +264,22 @@ def test_keeps_dtypes_and_inits_abstractly(name):
 
 def test_registered():
   assert set(NAMES) <= set(optimizers.names())
+
+
+@pytest.mark.parametrize("variant", ["", "_adamw_8bit", "_lamb", "_sgd"])
+def test_speedrun_configs_build(variant):
+  """Each speedrun config names a registry entry with hyperparameters it accepts."""
+  from experiments import configs_util  # pylint: disable=g-import-not-at-top
+  opt = configs_util.load(f"configs/speedrun_cpu{variant}.py").optimizer
+  assert opt.name == (variant[1:] or "adamw")
+  tx = optimizers.create(opt.name, **{k: v for k, v in opt.items() if k != "name"})
+  params = {"w": jnp.ones((64, 128))}
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  chex.assert_tree_all_finite(updates)
+
+
+def test_lars_needs_params():
+  tx = optimizers.create("lars", learning_rate=1.0)
+  grads = {"w": jnp.ones((3,))}
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(grads, tx.init(grads))

@@ -133,3 +133,11 @@ def test_zero_gradient_is_finite_and_grad_fn_is_required():
   with pytest.raises(ValueError, match="learning_rate"):
     optimizers.create("sam", inner="sgd", inner_hparams={"learning_rate": 1.0},
                       learning_rate=0.1)
+
+
+def test_adaptive_needs_params():
+  tx = optimizers.create("sam", inner="sgd", learning_rate=0.1, adaptive=True)
+  params = {"w": jnp.ones((3,))}
+  grad_fn = lambda p: p
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(params, tx.init(params), None, grad_fn=grad_fn)
