@@ -61,6 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1
   c.train.grad_clip_norm = FieldReference(None, field_type=float)
   c.train.eval_every = 100
+  # Comparisons: the first eval step at or below this validation loss is logged as
+  # `steps_to_target` (in metrics.jsonl); with stop_at_target the run ends there.
+  c.train.target_val_loss = FieldReference(None, field_type=float)
+  c.train.stop_at_target = False
   c.train.eval_batches = 16
   c.train.log_every = 25
   c.train.checkpoint_every = 200

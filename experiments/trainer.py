@@ -291,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
   tokens_per_step = batch * config.data.seq_len
   last_good_ckpt = resumed_from
-  summary = {"step": step, "val_loss": None, "stopped_by_signal": None}
+  summary = {"step": step, "val_loss": None, "stopped_by_signal": None, "steps_to_target": None}
 
   def save(state, step):
     nonlocal last_good_ckpt
@@ -351,6 +351,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write(step, {"val_loss": v})
         summary["val_loss"] = v
         logging.info("step %d | val_loss %.4f", step, v)
+        target = train_cfg.get("target_val_loss")
+        if target is not None and v <= target and summary.get("steps_to_target") is None:
+          summary["steps_to_target"] = step
+          writer.write(step, {"steps_to_target": step})
+          logging.info("Reached target val_loss %.4f at step %d", target, step)
+          if train_cfg.get("stop_at_target"):
+            save(state, step)
+            break
         window["t0"] += time.perf_counter() - t_eval  # eval time is not training throughput
       if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
           flag.signum):

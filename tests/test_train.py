@@ -202,3 +202,13 @@ def test_124m_config_trains_from_bin_shards(tmp_path):
                            "data.val_glob": str(tmp_path / "fw_val_*.bin")})
   with pytest.raises(data.ShardError, match="missing_"):
     trainer.train_and_evaluate(bad, str(tmp_path / "w2"))
+
+
+def test_stop_at_target_ends_at_the_first_eval_below_it(tmp_path):
+  cfg = tiny_config(tmp_path, train__steps=30, train__target_val_loss=100.0,
+                    train__stop_at_target=True)
+  summary = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert summary["steps_to_target"] == 10 and summary["step"] == 10
+  records = metrics_lib.read_metrics(str(tmp_path / "w"))
+  assert [r["steps_to_target"] for r in records if "steps_to_target" in r] == [10]
+  assert restore_params(tmp_path / "w")[0] == 10
