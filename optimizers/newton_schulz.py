@@ -101,10 +101,14 @@ def schedule(ns_coeffs: str | Sequence[Any] = "quintic", ns_steps: int = 5) -> S
 
 
 def _matmul(x, y, dtype, *, transpose_y: bool = False):
-  """Batched x @ y (or x @ y^T, without materializing the transpose); float32 accumulation."""
+  """Batched x @ y (or x @ y^T, without materializing the transpose); float32 accumulation.
+
+  float32 inputs ask for full precision: GPUs would otherwise use TF32 products.
+  """
   contract_y = 2 if transpose_y else 1
   dims = (((2,), (contract_y,)), ((0,), (0,)))
-  return jax.lax.dot_general(x.astype(dtype), y.astype(dtype), dims,
+  precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+  return jax.lax.dot_general(x.astype(dtype), y.astype(dtype), dims, precision=precision,
                              preferred_element_type=jnp.float32)
 
 
