@@ -4,8 +4,8 @@
 
 The base config's schedule (warmup 50 + cosine) shapes `learning_rate`. Variants:
 `--config.optimizer.gram_ns=True` (Gram Newton–Schulz on the 128x512 MLP kernels),
-`--config.optimizer.ns_coeffs=polar_express`, `--config.optimizer.name=optax_muon` (the
-`optax.contrib.muon` baseline with the same routing; drop `ns_dtype` and `gram_ns` for it).
+`--config.optimizer.ns_coeffs=polar_express`; and `--config=configs/speedrun_cpu_muon.py:optax`,
+the `optax.contrib.muon` baseline (`optax_muon`) with the same routing and hyperparameters.
 """
 
 import ml_collections
@@ -14,7 +14,7 @@ from configs import speedrun_cpu
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = speedrun_cpu.get_config(arg)
+  c = speedrun_cpu.get_config()
   o = ml_collections.ConfigDict()
   o.name = "muon"
   o.learning_rate = 0.01  # optax.contrib.muon's best of {0.01, 0.02, 0.04} here (FACTS.md)
@@ -31,5 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.adam_b2 = 0.95
   o.adam_eps = 1e-8
   o.adam_weight_decay = 0.0
+  if arg == "optax":
+    o.name = "optax_muon"
+    del o["ns_dtype"], o["gram_ns"]  # optax.contrib.muon has neither
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r}; the only variant is 'optax'")
   c.optimizer = o
   return c
