@@ -17,6 +17,8 @@ import ml_collections
 
 from configs import speedrun_cpu
 
+FieldReference = ml_collections.FieldReference
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = speedrun_cpu.get_config(arg)
@@ -39,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.grafting = "adam"  # "none", "sgd", "adagrad", "rmsprop" or "adam"
   o.graft_eps = 1e-8
   o.root_method = "newton"  # or "eigh"
+  o.root_override = FieldReference(None, field_type=int)  # None: 2k (-1/4 per side of a matrix)
   o.newton_iters = 100
   o.newton_tol = 1e-6
   o.failure_threshold = 0.1

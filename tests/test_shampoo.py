@@ -55,29 +55,34 @@ def _mode_multiply(g, mat, i):
   return np.moveaxis(np.tensordot(mat, np.moveaxis(g, i, 0), axes=1), 0, i)
 
 
-def paper_shampoo(w0, noise, lr, eps):
+def paper_shampoo(w0, noise, lr, eps, dims=None, p=None):
   """Gupta, Koren & Singer 2018, Algorithm 2: H_i = eps I + sum G_(i) G_(i)^T,
-  W <- W - lr * G x_1 H_1^{-1/2k} ... x_k H_k^{-1/2k}."""
+  W <- W - lr * G x_1 H_1^{-1/2k} ... x_k H_k^{-1/2k}.
+
+  With `dims`, only those dimensions are factored (k = len(dims)); `p` replaces 2k.
+  """
   w = dict(w0)
   h = {k: [eps * np.eye(d) for d in v.shape] for k, v in w.items()}
   history = []
   for n in noise:
     g = _grad(w, n)
     for k in w:
-      rank = g[k].ndim
+      factored = range(g[k].ndim) if dims is None else dims
       step = g[k]
-      for i in range(rank):
+      for i in factored:
         h[k][i] = h[k][i] + _unfold(g[k], i) @ _unfold(g[k], i).T
-        step = _mode_multiply(step, _inv_root(h[k][i], 2 * rank), i)
+        step = _mode_multiply(step, _inv_root(h[k][i], p or 2 * len(factored)), i)
       w[k] = w[k] - lr * step
     history.append(dict(w))
   return history
 
 
-def blocked_shampoo(w0, noise, *, lr, b1, b2, eps, block, every, start, grafting, graft_eps):
+def blocked_shampoo(w0, noise, *, lr, b1, b2, eps, block, every, start, grafting, graft_eps,
+                    stats_every):
   """Shampoo with momentum, EMA factors, relative ridge, 2-D blocking and adam/no grafting.
 
-  1-D leaves follow the grafting direction. Roots at t = start, start + every, ...
+  1-D leaves follow the grafting direction. Factors updated at t = stats_every, 2 stats_every,
+  ...; roots at t = start, start + every, ...
   """
   w = dict(w0)
   mu = {k: np.zeros_like(v) for k, v in w.items()}
@@ -98,8 +103,9 @@ def blocked_shampoo(w0, noise, *, lr, b1, b2, eps, block, every, start, grafting
       out = d.copy()
       for b, (rows, cols) in enumerate(blocks.get(k, [])):
         gb, st, rt = g[k][rows, cols], stats[(k, b)], roots[(k, b)]
-        st[0] = b2 * st[0] + (1 - b2) * gb @ gb.T
-        st[1] = b2 * st[1] + (1 - b2) * gb.T @ gb
+        if t % stats_every == 0:
+          st[0] = b2 * st[0] + (1 - b2) * gb @ gb.T
+          st[1] = b2 * st[1] + (1 - b2) * gb.T @ gb
         if t >= start and (t - start) % every == 0:
           for i in range(2):
             ridge = eps * np.linalg.eigvalsh(st[i]).max()
@@ -132,16 +138,21 @@ def test_matches_paper_algorithm(root_method):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("root_method", ["eigh", "newton"])
-def test_matches_blocked_reference_with_momentum_and_adam_grafting(root_method):
+@pytest.mark.parametrize("root_method, stats_every", [("eigh", 1), ("newton", 2)])
+def test_matches_blocked_reference_with_momentum_and_adam_grafting(root_method, stats_every):
   rng = np.random.default_rng(2)
   w0 = {"w": rng.standard_normal((8, 6)), "b": rng.standard_normal((5,))}
   noise = _noise({k: v.shape for k, v in w0.items()}, 12, seed=3)
-  hp = dict(b1=0.9, b2=0.95, eps=1e-6, every=3, start=3, grafting="adam", graft_eps=1e-8)
+  # Start once the 4x4 factors of the 4x2 blocks have full rank (two rank-2 updates): a
+  # rank-deficient factor with a 1e-6 relative ridge has condition number 1e6, and its root
+  # in float32 is then only good to about 1e-5.
+  hp = dict(b1=0.9, b2=0.95, eps=1e-6, every=3, start=5, grafting="adam", graft_eps=1e-8,
+            stats_every=stats_every)
   tx = optimizers.create(
       "shampoo", learning_rate=0.01, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"], block_size=4,
       precondition_every=hp["every"], start_preconditioning_step=hp["start"],
-      grafting=hp["grafting"], graft_eps=hp["graft_eps"], root_method=root_method)
+      statistics_every=stats_every, grafting=hp["grafting"], graft_eps=hp["graft_eps"],
+      root_method=root_method)
   got, state = _run(tx, w0, noise)
   want = blocked_shampoo(w0, noise, lr=0.01, block=4, **hp)
   for g, r in zip(got, want):
@@ -150,6 +161,23 @@ def test_matches_blocked_reference_with_momentum_and_adam_grafting(root_method):
   assert set(metrics) == {"root_failures", "root_residual"}
   assert int(metrics["root_failures"]) == 0
   assert 0 < float(metrics["root_residual"]) < 1e-3
+
+
+@pytest.mark.parametrize("root_override", [None, 4])
+def test_one_sided_above_max_preconditioner_dim(root_override):
+  """A (6, 3) leaf with max_preconditioner_dim 4: only the columns are factored, G R^{-1/2}
+  (k = 1), or G R^{-1/4} with root_override 4."""
+  rng = np.random.default_rng(10)
+  w0 = {"w": rng.standard_normal((6, 3))}
+  noise = _noise({"w": (6, 3)}, 10)
+  tx = optimizers.create(
+      "shampoo", learning_rate=0.05, b1=0.0, b2=1.0, eps=0.1, relative_eps=False,
+      grafting="none", max_preconditioner_dim=4, merge_small_dims=False, precondition_every=1,
+      start_preconditioning_step=1, root_method="eigh", root_override=root_override)
+  got, _ = _run(tx, w0, noise)
+  want = paper_shampoo(w0, noise, lr=0.05, eps=0.1, dims=[1], p=root_override)
+  for g, r in zip(got, want):
+    chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
 
 
 def test_block_size_at_least_every_dim_equals_no_blocking_exactly():
@@ -207,11 +235,12 @@ def test_grafting_gives_grafted_norm_per_block(grafting):
   assert np.abs(u / np.linalg.norm(u) - d / np.linalg.norm(d)).max() > 1e-2
 
 
-def test_before_preconditioning_it_is_adamw():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_before_preconditioning_it_is_adamw(nesterov):
   rng = np.random.default_rng(7)
   w0 = {"w": rng.standard_normal((6, 4)), "b": rng.standard_normal((4,))}
   noise = _noise({k: v.shape for k, v in w0.items()}, 5)
-  hp = dict(learning_rate=0.01, b1=0.9, b2=0.95, weight_decay=0.1)
+  hp = dict(learning_rate=0.01, b1=0.9, b2=0.95, weight_decay=0.1, nesterov=nesterov)
   got, _ = _run(optimizers.create("shampoo", start_preconditioning_step=100, graft_eps=1e-8,
                                   **hp), w0, noise)
   want, _ = _run(optimizers.create("adamw", eps=1e-8, **hp), w0, noise)

@@ -4,11 +4,13 @@ For a block G of rank k (a matrix: k = 2), with m the bias-corrected momentum of
   L_i <- b2 L_i + (1 - b2) G_(i) G_(i)^T       (the plain sum when b2 = 1; every
                                                 `statistics_every` steps)
   P_i = (L_i + r I)^{-1/(2k)}                  (every `precondition_every` steps from
-                                                `start_preconditioning_step`)
+                                                `start_preconditioning_step`; 2k can be
+                                                overridden by `root_override`)
   S = m x_1 P_1 ... x_k P_k                    (L^{-1/4} m R^{-1/4} for a matrix)
   update = S |d| / |S|                         (d: the grafting direction, see grafting.py)
 Before `start_preconditioning_step`, and for leaves without factors (rank <= 1, embeddings),
-the update is the grafting direction d (m itself with grafting "none"). With grafting "adam"
+the update is the grafting direction d (m itself with grafting "none"). A dimension above
+`max_preconditioner_dim` gets no factor, and k counts only the factored dimensions. With grafting "adam"
 and the same b1, b2 and eps as AdamW, the first steps are exactly AdamW's.
 
 The roots run inside `lax.cond`, so their cost is paid once per `precondition_every` steps;
@@ -75,7 +77,8 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
                      precondition_every: int = 10, statistics_every: int = 1,
                      start_preconditioning_step: int = 25, grafting: str = "adam",
                      graft_eps: float = 1e-8, root_method: str = "newton",
-                     newton_iters: int = 100, newton_tol: float = 1e-6,
+                     root_override: int | None = None, newton_iters: int = 100,
+                     newton_tol: float = 1e-6,
                      failure_threshold: float = 0.1) -> optax.GradientTransformation:
   """The Shampoo direction of the module docstring (no learning rate, no weight decay).
 
@@ -119,7 +122,8 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     buckets: dict[tuple[int, int], list[tuple[str, int]]] = {}
     for key, dims in layout.dims.items():
       for j, d in enumerate(dims):
-        buckets.setdefault((layout.shapes[key][d], 2 * len(dims)), []).append((key, j))
+        p = root_override or 2 * len(dims)
+        buckets.setdefault((layout.shapes[key][d], p), []).append((key, j))
     new = {k: list(v) for k, v in roots.items()}
     failures, residual = metrics["root_failures"], jnp.zeros([], jnp.float32)
     for (_, p), items in sorted(buckets.items()):
@@ -197,8 +201,8 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
             graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
             precondition_every: int = 10, statistics_every: int = 1,
             start_preconditioning_step: int = 25, grafting: str = "adam",
-            graft_eps: float = 1e-8, root_method: str = "newton", newton_iters: int = 100,
-            newton_tol: float = 1e-6,
+            graft_eps: float = 1e-8, root_method: str = "newton",
+            root_override: int | None = None, newton_iters: int = 100, newton_tol: float = 1e-6,
             failure_threshold: float = 0.1) -> optax.GradientTransformation:
   """Shampoo with grafting, momentum and decoupled weight decay.
 
@@ -223,6 +227,7 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
     grafting: "none", "sgd", "adagrad", "rmsprop" or "adam".
     graft_eps: epsilon of the grafting denominator.
     root_method: "newton" (coupled Newton iteration) or "eigh".
+    root_override: p for every factor instead of 2k (2: L^{-1/2} G R^{-1/2}); None: 2k.
     newton_iters: Newton iteration limit.
     newton_tol: Newton stopping tolerance on max|X^p A - I|.
     failure_threshold: a root whose residual exceeds this is rejected (previous one kept).
@@ -240,7 +245,8 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
           graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,
           precondition_every=precondition_every, statistics_every=statistics_every,
           start_preconditioning_step=start_preconditioning_step, grafting=grafting,
-          graft_eps=graft_eps, root_method=root_method, newton_iters=newton_iters,
+          graft_eps=graft_eps, root_method=root_method, root_override=root_override,
+          newton_iters=newton_iters,
           newton_tol=newton_tol, failure_threshold=failure_threshold),
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.scale_by_learning_rate(learning_rate),
