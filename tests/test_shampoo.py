@@ -12,24 +12,24 @@ import optimizers
 from optimizers.shampoo import blocking
 
 
-def _noise(shapes, steps, seed=0):
+def make_noise(shapes, steps, seed=0):
   rng = np.random.default_rng(seed)
   return [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(steps)]
 
 
-def _grad(w, noise):
+def toy_grad(w, noise):
   """The test's gradient: fixed noise plus the parameters (so errors carry forward)."""
   return {k: noise[k] + w[k] for k in w}
 
 
-def _run(tx, w0, noise, dtype=jnp.float32):
+def run_steps(tx, w0, noise, dtype=jnp.float32):
   """Applies `tx` for len(noise) steps under jit; returns the parameters after each step."""
   params = {k: jnp.asarray(v, dtype) for k, v in w0.items()}
   state = tx.init(params)
 
   @jax.jit
   def step(params, state, noise):
-    updates, state = tx.update(_grad(params, noise), state, params)
+    updates, state = tx.update(toy_grad(params, noise), state, params)
     return optax.apply_updates(params, updates), state
 
   history = []
@@ -65,7 +65,7 @@ def paper_shampoo(w0, noise, lr, eps, dims=None, p=None):
   h = {k: [eps * np.eye(d) for d in v.shape] for k, v in w.items()}
   history = []
   for n in noise:
-    g = _grad(w, n)
+    g = toy_grad(w, n)
     for k in w:
       factored = range(g[k].ndim) if dims is None else dims
       step = g[k]
@@ -94,7 +94,7 @@ def blocked_shampoo(w0, noise, *, lr, b1, b2, eps, block, every, start, grafting
   roots = {kb: [np.eye(1), np.eye(1)] for kb in stats}
   history = []
   for t, n in enumerate(noise, start=1):
-    g = _grad(w, n)
+    g = toy_grad(w, n)
     for k in w:
       mu[k] = b1 * mu[k] + (1 - b1) * g[k]
       nu[k] = b2 * nu[k] + (1 - b2) * g[k] ** 2
@@ -127,12 +127,12 @@ def test_matches_paper_algorithm(root_method):
   """Grafting none, b2 = 1 (sums), one block, roots every step: the paper's update."""
   rng = np.random.default_rng(1)
   w0 = {"w": rng.standard_normal((5, 3)), "t": rng.standard_normal((2, 3, 4))}
-  noise = _noise({k: v.shape for k, v in w0.items()}, 10)
+  noise = make_noise({k: v.shape for k, v in w0.items()}, 10)
   tx = optimizers.create(
       "shampoo", learning_rate=0.05, b1=0.0, b2=1.0, eps=0.1, relative_eps=False,
       grafting="none", block_size=None, merge_small_dims=False, precondition_every=1,
       start_preconditioning_step=1, root_method=root_method)
-  got, _ = _run(tx, w0, noise)
+  got, _ = run_steps(tx, w0, noise)
   want = paper_shampoo(w0, noise, lr=0.05, eps=0.1)
   for g, r in zip(got, want):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
@@ -142,7 +142,7 @@ def test_matches_paper_algorithm(root_method):
 def test_matches_blocked_reference_with_momentum_and_adam_grafting(root_method, stats_every):
   rng = np.random.default_rng(2)
   w0 = {"w": rng.standard_normal((8, 6)), "b": rng.standard_normal((5,))}
-  noise = _noise({k: v.shape for k, v in w0.items()}, 12, seed=3)
+  noise = make_noise({k: v.shape for k, v in w0.items()}, 12, seed=3)
   # Start once the 4x4 factors of the 4x2 blocks have full rank (two rank-2 updates): a
   # rank-deficient factor with a 1e-6 relative ridge has condition number 1e6, and its root
   # in float32 is then only good to about 1e-5.
@@ -153,7 +153,7 @@ def test_matches_blocked_reference_with_momentum_and_adam_grafting(root_method, 
       precondition_every=hp["every"], start_preconditioning_step=hp["start"],
       statistics_every=stats_every, grafting=hp["grafting"], graft_eps=hp["graft_eps"],
       root_method=root_method)
-  got, state = _run(tx, w0, noise)
+  got, state = run_steps(tx, w0, noise)
   want = blocked_shampoo(w0, noise, lr=0.01, block=4, **hp)
   for g, r in zip(got, want):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
@@ -169,12 +169,12 @@ def test_one_sided_above_max_preconditioner_dim(root_override):
   (k = 1), or G R^{-1/4} with root_override 4."""
   rng = np.random.default_rng(10)
   w0 = {"w": rng.standard_normal((6, 3))}
-  noise = _noise({"w": (6, 3)}, 10)
+  noise = make_noise({"w": (6, 3)}, 10)
   tx = optimizers.create(
       "shampoo", learning_rate=0.05, b1=0.0, b2=1.0, eps=0.1, relative_eps=False,
       grafting="none", max_preconditioner_dim=4, merge_small_dims=False, precondition_every=1,
       start_preconditioning_step=1, root_method="eigh", root_override=root_override)
-  got, _ = _run(tx, w0, noise)
+  got, _ = run_steps(tx, w0, noise)
   want = paper_shampoo(w0, noise, lr=0.05, eps=0.1, dims=[1], p=root_override)
   for g, r in zip(got, want):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
@@ -184,11 +184,11 @@ def test_block_size_at_least_every_dim_equals_no_blocking_exactly():
   rng = np.random.default_rng(4)
   w0 = {"w": rng.standard_normal((6, 5)), "t": rng.standard_normal((3, 4, 2)),
         "b": rng.standard_normal((7,))}
-  noise = _noise({k: v.shape for k, v in w0.items()}, 6)
+  noise = make_noise({k: v.shape for k, v in w0.items()}, 6)
   hp = dict(learning_rate=0.01, start_preconditioning_step=1, precondition_every=2,
             merge_small_dims=False, root_method="eigh")
-  unblocked, _ = _run(optimizers.create("shampoo", block_size=None, **hp), w0, noise)
-  blocked, _ = _run(optimizers.create("shampoo", block_size=6, **hp), w0, noise)
+  unblocked, _ = run_steps(optimizers.create("shampoo", block_size=None, **hp), w0, noise)
+  blocked, _ = run_steps(optimizers.create("shampoo", block_size=6, **hp), w0, noise)
   chex.assert_trees_all_equal(unblocked, blocked)
 
 
@@ -196,11 +196,11 @@ def test_blocks_are_independent_shampoos():
   """A (8, 4) leaf in blocks of 4 moves as two separate (4, 4) leaves would."""
   rng = np.random.default_rng(5)
   w = rng.standard_normal((8, 4))
-  noise = _noise({"w": (8, 4)}, 6)
+  noise = make_noise({"w": (8, 4)}, 6)
   hp = dict(learning_rate=0.01, block_size=4, start_preconditioning_step=1,
             precondition_every=2)
-  whole, _ = _run(optimizers.create("shampoo", **hp), {"w": w}, noise)
-  halves, _ = _run(optimizers.create("shampoo", **hp), {"w0": w[:4], "w1": w[4:]},
+  whole, _ = run_steps(optimizers.create("shampoo", **hp), {"w": w}, noise)
+  halves, _ = run_steps(optimizers.create("shampoo", **hp), {"w0": w[:4], "w1": w[4:]},
                    [{"w0": n["w"][:4], "w1": n["w"][4:]} for n in noise])
   for a, b in zip(whole, halves):
     chex.assert_trees_all_close(a["w"], jnp.concatenate([b["w0"], b["w1"]]), rtol=1e-6,
@@ -210,7 +210,7 @@ def test_blocks_are_independent_shampoos():
 @pytest.mark.parametrize("grafting", ["sgd", "adagrad", "rmsprop", "adam"])
 def test_grafting_gives_grafted_norm_per_block(grafting):
   b1, b2, eps, lr = 0.9, 0.95, 1e-8, 0.1
-  grads = _noise({"w": (8, 6)}, 3, seed=6)
+  grads = make_noise({"w": (8, 6)}, 3, seed=6)
   tx = optimizers.create("shampoo", learning_rate=lr, b1=b1, b2=b2, graft_eps=eps,
                          grafting=grafting, block_size=4, start_preconditioning_step=1,
                          precondition_every=1)
@@ -239,11 +239,11 @@ def test_grafting_gives_grafted_norm_per_block(grafting):
 def test_before_preconditioning_it_is_adamw(nesterov):
   rng = np.random.default_rng(7)
   w0 = {"w": rng.standard_normal((6, 4)), "b": rng.standard_normal((4,))}
-  noise = _noise({k: v.shape for k, v in w0.items()}, 5)
+  noise = make_noise({k: v.shape for k, v in w0.items()}, 5)
   hp = dict(learning_rate=0.01, b1=0.9, b2=0.95, weight_decay=0.1, nesterov=nesterov)
-  got, _ = _run(optimizers.create("shampoo", start_preconditioning_step=100, graft_eps=1e-8,
+  got, _ = run_steps(optimizers.create("shampoo", start_preconditioning_step=100, graft_eps=1e-8,
                                   **hp), w0, noise)
-  want, _ = _run(optimizers.create("adamw", eps=1e-8, **hp), w0, noise)
+  want, _ = run_steps(optimizers.create("adamw", eps=1e-8, **hp), w0, noise)
   chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
@@ -265,18 +265,15 @@ def test_dead_parameter_counts_failures_and_stays_finite():
   chex.assert_trees_all_equal(updates["z"], jnp.zeros((4, 4)))
 
 
-def test_state_survives_orbax_and_training_continues_identically(tmp_path):
-  rng = np.random.default_rng(9)
-  w0 = {"w": rng.standard_normal((8, 6)), "b": rng.standard_normal((6,))}
-  noise = _noise({k: v.shape for k, v in w0.items()}, 6)
-  tx = optimizers.create("shampoo", learning_rate=0.01, block_size=4,
-                         start_preconditioning_step=2, precondition_every=2)
+def check_checkpoint_roundtrip(tx, w0, noise, tmp_path):
+  """Saves params and state with orbax after 3 steps, restores them into abstract targets, and
+  checks that they are equal and that the next steps are identical from either copy."""
   params = {k: jnp.asarray(v, jnp.float32) for k, v in w0.items()}
   state = tx.init(params)
 
   @jax.jit
   def step(params, state, n):
-    updates, state = tx.update(_grad(params, n), state, params)
+    updates, state = tx.update(toy_grad(params, n), state, params)
     return optax.apply_updates(params, updates), state
 
   for n in noise[:3]:
@@ -292,6 +289,14 @@ def test_state_survives_orbax_and_training_continues_identically(tmp_path):
     params, state = step(params, state, n)
     p2, s2 = step(p2, s2, n)
   chex.assert_trees_all_equal((params, state), (p2, s2))
+
+
+def test_state_survives_orbax_and_training_continues_identically(tmp_path):
+  rng = np.random.default_rng(9)
+  w0 = {"w": rng.standard_normal((8, 6)), "b": rng.standard_normal((6,))}
+  tx = optimizers.create("shampoo", learning_rate=0.01, block_size=4,
+                         start_preconditioning_step=2, precondition_every=2)
+  check_checkpoint_roundtrip(tx, w0, make_noise({k: v.shape for k, v in w0.items()}, 6), tmp_path)
 
 
 def test_init_on_abstract_shapes_and_dtypes_kept():

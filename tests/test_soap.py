@@ -4,34 +4,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 
 import optimizers
-
-
-def _noise(shapes, steps, seed=0):
-  rng = np.random.default_rng(seed)
-  return [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(steps)]
-
-
-def _grad(w, noise):
-  return {k: noise[k] + w[k] for k in w}
-
-
-def _run(tx, params, noise):
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, noise):
-    updates, state = tx.update(_grad(params, noise), state, params)
-    return optax.apply_updates(params, updates), state
-
-  history = []
-  for n in noise:
-    params, state = step(params, state, jax.tree.map(jnp.float32, n))
-    history.append(params)
-  return history, state
+from tests.test_shampoo import check_checkpoint_roundtrip
+from tests.test_shampoo import make_noise
+from tests.test_shampoo import run_steps
+from tests.test_shampoo import toy_grad
 
 
 def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block):
@@ -51,7 +29,7 @@ def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block):
   factors, bases = {}, {}
   history = []
   for t, n in enumerate(noise, start=1):
-    g = _grad(w, n)
+    g = toy_grad(w, n)
     if t == 1:
       for k, blocks in cuts.items():
         for b, (rows, cols) in enumerate(blocks):
@@ -96,7 +74,7 @@ def test_matches_reference_for_ten_steps():
   # eigenvectors, hence the whole trajectory, are unique.
   w0 = {"a": rng.standard_normal((4, 4)), "b": rng.standard_normal((4, 8)),
         "v": rng.standard_normal((6,))}
-  noise = _noise({k: v.shape for k, v in w0.items()}, 11, seed=1)
+  noise = make_noise({k: v.shape for k, v in w0.items()}, 11, seed=1)
   # Reverse the rows' and columns' scales halfway, so that the eigenvalue order changes and
   # the refresh has to re-sort the bases (and the second moment with them).
   ramp = np.array([1.0, 2.0, 4.0, 8.0])
@@ -106,7 +84,7 @@ def test_matches_reference_for_ten_steps():
     n["b"] *= r[:, None] * np.tile(r, 2)[None, :]
   hp = dict(b1=0.9, b2=0.6, eps=1e-8)
   tx = optimizers.create("soap", learning_rate=0.01, block_size=4, precondition_every=3, **hp)
-  got, _ = _run(tx, jax.tree.map(jnp.float32, w0), noise)
+  got, _ = run_steps(tx, w0, noise)
   want = reference_soap(w0, noise, lr=0.01, every=3, block=4, **hp)
   chex.assert_trees_all_equal(got[0], jax.tree.map(jnp.float32, w0))  # the first step
   for g, r in zip(got, want):
@@ -115,30 +93,9 @@ def test_matches_reference_for_ten_steps():
 
 def test_state_survives_orbax_and_training_continues_identically(tmp_path):
   rng = np.random.default_rng(2)
-  params = {"w": jnp.asarray(rng.standard_normal((8, 6)), jnp.float32),
-            "b": jnp.zeros((6,))}
-  noise = _noise({"w": (8, 6), "b": (6,)}, 6, seed=3)
+  w0 = {"w": rng.standard_normal((8, 6)), "b": np.zeros((6,))}
   tx = optimizers.create("soap", learning_rate=0.01, block_size=4, precondition_every=2)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, n):
-    updates, state = tx.update(_grad(params, n), state, params)
-    return optax.apply_updates(params, updates), state
-
-  for n in noise[:3]:
-    params, state = step(params, state, n)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
-  checkpointer.wait_until_finished()
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": state})
-  restored = checkpointer.restore(tmp_path / "ckpt", target)
-  chex.assert_trees_all_equal(restored, {"params": params, "opt_state": state})
-  p2, s2 = restored["params"], restored["opt_state"]
-  for n in noise[3:]:
-    params, state = step(params, state, n)
-    p2, s2 = step(p2, s2, n)
-  chex.assert_trees_all_equal((params, state), (p2, s2))
+  check_checkpoint_roundtrip(tx, w0, make_noise({"w": (8, 6), "b": (6,)}, 6, seed=3), tmp_path)
 
 
 def test_init_on_abstract_shapes_and_dtypes_kept():

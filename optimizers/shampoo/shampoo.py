@@ -105,15 +105,11 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     leaves = jax.tree.leaves(params)
     layout = layout_of(leaves)
     zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    stats = {k: tuple(jnp.zeros(s, jnp.float32) for s in shapes)
-             for k, shapes in layout.factor_shapes().items()}
-    roots = {k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=jnp.float32), s) for s in shapes)
-             for k, shapes in layout.factor_shapes().items()}
     return ShampooState(
         count=jnp.zeros([], jnp.int32),
         mu=zeros() if b1 > 0 else (),
         nu=zeros() if grafting_lib.has_second_moment(grafting) else (),
-        stats=stats, roots=roots,
+        stats=layout.zero_factors(), roots=layout.identity_factors(),
         metrics={"root_failures": jnp.zeros([], jnp.int32),
                  "root_residual": jnp.zeros([], jnp.float32)})
 
@@ -157,10 +153,7 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     graft_dir = grafting_lib.direction(m, nu, grafting, b2=b2, eps=graft_eps, count=count)
 
     def update_stats(stats):
-      blocks = layout.gather(grads)
-      return {k: jax.vmap(functools.partial(statistics.update_factors, dims=layout.dims[k],
-                                            b2=b2))(stats[k], blocks[k])
-              for k in stats}
+      return statistics.update_groups(stats, layout.gather(grads), layout.dims, b2)
 
     if statistics_every == 1:
       stats = update_stats(state.stats)

@@ -21,7 +21,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -85,12 +84,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
   def init_fn(params):
     layout = layout_of(jax.tree.leaves(params))
     zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    shapes = layout.factor_shapes()
-    return SoapState(
-        count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(),
-        stats={k: tuple(jnp.zeros(s, jnp.float32) for s in v) for k, v in shapes.items()},
-        bases={k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=jnp.float32), s) for s in v)
-               for k, v in shapes.items()})
+    return SoapState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(),
+                     stats=layout.zero_factors(), bases=layout.identity_factors())
 
   def update_fn(updates, state, params=None):
     del params
@@ -100,13 +95,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
     grads = [g.astype(jnp.float32) for g in leaves]
     g_blocks = layout.gather(grads)
 
-    def update_stats(stats, beta):
-      return {k: jax.vmap(functools.partial(statistics.update_factors, dims=layout.dims[k],
-                                            b2=beta))(stats[k], g_blocks[k])
-              for k in stats}
-
     def first_step(state):
-      stats = update_stats(state.stats, 0.0)
+      stats = statistics.update_groups(state.stats, g_blocks, layout.dims, 0.0)
       bases = {k: tuple(_descending_eigenvectors(f) for f in v) for k, v in stats.items()}
       return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
 
@@ -125,7 +115,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
         directions[k] = rotate(rotate(m_blocks[k], k) / (jnp.sqrt(nu_k * debias) + eps), k,
                                back=True)
         new_nu[k] = nu_k
-      stats = update_stats(state.stats, sb)
+      stats = statistics.update_groups(state.stats, g_blocks, layout.dims, sb)
 
       def refresh(bases, nu):
         bases, nu = dict(bases), dict(nu)

@@ -39,6 +39,13 @@ def update_factors(factors: Sequence[jax.Array], block: jax.Array, dims: Sequenc
   return tuple(b2 * f + (1.0 - b2) * gg for f, gg in zip(factors, products))
 
 
+def update_groups(stats: dict[str, Sequence[jax.Array]], blocks: dict[str, jax.Array],
+                  dims: dict[str, Sequence[int]], b2: float) -> dict[str, tuple[jax.Array, ...]]:
+  """`update_factors` for every group of stacked blocks (n, ...) and factors (n, d, d)."""
+  return {k: jax.vmap(lambda f, b, k=k: update_factors(f, b, dims[k], b2))(stats[k], blocks[k])
+          for k in stats}
+
+
 def mode_products(block: jax.Array, matrices: Sequence[jax.Array | None],
                   transpose: bool = False) -> jax.Array:
   """`block x_1 A_1 x_2 A_2 ...`: every dimension i multiplied by `matrices[i]`.
