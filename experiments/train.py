@@ -7,6 +7,12 @@ Exit status: 0 when done, 1 when the loss diverged (the last good checkpoint is 
 stopped by signal N after saving a checkpoint (resubmit the same command to resume).
 """
 
+import os
+
+# Before numpy/jax load OpenBLAS: JAX's CPU eigh/qr call it, and its thread pool fighting for
+# busy cores made a batch of QRs (SOAP's basis refresh) hundreds of times slower here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import logging as py_logging
 import sys
 

@@ -11,6 +11,8 @@ Each variant is `configs/speedrun_cpu_<name>.py` if that file exists, else the b
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see experiments/train.py
 import statistics
 import time
 
