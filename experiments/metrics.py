@@ -53,6 +53,15 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(l) for l in f if l.strip()]
 
 
+def steps_to_target(records: list[dict], target: float) -> float | None:
+  """First step where the validation curve reaches `target`, linearly interpolated."""
+  val = [(r["step"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), float)]
+  for (s0, v0), (s1, v1) in zip(val, val[1:]):
+    if v1 <= target:
+      return float(s1) if v0 <= target or v0 == v1 else s0 + (v0 - target) / (v0 - v1) * (s1 - s0)
+  return None
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)

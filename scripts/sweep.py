@@ -35,15 +35,6 @@ _ROOT = flags.DEFINE_string("root", "runs/sweeps", "Where sweeps go.")
 flags.mark_flag_as_required("name")
 
 
-def steps_to_target(records: list[dict], target: float) -> float | None:
-  """First step where the validation curve reaches `target`, linearly interpolated."""
-  val = [(r["step"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), float)]
-  for (s0, v0), (s1, v1) in zip(val, val[1:]):
-    if v1 <= target:
-      return float(s1) if v0 <= target or v0 == v1 else s0 + (v0 - target) / (v0 - v1) * (s1 - s0)
-  return None
-
-
 def main(argv):
   del argv
   grid = [(kv.split("=", 1)[0], kv.split("=", 1)[1].split(",")) for kv in _GRID.value]
@@ -68,7 +59,7 @@ def main(argv):
       val = [r["val_loss"] for r in records if isinstance(r.get("val_loss"), float)]
       row = {"point": dict(point), "seed": seed, "rc": rc, "workdir": workdir,
              "final_val": val[-1] if val else None, "best_val": min(val) if val else None,
-             "steps_to_target": (steps_to_target(records, _TARGET.value)
+             "steps_to_target": (metrics_lib.steps_to_target(records, _TARGET.value)
                                  if _TARGET.value is not None else None),
              "wall_s": wall}
       rows.append(row)
