@@ -29,7 +29,7 @@ def main(argv):
   fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
   for wd in workdirs:
     records = metrics_lib.read_metrics(wd)
-    label = os.path.basename(os.path.normpath(wd))
+    label = "/".join(os.path.normpath(wd).split(os.sep)[-2:])  # sweep/run
     tr = [(r["step"], r["train_loss"]) for r in records if isinstance(r.get("train_loss"), float)]
     if tr:
       s, l = map(np.array, zip(*tr))
