@@ -118,6 +118,18 @@ def make_train_step(model_cfg: gpt.GPTConfig, tx, schedule: Callable) -> Callabl
   return train_step
 
 
+def make_init_state(model_cfg: gpt.GPTConfig, tx) -> Callable[[int], dict]:
+  """seed -> the initial train state {"params", "opt_state", "step", "rng"}."""
+
+  def init_state(seed):
+    key = jax.random.key(seed)
+    params = gpt.init_params(model_cfg, key)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+  return init_state
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -235,12 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_src, val_src, data_info = make_data(config, workdir, model_cfg.vocab_size)
   tx, schedule = make_optimizer(config)
 
-  def init_state(seed):
-    key = jax.random.key(seed)
-    params = gpt.init_params(model_cfg, key)
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
-
+  init_state = make_init_state(model_cfg, tx)
   abstract = jax.eval_shape(init_state, config.seed)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

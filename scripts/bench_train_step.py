@@ -55,11 +55,7 @@ def bench(cfg) -> tuple[float, float, float]:
   tx, schedule = trainer.make_optimizer(cfg)
   accum, batch = int(cfg.train.grad_accum_steps), int(cfg.train.batch_size)
 
-  def init(seed):
-    params = gpt.init_params(model_cfg, jax.random.key(seed))
-    return {"params": params, "opt_state": tx.init(params),
-            "step": jax.numpy.zeros((), jax.numpy.int32), "rng": jax.random.key_data(jax.random.key(0))}
-
+  init = trainer.make_init_state(model_cfg, tx)
   abstract = jax.eval_shape(init, 0)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
   batch_sh = sharding_lib.batch_sharding(mesh, 3, batch_axis=1)
