@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
 
   c.schedule.warmup_steps = 250
+  c.schedule.base_batch_size = 512  # the learning rate above is for 512 sequences
 
   c.train.steps = 5625
   c.train.batch_size = 512  # x 1024 tokens = 524,288 tokens per step

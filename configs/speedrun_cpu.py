@@ -49,8 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.schedule.warmup_steps = 50
   c.schedule.final_lr_fraction = 0.0  # lr at the last step, as a fraction of the peak
   c.schedule.decay_fraction = 0.2  # wsd only: fraction of the steps spent decaying
-  # Linear scaling rule (Goyal et al. 2017): peak lr *= global_batch / base_batch_size.
-  c.schedule.base_batch_size = FieldReference(None, field_type=int)
+  # Linear scaling rule with gradual warmup (Goyal et al. 2017, arXiv 1706.02677): every peak
+  # learning rate is multiplied by train.batch_size / base_batch_size, so changing the batch
+  # keeps the tuned rates (set for batch 32) in step. None turns the rule off.
+  c.schedule.base_batch_size = FieldReference(32, field_type=int)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 800

@@ -21,7 +21,8 @@ def _final_val(tmp_path, config_file, name):
       "model.num_layers": 2, "model.width": 64, "model.num_heads": 2, "model.max_seq_len": 64,
       "data.seq_len": 64, "train.batch_size": 16, "train.steps": 150, "train.eval_every": 150,
       "train.eval_batches": 8, "train.log_every": 50, "train.checkpoint_every": 1000,
-      "mesh.data": 1, "data.cache_dir": str(tmp_path / "corpus")})
+      "mesh.data": 1, "schedule.base_batch_size": 16,
+      "data.cache_dir": str(tmp_path / "corpus")})
   trainer.train_and_evaluate(cfg, str(tmp_path / name))
   return [r["val_loss"] for r in metrics_lib.read_metrics(str(tmp_path / name))
           if "val_loss" in r]

@@ -25,7 +25,7 @@ TINY = {
     "model.num_layers": 2, "model.width": 32, "model.num_heads": 2, "model.max_seq_len": 32,
     "data.seq_len": 32, "train.batch_size": 8, "train.eval_batches": 2, "train.eval_every": 10,
     "train.log_every": 5, "train.checkpoint_every": 10, "schedule.warmup_steps": 5,
-    "mesh.data": 1,
+    "mesh.data": 1, "schedule.base_batch_size": 8,
 }
 
 
@@ -212,3 +212,17 @@ def test_stop_at_target_ends_at_the_first_eval_below_it(tmp_path):
   records = metrics_lib.read_metrics(str(tmp_path / "w"))
   assert [r["steps_to_target"] for r in records if "steps_to_target" in r] == [10]
   assert restore_params(tmp_path / "w")[0] == 10
+
+
+def test_linear_scaling_rule_scales_every_peak_learning_rate(tmp_path):
+  cfg = tiny_config(tmp_path, train__batch_size=32, schedule__base_batch_size=8,
+                    schedule__warmup_steps=10, train__steps=100)
+  _, schedule = trainer.make_optimizer(cfg)
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(10)), 4 * cfg.optimizer.learning_rate, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(5)), 2 * cfg.optimizer.learning_rate, rtol=1e-6)
+  muon = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_muon.py"),
+                           {"train.batch_size": 64})
+  assert trainer.lr_scale(muon) == 2.0  # base 32
+  cfg.schedule.base_batch_size = None
+  assert trainer.lr_scale(cfg) == 1.0
