@@ -2,6 +2,7 @@
 
   statistics.py    factor statistics G_(i) G_(i)^T and mode products with a block
   matrix_roots.py  inverse p-th roots (coupled Newton, eigh) with a failure check
+  linalg.py        batched QR and eigh of many stacks in one LAPACK call (CPU deadlock)
   blocking.py      which leaves get factors; blocking and merging of dimensions
   grafting.py      per-block grafting onto a diagonal method's step length
   shampoo.py       the `shampoo` registry entry

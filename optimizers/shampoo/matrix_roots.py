@@ -139,6 +139,15 @@ def inverse_pth_root_eigh(a: jax.Array, p: int, *, eps: float = 1e-6,
     relative backward error (NaN for a zero matrix).
   """
   w, v = jnp.linalg.eigh(a)
+  return root_from_eigh(a, w, v, p, eps=eps, relative_eps=relative_eps)
+
+
+def root_from_eigh(a: jax.Array, w: jax.Array, v: jax.Array, p: int, *, eps: float = 1e-6,
+                   relative_eps: bool = True) -> RootResult:
+  """`inverse_pth_root_eigh` given the eigendecomposition `(w, v)` of `a`.
+
+  For callers that decompose many matrices in one call (see `linalg.eigh`).
+  """
   r = ridge(a, eps, relative_eps)
   root = _mm(v * (jnp.maximum(w, 0) + r) ** (-1.0 / p), v.T)
   residual = _max_abs(_mm(a, v) - v * w) / _max_abs(w)

@@ -39,6 +39,7 @@ from jax import lax
 from optimizers._registry import register
 from optimizers.shampoo import blocking
 from optimizers.shampoo import grafting as grafting_lib
+from optimizers.shampoo import linalg
 from optimizers.shampoo import matrix_roots
 from optimizers.shampoo import statistics
 
@@ -97,6 +98,8 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
                         graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
   root_fn = functools.partial(matrix_roots.inverse_pth_root, method=root_method, eps=eps,
                               relative_eps=relative_eps, max_iters=newton_iters, tol=newton_tol)
+  eigh_root_fn = functools.partial(matrix_roots.root_from_eigh, eps=eps,
+                                   relative_eps=relative_eps)
 
   def layout_of(leaves) -> blocking.Layout:
     return blocking.Layout([x.shape for x in leaves], **layout_options)
@@ -122,10 +125,19 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
         buckets.setdefault((layout.shapes[key][d], p), []).append((key, j))
     new = {k: list(v) for k, v in roots.items()}
     failures, residual = metrics["root_failures"], jnp.zeros([], jnp.float32)
-    for (_, p), items in sorted(buckets.items()):
-      mats = jnp.concatenate([stats[k][j] for k, j in items])
+    order = sorted(buckets)
+    mats = {b: jnp.concatenate([stats[k][j] for k, j in buckets[b]]) for b in order}
+    if root_method == "eigh":
+      # Every bucket's eigendecomposition in one LAPACK call: concurrent ones can deadlock
+      # the CPU runtime (see linalg.py).
+      eig = dict(zip(order, linalg.eigh([mats[b] for b in order])))
+    for b in order:
+      p, items = b[1], buckets[b]
       prev = jnp.concatenate([roots[k][j] for k, j in items])
-      result = jax.vmap(functools.partial(root_fn, p=p))(mats)
+      if root_method == "eigh":
+        result = jax.vmap(functools.partial(eigh_root_fn, p=p))(mats[b], *eig[b])
+      else:
+        result = jax.vmap(functools.partial(root_fn, p=p))(mats[b])
       root, failed = matrix_roots.accept(prev, result, failure_threshold)
       failures += jnp.sum(failed, dtype=jnp.int32)
       residual = jnp.maximum(residual, jnp.max(jnp.where(failed, 0.0, result.residual)))

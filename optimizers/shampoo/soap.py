@@ -30,6 +30,7 @@ from jax import lax
 
 from optimizers._registry import register
 from optimizers.shampoo import blocking
+from optimizers.shampoo import linalg
 from optimizers.shampoo import statistics
 from optimizers.shampoo.shampoo import momentum
 
@@ -42,22 +43,17 @@ class SoapState(NamedTuple):
   bases: dict[str, tuple[jax.Array, ...]]  # per block group: the eigenbases (n, d, d)
 
 
-def _descending_eigenvectors(factor: jax.Array) -> jax.Array:
-  """Eigenvectors of a stack of symmetric matrices, as columns, by descending eigenvalue."""
-  return jnp.flip(jnp.linalg.eigh(factor)[1], axis=-1)
+def order_by_estimate(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The power-iteration product L Q of a stack (n, d, d), columns by descending diag(Q^T L Q).
 
-
-def refresh_basis(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """One QR power-iteration step for a stack (n, d, d): returns (new basis, column order).
-
-  The columns of `basis` are first ordered by the estimated eigenvalues diag(Q^T L Q),
-  descending; `order` (n, d) tells how the rotated coordinates were permuted.
+  Returns:
+    (L Q with its columns reordered, order (n, d)): `order` tells how the rotated coordinates
+    were permuted. The new basis is the Q factor of the first output (`linalg.qr_orthogonal`).
   """
   lq = jnp.matmul(factor, basis, precision=lax.Precision.HIGHEST)
   estimate = jnp.sum(basis * lq, axis=-2)
   order = jnp.argsort(-estimate, axis=-1, stable=True)
-  lq = jnp.take_along_axis(lq, order[:, None, :], axis=-1)
-  return jnp.linalg.qr(lq)[0], order
+  return jnp.take_along_axis(lq, order[:, None, :], axis=-1), order
 
 
 def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
@@ -97,7 +93,11 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
 
     def first_step(state):
       stats = statistics.update_groups(state.stats, g_blocks, layout.dims, 0.0)
-      bases = {k: tuple(_descending_eigenvectors(f) for f in v) for k, v in stats.items()}
+      # Every factor's eigenvectors in one LAPACK call (see linalg.py), descending.
+      keys = [(k, j) for k, v in stats.items() for j in range(len(v))]
+      eig = dict(zip(keys, linalg.eigh([stats[k][j] for k, j in keys])))
+      bases = {k: tuple(jnp.flip(eig[k, j][1], axis=-1) for j in range(len(v)))
+               for k, v in stats.items()}
       return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
 
     def adam_step(state):
@@ -118,17 +118,20 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       stats = statistics.update_groups(state.stats, g_blocks, layout.dims, sb)
 
       def refresh(bases, nu):
-        bases, nu = dict(bases), dict(nu)
-        for k, dims in layout.dims.items():
-          new = []
-          for j, d in enumerate(dims):
-            basis, order = refresh_basis(stats[k][j], bases[k][j])
-            new.append(basis)
-            index = order.reshape(order.shape[:1] + (1,) * d + order.shape[1:]
-                                  + (1,) * (nu[k].ndim - d - 2))
-            nu[k] = jnp.take_along_axis(nu[k], index, axis=d + 1)
-          bases[k] = tuple(new)
-        return bases, nu
+        nu = dict(nu)
+        keys = [(k, j) for k, dims in layout.dims.items() for j in range(len(dims))]
+        products = []
+        for k, j in keys:
+          lq, order = order_by_estimate(stats[k][j], bases[k][j])
+          products.append(lq)
+          d = layout.dims[k][j]
+          index = order.reshape(order.shape[:1] + (1,) * d + order.shape[1:]
+                                + (1,) * (nu[k].ndim - d - 2))
+          nu[k] = jnp.take_along_axis(nu[k], index, axis=d + 1)
+        # Every factor's QR in one LAPACK call: concurrent ones can deadlock (linalg.py).
+        q = dict(zip(keys, linalg.qr_orthogonal(products)))
+        return {k: tuple(q[k, j] for j in range(len(dims)))
+                for k, dims in layout.dims.items()}, nu
 
       bases, new_nu = lax.cond(s % precondition_every == 0, refresh, lambda b, n: (b, n),
                                state.bases, new_nu)

@@ -1,0 +1,124 @@
+"""`optimizers.shampoo.linalg`: many stacks, one LAPACK call, same answers as one call each.
+
+Why it exists (see its docstring): concurrent batched LAPACK kernels deadlock XLA's CPU thread
+pool. The last two tests pin that down: the compiled SOAP and Shampoo updates hold one
+decomposition call each, and a SOAP update with several block groups runs to the end.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optimizers
+from optimizers.shampoo import linalg
+
+
+def _stacks(seed=0):
+  """Symmetric stacks of three sizes: PSD full rank, PSD rank-deficient, indefinite."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for n, d, rank in [(3, 5, 5), (2, 8, 3), (4, 8, 8)]:
+    g = rng.standard_normal((n, d, rank))
+    a = g @ np.swapaxes(g, 1, 2)
+    if d == 8 and rank == 8:
+      a = a - 4.0 * np.eye(d)  # indefinite: the padding must still go below every eigenvalue
+    out.append(a.astype(np.float32))
+  return out
+
+
+def test_qr_equals_one_call_per_stack():
+  stacks = _stacks()
+  got = linalg.qr_orthogonal([jnp.asarray(s) for s in stacks])
+  for q, s in zip(got, stacks):
+    want = np.asarray(jnp.linalg.qr(jnp.asarray(s))[0])
+    assert q.shape == s.shape
+    np.testing.assert_allclose(np.asarray(q), want, atol=2e-6)
+    eye = np.broadcast_to(np.eye(s.shape[-1]), s.shape)
+    np.testing.assert_allclose(np.swapaxes(q, 1, 2) @ q, eye, atol=2e-6)
+
+
+def test_eigh_matches_float64():
+  stacks = _stacks()
+  got = linalg.eigh([jnp.asarray(s) for s in stacks])
+  for (w, v), s in zip(got, stacks):
+    w, v = np.asarray(w, np.float64), np.asarray(v, np.float64)
+    w64, v64 = np.linalg.eigh(s.astype(np.float64))
+    scale = np.max(np.abs(w64), axis=-1, keepdims=True)
+    assert np.all(np.abs(w - w64) < 1e-5 * scale), np.max(np.abs(w - w64) / scale)
+    # Eigenvectors up to sign (eigenvalues here are distinct, or zero for the rank-deficient
+    # stack, where only the reconstruction is unique).
+    recon = (v * w[:, None, :]) @ np.swapaxes(v, 1, 2)
+    assert np.all(np.abs(recon - s) < 1e-5 * scale[..., None]), np.max(np.abs(recon - s))
+    eye = np.broadcast_to(np.eye(s.shape[-1]), s.shape)
+    np.testing.assert_allclose(np.swapaxes(v, 1, 2) @ v, eye, atol=2e-6)
+
+
+def test_nan_matrix_does_not_spoil_the_others():
+  stacks = [jnp.asarray(s) for s in _stacks()]
+  stacks[0] = stacks[0].at[1, 2, 2].set(jnp.nan)
+  (w0, _), (w1, v1), _ = linalg.eigh(stacks)
+  assert not np.all(np.isfinite(w0[1]))
+  assert np.all(np.isfinite(w0[0])) and np.all(np.isfinite(w0[2]))
+  assert np.all(np.isfinite(w1)) and np.all(np.isfinite(v1))
+
+
+def _params():
+  """Three block groups of different sizes, two factors each."""
+  return {"a": jnp.ones((6, 10)), "b": jnp.ones((12, 4)), "c": jnp.ones((7, 7)),
+          "bias": jnp.ones((5,))}
+
+
+def _lapack_calls(tx):
+  params = _params()
+  state = tx.init(params)
+  text = jax.jit(tx.update).lower(params, state, params).as_text()
+  return {name: text.count(name) for name in ("geqrf", "orgqr", "syevd")}
+
+
+def test_soap_update_holds_one_call_per_decomposition():
+  tx = optimizers.create("soap", learning_rate=1e-3, block_size=16)
+  assert _lapack_calls(tx) == {"geqrf": 1, "orgqr": 1, "syevd": 1}
+
+
+def test_shampoo_eigh_update_holds_one_eigh_call():
+  tx = optimizers.create("shampoo", learning_rate=1e-3, block_size=16, root_method="eigh")
+  assert _lapack_calls(tx) == {"geqrf": 0, "orgqr": 0, "syevd": 1}
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SOAP_RUN = textwrap.dedent("""
+    import jax, jax.numpy as jnp
+    import optimizers
+    params = {"a": jnp.ones((512, 256)), "b": jnp.ones((384, 96)), "c": jnp.ones((64, 64))}
+    tx = optimizers.create("soap", learning_rate=1e-3, block_size=128, precondition_every=1)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for i in range(12):
+      grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(i), p.shape), params)
+      _, state = step(grads, state, params)
+      jax.block_until_ready(state)
+    print("finished")
+""")
+
+
+def test_soap_with_many_groups_does_not_deadlock():
+  # Factors of three block groups (sizes 128, 96, 64) refreshed at every step: with one QR per
+  # factor this hung at once on 2 cores (batches this large are split over the thread pool).
+  # In a subprocess, so that a regression fails here instead of hanging the suite.
+  # One CPU device, as in training: conftest's 8 fake devices come with a larger thread pool,
+  # under which the old code did not hang.
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, XLA_FLAGS=" ".join(flags))
+  try:
+    out = subprocess.run([sys.executable, "-c", _SOAP_RUN], capture_output=True, text=True,
+                         timeout=120, check=True, cwd=_ROOT, env=env)
+  except subprocess.TimeoutExpired:
+    pytest.fail("SOAP's update did not return within 120 s: LAPACK deadlock")
+  assert "finished" in out.stdout
