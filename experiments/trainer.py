@@ -83,8 +83,26 @@ def make_optimizer(config: ml_collections.ConfigDict):
   tx = optimizers.create(config.optimizer.name, **hparams)
   clip = config.train.get("grad_clip_norm")
   if clip:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
   return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
+
+
+def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """`tx` whose extra argument `grad_fn` (SAM's second gradient) returns clipped gradients too.
+
+  `chain(clip_by_global_norm, sam)` alone clips only the gradient SAM ascends along, which it
+  normalizes anyway; the gradient its inner optimizer steps with came unclipped.
+  """
+  tx = optax.with_extra_args_support(tx)
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    inner = extra_args.get("grad_fn")
+    if inner is not None:
+      extra_args["grad_fn"] = lambda p: clip.update(inner(p), optax.EmptyState())[0]
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 # ---------------------------------------------------------------------------------------------

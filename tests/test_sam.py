@@ -141,3 +141,23 @@ def test_adaptive_needs_params():
   grad_fn = lambda p: p
   with pytest.raises(ValueError, match="needs params"):
     tx.update(params, tx.init(params), None, grad_fn=grad_fn)
+
+
+def test_trainer_clip_reaches_the_perturbed_gradient():
+  # grad_clip_norm in the trainer must clip the gradient SAM's inner optimizer steps with
+  # (taken at the perturbed point through grad_fn), not only the first one.
+  from experiments import trainer  # pylint: disable=g-import-not-at-top
+  clip = 1e-3
+  tx = trainer.clip_grad_fn(optax.chain(
+      optax.clip_by_global_norm(clip),
+      optimizers.create("sam", inner="sgd", learning_rate=1.0, rho=RHO)), clip)
+  params = {"W": jnp.zeros((5, 3)), "b": jnp.zeros((3,))}
+  grad_fn = jax.grad(logistic_loss)
+  updates, _ = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+  # Plain SGD with lr 1: the update is minus the (clipped) perturbed gradient.
+  np.testing.assert_allclose(float(optax.global_norm(updates)), clip, rtol=1e-5)
+  g = grad_fn(params)
+  perturbed = jax.tree.map(lambda p, x: p + RHO * x / optax.global_norm(g), params, g)
+  want = jax.tree.map(lambda x: -clip * x / optax.global_norm(grad_fn(perturbed)),
+                      grad_fn(perturbed))
+  chex.assert_trees_all_close(updates, want, rtol=1e-5, atol=1e-9)
