@@ -317,6 +317,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tokens_per_step = batch * config.data.seq_len
   last_good_ckpt = resumed_from
   summary = {"step": step, "val_loss": None, "stopped_by_signal": None, "steps_to_target": None}
+  if resumed_from is not None and os.path.exists(writer.path):
+    # A target reached before the resume stays the first crossing; it is not logged again.
+    reached = [r["steps_to_target"] for r in metrics_lib.read_metrics(workdir)
+               if "steps_to_target" in r]
+    summary["steps_to_target"] = int(reached[0]) if reached else None
 
   def save(state, step):
     nonlocal last_good_ckpt

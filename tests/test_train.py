@@ -214,6 +214,17 @@ def test_stop_at_target_ends_at_the_first_eval_below_it(tmp_path):
   assert restore_params(tmp_path / "w")[0] == 10
 
 
+def test_target_reached_before_a_resume_is_not_logged_again(tmp_path):
+  cfg = tiny_config(tmp_path, train__steps=30, train__target_val_loss=100.0,
+                    train__stop_at_step=20)
+  assert trainer.train_and_evaluate(cfg, str(tmp_path / "w"))["steps_to_target"] == 10
+  cfg = tiny_config(tmp_path, train__steps=30, train__target_val_loss=100.0)
+  summary = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert summary["step"] == 30 and summary["steps_to_target"] == 10
+  records = metrics_lib.read_metrics(str(tmp_path / "w"))
+  assert [r["steps_to_target"] for r in records if "steps_to_target" in r] == [10]
+
+
 def test_linear_scaling_rule_scales_every_peak_learning_rate(tmp_path):
   cfg = tiny_config(tmp_path, train__batch_size=32, schedule__base_batch_size=8,
                     schedule__warmup_steps=10, train__steps=100)
