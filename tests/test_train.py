@@ -225,6 +225,24 @@ def test_target_reached_before_a_resume_is_not_logged_again(tmp_path):
   assert [r["steps_to_target"] for r in records if "steps_to_target" in r] == [10]
 
 
+_VARIANTS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
+                   if f.startswith("speedrun_cpu_") and f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", _VARIANTS)
+def test_every_cpu_speedrun_config_trains(tmp_path, name):
+  # 12 steps: past Shampoo's and SOAP's first root / basis refresh at step 11.
+  values = dict(TINY, **{"data.cache_dir": str(tmp_path / "corpus"), "train.steps": 12,
+                         "train.eval_every": 12, "train.checkpoint_every": 12})
+  cfg = configs_util.load(os.path.join(ROOT, "configs", name), values)
+  if cfg.optimizer.name == "shampoo":
+    cfg.optimizer.start_preconditioning_step = 1
+  summary = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert summary["step"] == 12 and np.isfinite(summary["val_loss"])
+  records = metrics_lib.read_metrics(str(tmp_path / "w"))
+  assert records[0]["val_loss"] > summary["val_loss"]
+
+
 def test_linear_scaling_rule_scales_every_peak_learning_rate(tmp_path):
   cfg = tiny_config(tmp_path, train__batch_size=32, schedule__base_batch_size=8,
                     schedule__warmup_steps=10, train__steps=100)
