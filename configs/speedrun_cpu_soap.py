@@ -33,5 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.graft_only_dim = 1_000_000
   o.merge_small_dims = True
   o.precondition_every = 10
+  o.statistics_every = 1
+  o.start_preconditioning_step = 1  # the paper: bases from the first gradient, no move
   c.optimizer = o
   return c

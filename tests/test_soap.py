@@ -12,13 +12,15 @@ from tests.test_shampoo import run_steps
 from tests.test_shampoo import toy_grad
 
 
-def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block):
+def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block, stats_every=1, start=1):
   """SOAP (Vyas et al. 2024, Algorithm 3) per 2-D block of `block` x `block`; Adam on 1-D.
 
-  Step 1 sets L = GG^T, R = G^T G and their eigenvectors (descending) and does not move.
-  Step t: Adam with s = t - 1 on Q_L^T G Q_R, moments as in the paper; then the factors are
-  updated and, every `every` Adam steps, the bases are re-sorted by diag(Q^T L Q) and
-  refreshed by one QR power-iteration step.
+  Step `start` (the paper: 1) sets the eigenbases (descending) from the factors and does not
+  move; at step 1 the factors are L = GG^T, R = G^T G. Steps before `start` are Adam in the
+  identity basis while the factors accumulate. Other steps: Adam with s = the number of moving
+  steps so far on Q_L^T G Q_R, moments as in the paper; then the factors are updated (every
+  `stats_every` steps, counted from 1) and, every `every` steps after `start`, the bases are
+  re-sorted by diag(Q^T L Q) and refreshed by one QR power-iteration step.
   """
   w = dict(w0)
   mu = {k: np.zeros_like(v) for k, v in w.items()}
@@ -26,19 +28,23 @@ def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block):
   cuts = {k: [(slice(r, r + block), slice(c, c + block))
               for r in range(0, v.shape[0], block) for c in range(0, v.shape[1], block)]
           for k, v in w.items() if v.ndim == 2}
-  factors, bases = {}, {}
+  factors = {(k, b): [np.zeros((block, block)), np.zeros((block, block))]
+             for k, blocks in cuts.items() for b in range(len(blocks))}
+  bases = {kb: [np.eye(block), np.eye(block)] for kb in factors}
   history = []
   for t, n in enumerate(noise, start=1):
     g = toy_grad(w, n)
-    if t == 1:
+    if t == start:
       for k, blocks in cuts.items():
         for b, (rows, cols) in enumerate(blocks):
-          gb = g[k][rows, cols]
-          factors[k, b] = [gb @ gb.T, gb.T @ gb]
-          bases[k, b] = [np.linalg.eigh(f)[1][:, ::-1] for f in factors[k, b]]
+          gb, f = g[k][rows, cols], factors[k, b]
+          decay = 0.0 if t == 1 else b2
+          f[0] = decay * f[0] + (1 - decay) * gb @ gb.T
+          f[1] = decay * f[1] + (1 - decay) * gb.T @ gb
+          bases[k, b] = [np.linalg.eigh(x)[1][:, ::-1] for x in f]
       history.append(dict(w))
       continue
-    s = t - 1
+    s = t - 1 if t > start else t
     for k in w:
       mu[k] = b1 * mu[k] + (1 - b1) * g[k]
       m = mu[k] / (1 - b1 ** s)
@@ -55,9 +61,10 @@ def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block):
                                                   + eps)
         step[rows, cols] = ql @ rotated @ qr.T
         f = factors[k, b]
-        f[0] = b2 * f[0] + (1 - b2) * gb @ gb.T
-        f[1] = b2 * f[1] + (1 - b2) * gb.T @ gb
-        if s % every == 0:
+        if (t - 1) % stats_every == 0:
+          f[0] = b2 * f[0] + (1 - b2) * gb @ gb.T
+          f[1] = b2 * f[1] + (1 - b2) * gb.T @ gb
+        if t > start and (t - start) % every == 0:
           for axis in range(2):
             q = bases[k, b][axis]
             order = np.argsort(-np.diag(q.T @ f[axis] @ q), kind="stable")
@@ -87,6 +94,26 @@ def test_matches_reference_for_ten_steps():
   got, _ = run_steps(tx, w0, noise)
   want = reference_soap(w0, noise, lr=0.01, every=3, block=4, **hp)
   chex.assert_trees_all_equal(got[0], jax.tree.map(jnp.float32, w0))  # the first step
+  for g, r in zip(got, want):
+    chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_delayed_start_and_sparse_statistics_match_reference():
+  # Adam (identity basis) for 3 steps while the factors gather, bases at step 4 (no move),
+  # factors every 2nd step, refresh every 3 steps after that.
+  rng = np.random.default_rng(5)
+  w0 = {"a": rng.standard_normal((4, 4)), "b": rng.standard_normal((4, 8)),
+        "v": rng.standard_normal((6,))}
+  noise = make_noise({k: v.shape for k, v in w0.items()}, 12, seed=6)
+  hp = dict(b1=0.9, b2=0.6, eps=1e-8)
+  tx = optimizers.create("soap", learning_rate=0.01, block_size=4, precondition_every=3,
+                         statistics_every=2, start_preconditioning_step=4, **hp)
+  got, _ = run_steps(tx, w0, noise)
+  want = reference_soap(w0, noise, lr=0.01, every=3, block=4, stats_every=2, start=4, **hp)
+  chex.assert_trees_all_equal(got[3], got[2])  # step 4 sets the bases and does not move
+  adam = run_steps(optimizers.create("adam", learning_rate=0.01, **hp), w0, noise[:3])[0]
+  for g, a in zip(got[:3], adam):  # before it: Adam
+    chex.assert_trees_all_close(g, a, rtol=1e-6, atol=1e-7)
   for g, r in zip(got, want):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
 

@@ -12,6 +12,9 @@ Per block G (a matrix: factors L, R with orthogonal bases Q_L, Q_R; rank k: one 
            every `precondition_every` Adam steps, per factor: order Q's columns by the
              estimated eigenvalues diag(Q^T L Q) (descending, nu permuted alike), then
              Q <- QR(L Q) (one power-iteration step warm-started from Q).
+With `start_preconditioning_step` N > 1, steps 1..N-1 are Adam (Q = I) while L, R accumulate
+and step N computes the first bases as step 1 does; `statistics_every` k updates L, R only at
+steps 1, 1 + k, ... (as Meta's Distributed Shampoo does for its eigenvalue-corrected variant).
 Leaves without factors (rank <= 1, embeddings; see blocking.py) run plain Adam. Written by
 hand: no library has SOAP in JAX; the moments follow optax's Adam.
 
@@ -60,7 +63,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
                   shampoo_b2: float | None = None, nesterov: bool = False,
                   block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
                   graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
-                  precondition_every: int = 10) -> optax.GradientTransformation:
+                  precondition_every: int = 10, statistics_every: int = 1,
+                  start_preconditioning_step: int = 1) -> optax.GradientTransformation:
   """The SOAP direction of the module docstring (no learning rate, no weight decay).
 
   Args: as `soap`.
@@ -68,8 +72,10 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
   Returns:
     An optax.GradientTransformation with state `SoapState`.
   """
-  if precondition_every < 1:
-    raise ValueError("precondition_every must be >= 1")
+  if min(precondition_every, statistics_every, start_preconditioning_step) < 1:
+    raise ValueError("precondition_every, statistics_every and start_preconditioning_step "
+                     "must be >= 1")
+  start = start_preconditioning_step
   sb = b2 if shampoo_b2 is None else shampoo_b2
   layout_options = dict(block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
                         graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
@@ -92,7 +98,9 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
     g_blocks = layout.gather(grads)
 
     def first_step(state):
-      stats = statistics.update_groups(state.stats, g_blocks, layout.dims, 0.0)
+      # The paper's step 1 sets L = G G^T; a later start adds G G^T to the running factors.
+      stats = statistics.update_groups(state.stats, g_blocks, layout.dims,
+                                       0.0 if start == 1 else sb)
       # Every factor's eigenvectors in one LAPACK call (see linalg.py), descending.
       keys = [(k, j) for k, v in stats.items() for j in range(len(v))]
       eig = dict(zip(keys, linalg.eigh([stats[k][j] for k, j in keys])))
@@ -101,7 +109,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
 
     def adam_step(state):
-      s = count - 1
+      s = count - (count > start).astype(count.dtype)  # Adam's step: step `start` is no move
       mu, m = momentum(treedef.flatten_up_to(state.mu), grads, b1=b1, nesterov=nesterov,
                        count=s)
       nu_leaves = treedef.flatten_up_to(state.nu)
@@ -115,7 +123,12 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
         directions[k] = rotate(rotate(m_blocks[k], k) / (jnp.sqrt(nu_k * debias) + eps), k,
                                back=True)
         new_nu[k] = nu_k
-      stats = statistics.update_groups(state.stats, g_blocks, layout.dims, sb)
+      update_stats = lambda st: statistics.update_groups(st, g_blocks, layout.dims, sb)
+      if statistics_every == 1:
+        stats = update_stats(state.stats)
+      else:
+        stats = lax.cond((count - 1) % statistics_every == 0, update_stats, lambda st: st,
+                         state.stats)
 
       def refresh(bases, nu):
         nu = dict(nu)
@@ -133,8 +146,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
         return {k: tuple(q[k, j] for j in range(len(dims)))
                 for k, dims in layout.dims.items()}, nu
 
-      bases, new_nu = lax.cond(s % precondition_every == 0, refresh, lambda b, n: (b, n),
-                               state.bases, new_nu)
+      due = (count > start) & ((count - start) % precondition_every == 0)
+      bases, new_nu = lax.cond(due, refresh, lambda b, n: (b, n), state.bases, new_nu)
       # Leaves without factors: plain Adam.
       plain_nu = [b2 * n + (1.0 - b2) * jnp.square(g) for n, g in zip(nu_leaves, grads)]
       out, nu = [], []
@@ -143,7 +156,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
         nu.append(plain_nu[i] if n is None else n)
       return out, SoapState(count, treedef.unflatten(mu), treedef.unflatten(nu), stats, bases)
 
-    out, new_state = lax.cond(count == 1, first_step, adam_step, state)
+    out, new_state = lax.cond(count == start, first_step, adam_step, state)
     new_state = new_state._replace(count=count)
     return treedef.unflatten([o.astype(g.dtype) for o, g in zip(out, leaves)]), new_state
 
@@ -155,7 +168,8 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
          weight_decay: float = 0.0, shampoo_b2: float | None = None, nesterov: bool = False,
          block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
          graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
-         precondition_every: int = 10) -> optax.GradientTransformation:
+         precondition_every: int = 10, statistics_every: int = 1,
+         start_preconditioning_step: int = 1) -> optax.GradientTransformation:
   """SOAP (Adam in Shampoo's eigenbasis) with decoupled weight decay.
 
   update = -lr * (soap_direction + weight_decay * theta)   (see the module docstring)
@@ -172,7 +186,10 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
     max_preconditioner_dim: dimensions above it are not rotated (None: no limit).
     graft_only_dim: leaves with a dimension at or above it run plain Adam.
     merge_small_dims: merge consecutive dimensions while their product is <= block_size.
-    precondition_every: Adam steps between basis refreshes.
+    precondition_every: steps between basis refreshes (counted from the first basis).
+    statistics_every: the factors are updated at steps 1, 1 + k, 1 + 2k, ...
+    start_preconditioning_step: the step that computes the first eigenbasis and does not move
+      (the paper: 1); before it, Adam (identity basis) while the factors accumulate.
 
   Returns:
     optax.GradientTransformation (state: chain of SoapState, weight decay, learning rate).
@@ -184,7 +201,8 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
       scale_by_soap(b1=b1, b2=b2, eps=eps, shampoo_b2=shampoo_b2, nesterov=nesterov,
                     block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
                     graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,
-                    precondition_every=precondition_every),
+                    precondition_every=precondition_every, statistics_every=statistics_every,
+                    start_preconditioning_step=start_preconditioning_step),
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.scale_by_learning_rate(learning_rate),
   )
