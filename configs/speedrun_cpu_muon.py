@@ -2,7 +2,7 @@
 
   python -m experiments.train --config=configs/speedrun_cpu_muon.py --workdir=runs/speedrun_cpu_muon
 
-The base config's schedule (warmup 50 + cosine) shapes `learning_rate`. Variants:
+The base config's cosine schedule, with a 10-step warmup, shapes both learning rates. Variants:
 `--config.optimizer.gram_ns=True` (Gram Newton–Schulz on the 128x512 MLP kernels),
 `--config.optimizer.ns_coeffs=polar_express`; and `--config=configs/speedrun_cpu_muon.py:optax`,
 the `optax.contrib.muon` baseline (`optax_muon`) with the same routing and hyperparameters.
@@ -15,6 +15,8 @@ from configs import speedrun_cpu
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = speedrun_cpu.get_config()
+  # Muon tolerates a short warmup (AdamW does not: 1.309 at 800 steps with 10, 1.261 with 50).
+  c.schedule.warmup_steps = 10
   o = ml_collections.ConfigDict()
   o.name = "muon"
   o.learning_rate = 0.02  # tuned: 0.01 / 0.02 / 0.04 -> val 1.182 / 1.152 / 1.143 (WORKSPACE.md)
@@ -26,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.gram_ns = False
   o.scale = "original"  # or "match_adamw_rms"
   o.weight_decay = 0.0
-  o.adam_learning_rate = 3e-3  # AdamW's best on this run (FACTS.md)
+  o.adam_learning_rate = 1e-2  # AdamW's tuned lr here; with warmup 10: 471 -> 418 steps
   o.adam_b1 = 0.9
   o.adam_b2 = 0.95
   o.adam_eps = 1e-8
