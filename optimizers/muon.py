@@ -75,9 +75,40 @@ def scale_by_newton_schulz(
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def ema_momentum(beta: float, *, nesterov: bool, warmup_steps: int = 0,
+                 start: float = 0.85) -> optax.GradientTransformation:
+  """m <- b m + (1 - b) g; output (1 - b) g + b m (Nesterov) or m; b from `start` to `beta`.
+
+  b rises linearly from `start` to `beta` over the first `warmup_steps` steps (the NanoGPT
+  speedrun's momentum warmup); with `warmup_steps=0` it is `optax.scale(1 - beta)` followed by
+  `optax.trace(beta)`, state and all. Written by hand because `optax.trace` takes a constant
+  decay only.
+  """
+  if not warmup_steps:
+    return optax.chain(optax.scale(1.0 - beta), optax.trace(decay=beta, nesterov=nesterov))
+  schedule = optax.linear_schedule(start, beta, warmup_steps)
+
+  def init_fn(params):
+    return (optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32)),
+            optax.TraceState(trace=optax.tree.zeros_like(params)))
+
+  def update_fn(updates, state, params=None):
+    del params
+    count_state, trace_state = state
+    b = schedule(count_state.count)
+    m = jax.tree.map(lambda t, g: b * t + (1.0 - b) * g, trace_state.trace, updates)
+    out = (jax.tree.map(lambda t, g: b * t + (1.0 - b) * g, m, updates) if nesterov else m)
+    out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
+    return out, (optax.ScaleByScheduleState(count=optax.safe_increment(count_state.count)),
+                 optax.TraceState(trace=m))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 @register("muon")
 def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
-         ns_steps: int = 5, ns_coeffs: str | Sequence[Any] = "quintic",
+         momentum_warmup_steps: int = 0, momentum_start: float = 0.85, ns_steps: int = 5,
+         ns_coeffs: str | Sequence[Any] = "quintic",
          ns_dtype: str = "float32", gram_ns: bool = False, scale: str = "original",
          weight_decay: float = 0.0, adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9,
          adam_b2: float = 0.95, adam_eps: float = 1e-8, adam_weight_decay: float = 0.0,
@@ -96,6 +127,9 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
     learning_rate: Muon learning rate (float or optax schedule).
     momentum: beta.
     nesterov: Nesterov momentum (the reference's default).
+    momentum_warmup_steps: beta rises linearly from `momentum_start` to `momentum` over these
+      first steps (the NanoGPT speedrun's 0.85 -> 0.95); 0: constant beta.
+    momentum_start: beta at step 0 when warming up.
     ns_steps, ns_coeffs, ns_dtype: Newton–Schulz iteration (`newton_schulz.orthogonalize`).
     gram_ns: Gram Newton–Schulz for rectangular matrices (aspect ratio >= 1.5).
     scale: "original" (sqrt(max(1, fan_out / fan_in))) or "match_adamw_rms" (Moonlight's
@@ -115,8 +149,8 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
     Amsel et al., "The Polar Express", 2025, arXiv 2505.16932.
   """
   muon_tx = optax.chain(
-      optax.scale(1.0 - momentum),
-      optax.trace(decay=momentum, nesterov=nesterov),
+      ema_momentum(momentum, nesterov=nesterov, warmup_steps=momentum_warmup_steps,
+                   start=momentum_start),
       scale_by_newton_schulz(ns_coeffs=ns_coeffs, ns_steps=ns_steps, ns_dtype=ns_dtype,
                              gram_ns=gram_ns, scale=scale, dimension_numbers=dimension_numbers),
       optax.add_decayed_weights(weight_decay),

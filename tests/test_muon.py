@@ -51,8 +51,11 @@ def _np_reference(params, grads_seq, hp):
   """Runs len(grads_seq) steps; `hp` holds the hyperparameters and lr functions of the step."""
   theta = _flat(params)
   state = {k: [np.zeros_like(v), np.zeros_like(v)] for k, v in theta.items()}
-  beta = hp["momentum"]
   for t, grads in enumerate(grads_seq, start=1):
+    # Momentum warmup: beta rises linearly from momentum_start over the first W steps.
+    warm = hp.get("momentum_warmup_steps", 0)
+    beta = hp["momentum"] if not warm else (
+        hp["momentum_start"] + (hp["momentum"] - hp["momentum_start"]) * min(t - 1, warm) / warm)
     for k, g in _flat(grads).items():
       if k in MUON_PATHS:
         m = state[k][0] = beta * state[k][0] + (1 - beta) * g
@@ -91,6 +94,11 @@ CASES = {
                           ns_coeffs="polar_express"),
     "gram": dict(nesterov=True, scale="original", weight_decay=0.0, ns_coeffs="quintic",
                  gram_ns=True),
+    "momentum_warmup": dict(nesterov=True, scale="original", weight_decay=0.0,
+                            ns_coeffs="quintic", momentum_warmup_steps=6, momentum_start=0.5),
+    "momentum_warmup_heavy_ball": dict(nesterov=False, scale="original", weight_decay=0.0,
+                                       ns_coeffs="quintic", momentum_warmup_steps=4,
+                                       momentum_start=0.0),
 }
 
 
