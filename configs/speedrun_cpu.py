@@ -71,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 25
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
+  # Warn (with what to do) when no step has finished for this long; 0: never.
+  c.train.stall_warning_s = 600.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: every device on the `data` axis

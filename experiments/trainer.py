@@ -9,6 +9,7 @@ stops the run at once and no checkpoint is ever written from a non-finite state.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from experiments import checkpoints as ckpt_lib
 from experiments import data as data_lib
 from experiments import metrics as metrics_lib
 from experiments import sharding as sharding_lib
+from experiments import watchdog as watchdog_lib
 from models import gpt
 import optimizers
 
@@ -339,6 +341,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"training loss became {loss} at step {step_no}; stopping. The last good checkpoint is "
           f"step {last_good_ckpt} in {checkpointer.directory} (none is written from a bad state).")
 
+  def on_stall(seconds):
+    logging.warning(
+        "No training progress for %.0f s (after step %d). If the process is stuck inside XLA, "
+        "SIGTERM cannot stop it: `kill -9 %d`, then rerun the same command to resume from the "
+        "last checkpoint (step %s). Native stacks: gdb -p %d -batch -ex 'thread apply all bt'. "
+        "Python stacks follow on stderr.", seconds, step, os.getpid(), last_good_ckpt,
+        os.getpid())
+    faulthandler.dump_traceback(all_threads=True)
+
+  stall_s = float(train_cfg.get("stall_warning_s") or 0)
+  watchdog = watchdog_lib.StallWatchdog(stall_s, on_stall).start() if stall_s else None
+  beat = watchdog.beat if watchdog else (lambda: None)
   flag = _SignalFlag()
   old_handlers = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
@@ -399,9 +413,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         summary["stopped_by_signal"] = flag.signum
         logging.warning("Stopped by signal %d at step %d; checkpoint saved.", flag.signum, step)
         break
+      beat()  # armed after the first step, so compilation does not count
     if pending is not None:
       _log_step(writer, *pending, window, check_finite)
   finally:
+    if watchdog:
+      watchdog.stop()
     for s, h in old_handlers.items():
       signal.signal(s, h)
     writer.close()

@@ -243,6 +243,23 @@ def test_every_cpu_speedrun_config_trains(tmp_path, name):
   assert records[0]["val_loss"] > summary["val_loss"]
 
 
+def test_a_stalled_step_is_reported_with_what_to_do(tmp_path, monkeypatch, caplog):
+  # Step 3's metrics take 3 s to arrive (as if the device hung): the watchdog (1 s) warns.
+  log_step = trainer._log_step
+
+  def slow_log_step(writer, step_no, *args):
+    if step_no == 3:
+      time.sleep(3.0)
+    return log_step(writer, step_no, *args)
+
+  monkeypatch.setattr(trainer, "_log_step", slow_log_step)
+  cfg = tiny_config(tmp_path, train__steps=5, train__stall_warning_s=1.0)
+  with caplog.at_level("WARNING"):
+    assert trainer.train_and_evaluate(cfg, str(tmp_path / "w"))["step"] == 5
+  warnings = [r.getMessage() for r in caplog.records if "No training progress" in r.getMessage()]
+  assert len(warnings) == 1 and f"kill -9 {os.getpid()}" in warnings[0]
+
+
 def test_linear_scaling_rule_scales_every_peak_learning_rate(tmp_path):
   cfg = tiny_config(tmp_path, train__batch_size=32, schedule__base_batch_size=8,
                     schedule__warmup_steps=10, train__steps=100)
