@@ -168,8 +168,8 @@ def _train_suite(rounds: int) -> None:
   calls = {
       "adamw": _train_step("configs/speedrun_cpu.py", {}),
       # Preconditioning from step 1, so that every timed interval holds one root computation.
-      "shampoo": _train_step("configs/speedrun_cpu_shampoo.py",
-                             {"start_preconditioning_step": 1}),
+      "shampoo (newton)": _train_step("configs/speedrun_cpu_shampoo.py",
+                                      {"start_preconditioning_step": 1, "root_method": "newton"}),
       "shampoo (eigh)": _train_step("configs/speedrun_cpu_shampoo.py",
                                     {"start_preconditioning_step": 1, "root_method": "eigh"}),
       "soap": _train_step("configs/speedrun_cpu_soap.py", {}),
