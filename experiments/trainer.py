@@ -31,7 +31,9 @@ from experiments import checkpoints as ckpt_lib
 from experiments import data as data_lib
 from experiments import metrics as metrics_lib
 from experiments import sharding as sharding_lib
+from experiments import validate as validate_lib
 from experiments import watchdog as watchdog_lib
+from experiments import workdir_lock
 from models import gpt
 import optimizers
 
@@ -62,9 +64,17 @@ def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Sched
 
 
 def lr_scale(config: ml_collections.ConfigDict) -> float:
-  """The linear scaling rule (Goyal et al. 2017): global batch / base batch, if a base is set."""
+  """The factor every peak learning rate gets for a batch other than `schedule.base_batch_size`.
+
+  `schedule.lr_scaling`: "linear" (batch / base; Goyal et al. 2017, for SGD), "sqrt"
+  (sqrt(batch / base); Malladi et al. 2022, for Adam-type methods) or "none". No base: 1.
+  """
   base = config.schedule.get("base_batch_size")
-  return config.train.batch_size / base if base else 1.0
+  rule = config.schedule.get("lr_scaling", "linear")
+  if not base or rule == "none":
+    return 1.0
+  ratio = config.train.batch_size / base
+  return ratio ** 0.5 if rule == "sqrt" else ratio
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -82,11 +92,34 @@ def make_optimizer(config: ml_collections.ConfigDict):
       hparams[k] = make_schedule(config, float(v) * scale)
       if k == "learning_rate":
         main_schedule = hparams[k]
-  tx = optimizers.create(config.optimizer.name, **hparams)
+  try:
+    tx = optimizers.create(config.optimizer.name, **hparams)
+  except (ValueError, TypeError) as e:
+    raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
   clip = config.train.get("grad_clip_norm")
   if clip:
     tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
   return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
+
+
+def _config_hint(name: str) -> str:
+  """Points at the config files written for optimizer `name` (its hyperparameters differ)."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  try:
+    files = sorted(f for f in os.listdir(root) if f.endswith(".py"))
+  except OSError:
+    return ""
+  hits = []
+  for f in files:
+    with open(os.path.join(root, f)) as fh:
+      text = fh.read()
+    if f'name = "{name}"' in text or f"name = '{name}'" in text:
+      hits.append(f"configs/{f}")
+  if not hits:
+    return ""
+  return (f". Hint: this config's optimizer section was written for "
+          f"another optimizer; use --config={hits[0]}" + (f" (or {', '.join(hits[1:])})"
+                                                         if len(hits) > 1 else ""))
 
 
 def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
@@ -110,8 +143,18 @@ def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
 # ---------------------------------------------------------------------------------------------
 # Steps.
 
-def make_train_step(model_cfg: gpt.GPTConfig, tx, schedule: Callable) -> Callable:
-  """(state, batch[accum, rows, T+1]) -> (state, metrics); gradients averaged over micro-batches."""
+def make_train_step(model_cfg: gpt.GPTConfig, tx, schedule: Callable, *,
+                    skip_nonfinite: bool = False,
+                    inject_nonfinite: tuple[tuple[int, ...], str] | None = None) -> Callable:
+  """(state, batch[accum, rows, T+1]) -> (state, metrics); gradients averaged over micro-batches.
+
+  skip_nonfinite: a step whose loss or update holds NaN/Inf leaves params and optimizer state as
+    they were (as `optax.apply_if_finite` does, but the count of consecutive skips is the
+    trainer's, which stops the run past `train.max_consecutive_skips`); metric `skipped` is 1.
+  inject_nonfinite: (steps, kind) for fault-injection tests: at those step numbers (1-based) the
+    gradient's first element of every leaf becomes NaN ("nan"), Inf ("inf"), or every element
+    becomes 1e30 ("huge").
+  """
 
   def loss_and_grads(params, batch_AxBxT1):
     def micro(carry, b):
@@ -125,17 +168,38 @@ def make_train_step(model_cfg: gpt.GPTConfig, tx, schedule: Callable) -> Callabl
   def train_step(state, batch):
     params, opt_state = state["params"], state["opt_state"]
     loss, grads = loss_and_grads(params, batch)
+    if inject_nonfinite:
+      grads = _inject(grads, state["step"] + 1, *inject_nonfinite)
     grad_fn = lambda p: loss_and_grads(p, batch)[1]
-    updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
-    params = optax.apply_updates(params, updates)
-    metrics = {"train_loss": loss, "grad_norm": optax.global_norm(grads),
+    updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
-    metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(opt_state).items()})
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+    if skip_nonfinite:
+      ok = jnp.isfinite(loss) & _all_finite(updates)
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+      new_params, new_opt_state = keep((new_params, new_opt_state), (params, opt_state))
+      metrics["skipped"] = (~ok).astype(jnp.float32)
+    metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(new_opt_state).items()})
+    new_state = {"params": new_params, "opt_state": new_opt_state, "step": state["step"] + 1,
                  "rng": state["rng"]}
     return new_state, metrics
 
   return train_step
+
+
+def _inject(grads, step, steps: tuple[int, ...], kind: str):
+  hit = jnp.isin(step, jnp.asarray(steps, jnp.int32))
+
+  def one(g):
+    if kind == "huge":
+      bad = jnp.full_like(g, 1e30)
+    else:
+      value = jnp.nan if kind == "nan" else jnp.inf
+      bad = g.reshape(-1).at[0].set(value).reshape(g.shape)
+    return jnp.where(hit, bad, g)
+
+  return jax.tree.map(one, grads)
 
 
 def make_init_state(model_cfg: gpt.GPTConfig, tx) -> Callable[[int], dict]:
@@ -163,8 +227,11 @@ def make_data(config, workdir: str, vocab_size: int):
   """(train source, val source, description for run.json)."""
   window = config.data.seq_len + 1
   if config.data.source == "stdlib":
-    cache = config.data.get("cache_dir") or os.path.join(workdir, "data")
-    corpus = data_lib.build_stdlib_corpus(cache)
+    del workdir  # the corpus is cached once per machine, not copied into every workdir
+    cache = config.data.get("cache_dir")
+    corpus = (data_lib.build_stdlib_corpus(cache) if cache else
+              data_lib.cached_stdlib_corpus())
+    cache = os.path.dirname(corpus.train_files[0])
     train = data_lib.TokenSource(corpus.train_files, vocab_size, window)
     val = data_lib.TokenSource(corpus.val_files, vocab_size, window)
     info = {"source": "stdlib", "sha256": corpus.sha256, "train_tokens": corpus.num_train_tokens,
@@ -246,26 +313,102 @@ class _SignalFlag:
     self.signum = signum
 
 
+def _json_config(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def record_config_change(workdir: str, step: int, changes: dict) -> None:
+  """Appends an allowed config change to run.json's `config_changes` (atomically)."""
+  path = os.path.join(workdir, "run.json")
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    record = {}
+  record.setdefault("config_changes", []).append(
+      {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+       "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, default=str)
+  os.replace(tmp, path)
+
+
+class ConfigDriftError(validate_lib.ConfigError):
+  """A resume under a config that differs from the checkpoint's in a field that matters."""
+
+
+def _check_drift(saved_config: dict | None, config, step: int, where: str) -> dict:
+  if saved_config is None:
+    return {}
+  changes = validate_lib.drift(saved_config, _json_config(config))
+  if changes and not config.train.get("allow_config_change"):
+    detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+    raise ConfigDriftError(
+        f"the config differs from the one that wrote checkpoint step {step} in {where} "
+        f"({detail}). Rerun with the original values, use another --workdir, or pass "
+        "--config.train.allow_config_change=True to continue under the new values (the change "
+        "is recorded in run.json and metrics.jsonl).")
+  return changes
+
+
+def _final_val_loss(workdir: str) -> tuple[float | None, int | None]:
+  try:
+    val = [(r["step"], r["val_loss"]) for r in metrics_lib.read_metrics(workdir)
+           if isinstance(r.get("val_loss"), float)]
+  except OSError:
+    return None, None
+  return (val[-1][1], val[-1][0]) if val else (None, None)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> dict:
   """Trains, evaluating and checkpointing as configured; resumes from `workdir` if it can.
 
-  Returns a summary: final `step`, last `val_loss`, `stopped_by_signal` (signal number or None).
+  Returns a summary: final `step`, last `val_loss` and the step it was measured at (`val_step`),
+  `stopped_by_signal` (signal number or None), `steps_to_target`, `already_complete`.
+  Raises `validate.ConfigError` for a config that cannot run (before anything is written),
+  `workdir_lock.WorkdirLockedError` when another process uses `workdir`, `ConfigDriftError`
+  on a resume under changed settings, `checkpoints.CheckpointError` when no checkpoint can be
+  used, `data.ShardError` for unreadable data, `TrainingDivergedError` on NaN/Inf.
   """
-  os.makedirs(workdir, exist_ok=True)
-  model_cfg = gpt.GPTConfig.from_config(config.model)
+  for w in validate_lib.validate(config):
+    logging.warning("Config: %s", w)
+  try:
+    model_cfg = gpt.GPTConfig.from_config(config.model)
+    mesh = sharding_lib.make_mesh(config.mesh, devices)
+  except ValueError as e:
+    raise validate_lib.ConfigError(str(e)) from e
   train_cfg = config.train
-  if config.data.seq_len > model_cfg.max_seq_len:
-    raise ValueError(f"data.seq_len={config.data.seq_len} > model.max_seq_len={model_cfg.max_seq_len}")
-  mesh = sharding_lib.make_mesh(config.mesh, devices)
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
-  if batch % accum or (batch // accum) % mesh.shape[sharding_lib.DATA]:
-    raise ValueError(f"train.batch_size={batch} must split into grad_accum_steps={accum} "
-                     f"micro-batches divisible by the {mesh.shape[sharding_lib.DATA]} data shards")
+  if (batch // accum) % mesh.shape[sharding_lib.DATA]:
+    raise validate_lib.ConfigError(
+        f"train.batch_size={batch}: its {accum} micro-batch(es) of {batch // accum} rows must "
+        f"split evenly over the {mesh.shape[sharding_lib.DATA]} data-parallel devices")
   micro = batch // accum
-
-  train_src, val_src, data_info = make_data(config, workdir, model_cfg.vocab_size)
   tx, schedule = make_optimizer(config)
+  skip_nonfinite = bool(train_cfg.get("skip_nonfinite_updates"))
+  inject = None
+  if config.get("debug") and config.debug.get("nonfinite_grad_steps"):
+    inject = (tuple(int(x) for x in str(config.debug.nonfinite_grad_steps).split(",")),
+              str(config.debug.get("nonfinite_grad_kind", "nan")))
+
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lock.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train(config, workdir, model_cfg, mesh, tx, schedule, micro, accum,
+                  skip_nonfinite, inject)
+  finally:
+    lock.release()
+
+
+def _train(config, workdir, model_cfg, mesh, tx, schedule, micro, accum, skip_nonfinite,
+           inject) -> dict:
+  train_cfg = config.train
+  batch = int(train_cfg.batch_size)
+  train_src, val_src, data_info = make_data(config, workdir, model_cfg.vocab_size)
 
   init_state = make_init_state(model_cfg, tx)
   abstract = jax.eval_shape(init_state, config.seed)
@@ -276,160 +419,205 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_batch_sh = sharding_lib.batch_sharding(mesh, 2)
   repl = sharding_lib.replicated(mesh)
 
-  train_step = jax.jit(make_train_step(model_cfg, tx, schedule),
-                       in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
-                       donate_argnums=(0,))
+  train_step = jax.jit(
+      make_train_step(model_cfg, tx, schedule, skip_nonfinite=skip_nonfinite,
+                      inject_nonfinite=inject),
+      in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
+      donate_argnums=(0,))
   eval_loss = jax.jit(lambda p, b: gpt.loss_fn(model_cfg, p, b),
                       in_shardings=(state_sh["params"], eval_batch_sh), out_shardings=repl)
   all_finite = jax.jit(_all_finite, in_shardings=(state_sh,), out_shardings=repl)
 
+  corpus_id = data_info.get("sha256") or data_info.get("val_sha256")
   fingerprint = {"model": dataclasses.asdict(model_cfg), "optimizer": config.optimizer.name,
                  "data_source": config.data.source, "seq_len": int(config.data.seq_len),
-                 "seed": int(config.seed)}
+                 "seed": int(config.seed), "corpus": corpus_id}
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       int(train_cfg.keep_checkpoints))
-  train_iter = data_lib.BatchIterator(train_src, batch, seed=config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-  resumed_from = checkpointer.latest_step()
-  if resumed_from is not None:
-    state, record = checkpointer.restore(resumed_from, abstract, fingerprint)
-    train_iter.restore(record["data"])
-    logging.info("Resumed from checkpoint step %d in %s", resumed_from, checkpointer.directory)
-  else:
-    state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
-  step = int(jax.device_get(state["step"]))
-  num_params = gpt.num_params(state["params"])
-  write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
-  logging.info("Model: %s parameters; mesh %s; data %s", f"{num_params:,}", dict(mesh.shape),
-               data_info.get("sha256", data_info.get("val_sha256")))
-
-  rows = slice(jax.process_index() * micro // jax.process_count(),
-               (jax.process_index() + 1) * micro // jax.process_count())
-  val_batches = [sharding_lib.device_batch(b[rows], eval_batch_sh) for b in
-                 data_lib.eval_batches(val_src, micro, int(train_cfg.eval_batches))]
-
-  def evaluate(params) -> float:
-    losses = [eval_loss(params, b) for b in val_batches]
-    return float(np.mean(jax.device_get(losses)))
-
-  writer = metrics_lib.MetricWriter(workdir, resume_step=resumed_from)
-  total_steps = int(train_cfg.steps)
-  stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
-  tokens_per_step = batch * config.data.seq_len
-  last_good_ckpt = resumed_from
-  summary = {"step": step, "val_loss": None, "stopped_by_signal": None, "steps_to_target": None}
-  if resumed_from is not None and os.path.exists(writer.path):
-    # A target reached before the resume stays the first crossing; it is not logged again.
-    reached = [r["steps_to_target"] for r in metrics_lib.read_metrics(workdir)
-               if "steps_to_target" in r]
-    summary["steps_to_target"] = int(reached[0]) if reached else None
-
-  def save(state, step):
-    nonlocal last_good_ckpt
-    if not bool(jax.device_get(all_finite(state))):
-      raise TrainingDivergedError(
-          f"the train state at step {step} holds NaN/Inf; not saving it. Last good checkpoint: "
-          f"{last_good_ckpt} in {checkpointer.directory}")
-    checkpointer.save(step, state, {"data": train_iter.state(), "fingerprint": fingerprint})
-    last_good_ckpt = step
-
-  def check_finite(step_metrics, step_no):
-    loss = float(step_metrics["train_loss"])
-    if not math.isfinite(loss):
-      raise TrainingDivergedError(
-          f"training loss became {loss} at step {step_no}; stopping. The last good checkpoint is "
-          f"step {last_good_ckpt} in {checkpointer.directory} (none is written from a bad state).")
-
-  def on_stall(seconds):
-    logging.warning(
-        "No training progress for %.0f s (after step %d). If the process is stuck inside XLA, "
-        "SIGTERM cannot stop it: `kill -9 %d`, then rerun the same command to resume from the "
-        "last checkpoint (step %s). Native stacks: gdb -p %d -batch -ex 'thread apply all bt'. "
-        "Python stacks follow on stderr.", seconds, step, os.getpid(), last_good_ckpt,
-        os.getpid())
-    faulthandler.dump_traceback(all_threads=True)
-
-  stall_s = float(train_cfg.get("stall_warning_s") or 0)
-  watchdog = watchdog_lib.StallWatchdog(stall_s, on_stall).start() if stall_s else None
-  beat = watchdog.beat if watchdog else (lambda: None)
-  flag = _SignalFlag()
-  old_handlers = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+                                       train_cfg.get("keep_checkpoints"))
+  writer = None
   try:
-    if step == 0 and train_cfg.eval_every:
-      v = evaluate(state["params"])
-      writer.write(0, {"val_loss": v})
-      summary["val_loss"] = v
-    pending = None  # (step number, device metrics) of the last dispatched step
-    window = {"t0": time.perf_counter(), "steps": 0, "losses": []}
-    run_t0 = time.perf_counter()
-    steps_at_start = step
-    while step < stop_at:
-      local = next(train_iter)
-      batch_arr = sharding_lib.device_batch(
-          local.reshape(accum, micro // jax.process_count(), -1), train_batch_sh)
-      state, step_metrics = train_step(state, batch_arr)
-      step += 1
-      if pending is not None:  # fetch step n-1 while step n runs
-        _log_step(writer, *pending, window, check_finite)
-      pending = (step, step_metrics)
-      if (step % int(train_cfg.log_every) == 0 or step == total_steps or
-          (train_cfg.eval_every and step % int(train_cfg.eval_every) == 0) or
-          (step % int(train_cfg.checkpoint_every) == 0) or flag.signum is not None):
-        _log_step(writer, *pending, window, check_finite)
-        pending = None
-      if step % int(train_cfg.log_every) == 0 or step == total_steps:
-        elapsed = time.perf_counter() - window["t0"]
-        tok_s = tokens_per_step * window["steps"] / max(elapsed, 1e-9)
-        done = step - steps_at_start
-        eta = (time.perf_counter() - run_t0) / max(done, 1) * (total_steps - step)
-        lr = float(step_metrics["lr"])
-        logging.info("step %d/%d | loss %.4f | %s tok/s | lr %.3e | ETA %s", step, total_steps,
-                     float(np.mean(window["losses"])), f"{tok_s:,.0f}", lr,
-                     metrics_lib.format_duration(eta))
-        writer.write(step, {"tokens_per_s": tok_s})
-        window.update(t0=time.perf_counter(), steps=0, losses=[])
-      if train_cfg.eval_every and (step % int(train_cfg.eval_every) == 0 or step == total_steps):
-        t_eval = time.perf_counter()
+    train_iter = data_lib.BatchIterator(train_src, batch, seed=config.seed,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    restored = checkpointer.restore_latest(abstract, fingerprint)
+    resumed_from = None
+    changes = {}
+    if restored is not None:
+      resumed_from, state, record = restored
+      changes = _check_drift(record.get("config"), config, resumed_from,
+                             checkpointer.directory)
+      train_iter.restore(record["data"])
+      logging.info("Resumed from checkpoint step %d in %s", resumed_from, checkpointer.directory)
+    else:
+      state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+    step = int(jax.device_get(state["step"]))
+    total_steps = int(train_cfg.steps)
+    summary = {"step": step, "val_loss": None, "val_step": None, "stopped_by_signal": None,
+               "steps_to_target": None, "already_complete": False}
+
+    writer = metrics_lib.MetricWriter(workdir, resume_step=resumed_from)
+    if resumed_from is not None:
+      # A target reached before the resume stays the first crossing; it is not logged again.
+      reached = [r["steps_to_target"] for r in metrics_lib.read_metrics(workdir)
+                 if "steps_to_target" in r]
+      summary["steps_to_target"] = int(reached[0]) if reached else None
+      summary["val_loss"], summary["val_step"] = _final_val_loss(workdir)
+      done_at_target = (train_cfg.get("stop_at_target") and
+                        summary["steps_to_target"] is not None)
+      if (step >= total_steps or done_at_target) and not changes:
+        summary["already_complete"] = True
+        logging.info("Run already complete at step %d/%d in %s: val_loss %s (step %s). "
+                     "Nothing to do.", step, total_steps, workdir, summary["val_loss"],
+                     summary["val_step"])
+        return summary
+    if changes:
+      logging.warning("Config changed on resume at step %d (allowed by "
+                      "train.allow_config_change): %s", resumed_from,
+                      {k: f"{a!r} -> {b!r}" for k, (a, b) in changes.items()})
+      record_config_change(workdir, resumed_from, changes)
+      writer.write_event(resumed_from, "config_change",
+                         {k: {"from": a, "to": b} for k, (a, b) in changes.items()})
+    num_params = gpt.num_params(state["params"])
+    write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
+    logging.info("Model: %s parameters; mesh %s; data %s", f"{num_params:,}", dict(mesh.shape),
+                 corpus_id)
+
+    rows = slice(jax.process_index() * micro // jax.process_count(),
+                 (jax.process_index() + 1) * micro // jax.process_count())
+    val_batches = [sharding_lib.device_batch(b[rows], eval_batch_sh) for b in
+                   data_lib.eval_batches(val_src, micro, int(train_cfg.eval_batches))]
+
+    def evaluate(params) -> float:
+      losses = [eval_loss(params, b) for b in val_batches]
+      return float(np.mean(jax.device_get(losses)))
+
+    stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
+    tokens_per_step = batch * config.data.seq_len
+    progress = {"last_good_ckpt": resumed_from, "consecutive_skips": 0,
+                "max_skips": int(train_cfg.get("max_consecutive_skips") or 0)}
+
+    def save(state, step):
+      if not bool(jax.device_get(all_finite(state))):
+        raise TrainingDivergedError(
+            f"the train state at step {step} holds NaN/Inf; not saving it. Last good "
+            f"checkpoint: {progress['last_good_ckpt']} in {checkpointer.directory}")
+      checkpointer.save(step, state, {"data": train_iter.state(), "fingerprint": fingerprint,
+                                      "config": _json_config(config)})
+      progress["last_good_ckpt"] = step
+
+    def check_finite(step_metrics, step_no):
+      if skip_nonfinite and float(step_metrics["skipped"]):
+        progress["consecutive_skips"] += 1
+        logging.warning("Step %d: non-finite loss or update; step skipped (%d in a row).",
+                        step_no, progress["consecutive_skips"])
+        if progress["consecutive_skips"] > progress["max_skips"]:
+          raise TrainingDivergedError(
+              f"{progress['consecutive_skips']} consecutive steps had non-finite losses or "
+              f"updates (train.max_consecutive_skips={progress['max_skips']}); stopping at step "
+              f"{step_no}. The last good checkpoint is step {progress['last_good_ckpt']} in "
+              f"{checkpointer.directory}.")
+        return
+      progress["consecutive_skips"] = 0
+      loss = float(step_metrics["train_loss"])
+      if not math.isfinite(loss):
+        raise TrainingDivergedError(
+            f"training loss became {loss} at step {step_no}; stopping. The last good checkpoint "
+            f"is step {progress['last_good_ckpt']} in {checkpointer.directory} (none is written "
+            "from a bad state). train.skip_nonfinite_updates=True skips such steps instead.")
+
+    def on_stall(seconds):
+      logging.warning(
+          "No training progress for %.0f s (after step %d). If the process is stuck inside XLA, "
+          "SIGTERM cannot stop it: `kill -9 %d`, then rerun the same command to resume from the "
+          "last checkpoint (step %s). Native stacks: gdb -p %d -batch -ex 'thread apply all bt'. "
+          "Python stacks follow on stderr.", seconds, step, os.getpid(),
+          progress["last_good_ckpt"], os.getpid())
+      faulthandler.dump_traceback(all_threads=True)
+
+    stall_s = float(train_cfg.get("stall_warning_s") or 0)
+    watchdog = watchdog_lib.StallWatchdog(stall_s, on_stall).start() if stall_s else None
+    beat = watchdog.beat if watchdog else (lambda: None)
+    flag = _SignalFlag()
+    old_handlers = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      if step == 0 and train_cfg.eval_every:
         v = evaluate(state["params"])
-        writer.write(step, {"val_loss": v})
-        summary["val_loss"] = v
-        logging.info("step %d | val_loss %.4f", step, v)
-        target = train_cfg.get("target_val_loss")
-        if target is not None and v <= target and summary.get("steps_to_target") is None:
-          summary["steps_to_target"] = step
-          writer.write(step, {"steps_to_target": step})
-          logging.info("Reached target val_loss %.4f at step %d", target, step)
-          if train_cfg.get("stop_at_target"):
-            save(state, step)
-            break
-        window["t0"] += time.perf_counter() - t_eval  # eval time is not training throughput
-      if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
-          flag.signum):
-        t_ck = time.perf_counter()
-        save(state, step)
-        window["t0"] += time.perf_counter() - t_ck
-      if flag.signum is not None:
-        summary["stopped_by_signal"] = flag.signum
-        logging.warning("Stopped by signal %d at step %d; checkpoint saved.", flag.signum, step)
-        break
-      beat()  # armed after the first step, so compilation does not count
-    if pending is not None:
-      _log_step(writer, *pending, window, check_finite)
+        writer.write(0, {"val_loss": v})
+        summary["val_loss"], summary["val_step"] = v, 0
+      pending = None  # (step number, device metrics) of the last dispatched step
+      window = {"t0": time.perf_counter(), "steps": 0, "losses": []}
+      run_t0 = time.perf_counter()
+      steps_at_start = step
+      while step < stop_at:
+        local = next(train_iter)
+        batch_arr = sharding_lib.device_batch(
+            local.reshape(accum, micro // jax.process_count(), -1), train_batch_sh)
+        state, step_metrics = train_step(state, batch_arr)
+        step += 1
+        if pending is not None:  # fetch step n-1 while step n runs
+          _log_step(writer, *pending, window, check_finite)
+        pending = (step, step_metrics)
+        if (step % int(train_cfg.log_every) == 0 or step == total_steps or
+            (train_cfg.eval_every and step % int(train_cfg.eval_every) == 0) or
+            (step % int(train_cfg.checkpoint_every) == 0) or flag.signum is not None):
+          _log_step(writer, *pending, window, check_finite)
+          pending = None
+        if step % int(train_cfg.log_every) == 0 or step == total_steps:
+          elapsed = time.perf_counter() - window["t0"]
+          tok_s = tokens_per_step * window["steps"] / max(elapsed, 1e-9)
+          done = step - steps_at_start
+          eta = (time.perf_counter() - run_t0) / max(done, 1) * (total_steps - step)
+          lr = float(step_metrics["lr"])
+          losses = [l for l in window["losses"] if math.isfinite(l)]
+          logging.info("step %d/%d | loss %.4f | %s tok/s | lr %.3e | ETA %s", step,
+                       total_steps, float(np.mean(losses)) if losses else float("nan"),
+                       f"{tok_s:,.0f}", lr, metrics_lib.format_duration(eta))
+          writer.write(step, {"tokens_per_s": tok_s})
+          window.update(t0=time.perf_counter(), steps=0, losses=[])
+        if train_cfg.eval_every and (step % int(train_cfg.eval_every) == 0 or
+                                     step == total_steps):
+          t_eval = time.perf_counter()
+          v = evaluate(state["params"])
+          writer.write(step, {"val_loss": v})
+          summary["val_loss"], summary["val_step"] = v, step
+          logging.info("step %d | val_loss %.4f", step, v)
+          target = train_cfg.get("target_val_loss")
+          if target is not None and v <= target and summary.get("steps_to_target") is None:
+            summary["steps_to_target"] = step
+            writer.write(step, {"steps_to_target": step})
+            logging.info("Reached target val_loss %.4f at step %d", target, step)
+            if train_cfg.get("stop_at_target"):
+              save(state, step)
+              break
+          window["t0"] += time.perf_counter() - t_eval  # eval time is not training throughput
+        if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
+            flag.signum):
+          t_ck = time.perf_counter()
+          save(state, step)
+          window["t0"] += time.perf_counter() - t_ck
+        if flag.signum is not None:
+          summary["stopped_by_signal"] = flag.signum
+          logging.warning("Stopped by signal %d at step %d; checkpoint saved.", flag.signum, step)
+          break
+        beat()  # armed after the first step, so compilation does not count
+      if pending is not None:
+        _log_step(writer, *pending, window, check_finite)
+    finally:
+      if watchdog:
+        watchdog.stop()
+      for s, h in old_handlers.items():
+        signal.signal(s, h)
+    summary["step"] = step
+    return summary
   finally:
-    if watchdog:
-      watchdog.stop()
-    for s, h in old_handlers.items():
-      signal.signal(s, h)
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpointer.close()
-  summary["step"] = step
-  return summary
 
 
 def _log_step(writer, step_no, step_metrics, window, check_finite):
   host = jax.device_get(step_metrics)
+  writer.write(step_no, host)  # a skipped or diverged step is logged before the verdict
   check_finite(host, step_no)
-  writer.write(step_no, host)
   window["steps"] += 1
   window["losses"].append(float(host["train_loss"]))
