@@ -11,20 +11,14 @@ the lr is large, with the SGD config's global-norm clipping. Untuned.
 
 import ml_collections
 
-from configs import speedrun_cpu
+from configs import speedrun_cpu_schedule_free_adamw
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = speedrun_cpu.get_config(arg)
-  c.schedule.name = "constant"
-  c.schedule.warmup_steps = 0
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="schedule_free_sgd",
-      learning_rate=5.0,
-      b1=0.9,
-      weight_decay=0.0,
-      warmup_steps=50,
-      weight_lr_power=2.0,
-  ))
+  c = speedrun_cpu_schedule_free_adamw.get_config(arg)
+  o = c.optimizer
+  o.name = "schedule_free_sgd"
+  o.learning_rate = 5.0
+  del o["b2"], o["eps"]
   c.train.grad_clip_norm = 1.0
   return c

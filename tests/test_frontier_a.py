@@ -15,12 +15,10 @@ import pytest
 
 import optimizers
 
-SHAPES = {"scalar": (), "vector": (5,), "matrix": (4, 6), "tensor": (2, 3, 4)}
-GRAD_SCALES = {"scalar": 1.0, "vector": 0.1, "matrix": 0.01, "tensor": 3.0}
+# The leaves, gradient scales, step size and tolerances of the Adam-family parity tests.
+from tests.test_adam_family import ATOL, GRAD_SCALES, LR, RTOL, SHAPES, Adam
+
 STEPS = 25
-LR = 0.05
-RTOL = 1e-5
-ATOL = 1e-6 * LR  # float32 rounding of an O(lr) update is a few ulps of lr
 
 
 # ---- references, one leaf at a time -----------------------------------------------------------
@@ -37,26 +35,14 @@ class Lion:
     return -LR * (np.sign(c) + self.wd * p)
 
 
-class AdamDirection:
-  """Kingma & Ba's bias-corrected step, without the learning rate."""
-
-  def __init__(self, b1=0.9, b2=0.999, eps=1e-8):
-    self.b1, self.b2, self.eps, self.m, self.v = b1, b2, eps, 0.0, 0.0
-
-  def __call__(self, g, t):
-    self.m = self.b1 * self.m + (1 - self.b1) * g
-    self.v = self.b2 * self.v + (1 - self.b2) * g * g
-    return (self.m / (1 - self.b1 ** t)) / (np.sqrt(self.v / (1 - self.b2 ** t)) + self.eps)
-
-
 class CautiousAdamW:
   """Liang et al. (2024) C-AdamW: decay outside the mask, phi / max(mean(phi), 1e-3)."""
 
   def __init__(self, weight_decay=0.0, **adam):
-    self.adam, self.wd = AdamDirection(**adam), weight_decay
+    self.adam, self.wd = Adam(**adam), weight_decay
 
   def step(self, g, p, t):
-    d = self.adam(g, t)
+    d = self.adam.direction(g, t)
     phi = (d * g > 0).astype(np.float64)
     return -LR * (d * phi / max(phi.mean(), 1e-3) + self.wd * p)
 
@@ -76,10 +62,10 @@ class AdamWCautiousDecay:
   """Decay only where the Adam step and the parameter agree (the NanoGPT speedrun's rule)."""
 
   def __init__(self, weight_decay, **adam):
-    self.adam, self.wd = AdamDirection(**adam), weight_decay
+    self.adam, self.wd = Adam(**adam), weight_decay
 
   def step(self, g, p, t):
-    d = self.adam(g, t)
+    d = self.adam.direction(g, t)
     return -LR * (d + self.wd * p * (d * p >= 0))
 
 
@@ -202,7 +188,7 @@ def test_the_cases_exercise_the_masks_and_warmups():
   g, p = rng.normal(size=100), rng.normal(size=100)
   ref = CautiousAdamW()
   ref.step(g, p, 1)
-  d = ref.adam(rng.normal(size=100), 2)
+  d = ref.adam.direction(rng.normal(size=100), 2)
   assert 0.2 < np.mean(d * g > 0) < 0.9  # second step: momentum and a fresh gradient disagree
   mix = AdEMAMix(alpha_warmup_steps=20, b3_warmup_steps=15)
   assert np.isclose(mix._b3(0), 0.9) and 0.9 < mix._b3(1) < mix._b3(14) < mix._b3(15) == 0.9999
