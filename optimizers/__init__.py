@@ -21,5 +21,11 @@ from optimizers import quantized  # noqa: E402,F401
 from optimizers import sam  # noqa: E402,F401
 from optimizers import muon  # noqa: E402,F401
 from optimizers import shampoo  # noqa: E402,F401
+from optimizers import lion  # noqa: E402,F401
+from optimizers import schedule_free  # noqa: E402,F401
+from optimizers import ademamix  # noqa: E402,F401
+from optimizers import cautious  # noqa: E402,F401
+from optimizers.schedule_free import eval_params  # noqa: E402
 
-__all__ = ["collect_metrics", "create", "get_builder", "hyperparameters", "names", "register"]
+__all__ = ["collect_metrics", "create", "eval_params", "get_builder", "hyperparameters", "names",
+           "register"]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import cautious
 from optimizers._registry import register
 
 
@@ -139,8 +140,8 @@ def adam(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
 
 @register("adamw")
 def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          eps_root: float = 0.0, weight_decay: float = 1e-4,
-          nesterov: bool = False) -> optax.GradientTransformation:
+          eps_root: float = 0.0, weight_decay: float = 1e-4, nesterov: bool = False,
+          cautious_weight_decay: bool = False) -> optax.GradientTransformation:
   """AdamW (Loshchilov & Hutter, 2019, arXiv 1711.05101, Algorithm 2).
 
   m, v, m_hat, v_hat as in `adam`;  update = -lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta).
@@ -153,10 +154,20 @@ def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float 
     learning_rate: alpha * eta_t.
     b1, b2, eps, eps_root, nesterov: as in `adam`.
     weight_decay: decoupled decay, multiplied by lr.
+    cautious_weight_decay: decay only where the Adam step and theta agree in sign,
+      wd * theta * 1(adam_step * theta >= 0) (Chen et al., 2025, arXiv 2510.12402; the NanoGPT
+      speedrun), via `cautious.add_cautious_decayed_weights`.
 
   Returns:
-    An `optax.GradientTransformation` (`optax.adamw`).
+    An `optax.GradientTransformation` (`optax.adamw`, or its three transforms with the
+    cautious decay in the middle).
   """
+  if cautious_weight_decay:
+    return optax.chain(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
+        cautious.add_cautious_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
   return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                      weight_decay=weight_decay, nesterov=nesterov)
 
