@@ -11,7 +11,9 @@ import ml_collections
 
 from configs import speedrun_cpu
 
-TARGET_SHORT = 1.60  # AdamW lr 1e-2, 200 steps: see the docstring of get_config
+# AdamW lr 1e-2 (warmup 20 + cosine over 200 steps, seed 0): val 1.963 / 1.914 / 1.904 at
+# steps 150 / 175 / 200, so the tuned baseline reaches the target with ~10% of budget to spare.
+TARGET_SHORT = 1.92
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -63,32 +63,19 @@ class Workload:
     return BatchStream(self, seed, position, process_index, process_count)
 
 
-class BatchStream:
-  """`train_batch` as an iterator whose state is its position (same state as BatchIterator)."""
+class BatchStream(data_lib.BatchIterator):
+  """`train_batch` as an iterator whose state is its position (BatchIterator's own state)."""
 
   def __init__(self, workload: Workload, seed: int, position: int = 0, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1):  # pylint: disable=super-init-not-called
     if workload.batch_size % process_count:
       raise ValueError(f"batch_size {workload.batch_size} is not divisible by "
                        f"{process_count} processes")
     self.workload, self.seed, self.position = workload, seed, position
     self._where = (process_index, process_count)
 
-  def __iter__(self) -> Iterator[Batch]:
-    return self
-
-  def __next__(self) -> Batch:
-    batch = self.workload.train_batch(self.seed, self.position, *self._where)
-    self.position += 1
-    return batch
-
-  def state(self) -> dict:
-    return {"position": self.position, "seed": self.seed}
-
-  def restore(self, state: dict) -> None:
-    if int(state["seed"]) != self.seed:
-      raise ValueError(f"checkpointed data seed {state['seed']} != configured seed {self.seed}")
-    self.position = int(state["position"])
+  def batch_at(self, step: int) -> Batch:
+    return self.workload.train_batch(self.seed, step, *self._where)
 
 
 def local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
