@@ -484,8 +484,11 @@ def _train(config, workdir, model_cfg, mesh, tx, schedule, micro, accum, skip_no
 
     rows = slice(jax.process_index() * micro // jax.process_count(),
                  (jax.process_index() + 1) * micro // jax.process_count())
-    val_batches = [sharding_lib.device_batch(b[rows], eval_batch_sh) for b in
-                   data_lib.eval_batches(val_src, micro, int(train_cfg.eval_batches))]
+    # The validation set is eval_batches x batch_size rows whatever the accumulation, evaluated
+    # in micro-batch chunks (the memory a train micro-batch needs).
+    val_batches = [sharding_lib.device_batch(chunk[rows], eval_batch_sh)
+                   for b in data_lib.eval_batches(val_src, batch, int(train_cfg.eval_batches))
+                   for chunk in np.split(b, accum)]
 
     def evaluate(params) -> float:
       losses = [eval_loss(params, b) for b in val_batches]

@@ -148,14 +148,14 @@ class GPT(nnx.Module):
 def init_params(cfg: GPTConfig, key: jax.Array) -> dict:
   """Returns the model's parameters as a plain nested dict of arrays."""
   model = GPT(cfg, rngs=nnx.Rngs(params=key))
-  return nnx.state(model, nnx.Param).to_pure_dict()
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def apply(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
   """Logits (float32) of a (batch, time) array of token ids."""
   graphdef, abstract_state = nnx.split(
       nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0))))
-  abstract_state.replace_by_pure_dict(params)
+  nnx.replace_by_pure_dict(abstract_state, params)
   model = nnx.merge(graphdef, abstract_state)
   return model(tokens_BxT)
 
