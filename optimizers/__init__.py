@@ -22,6 +22,7 @@ from optimizers import sam  # noqa: E402,F401
 from optimizers import muon  # noqa: E402,F401
 from optimizers import normuon  # noqa: E402,F401
 from optimizers import dion  # noqa: E402,F401
+from optimizers import psgd_kron  # noqa: E402,F401
 from optimizers import shampoo  # noqa: E402,F401
 
 __all__ = ["collect_metrics", "create", "get_builder", "hyperparameters", "names", "register"]
