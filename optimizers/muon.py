@@ -110,7 +110,8 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
          momentum_warmup_steps: int = 0, momentum_start: float = 0.85, ns_steps: int = 5,
          ns_coeffs: str | Sequence[Any] = "quintic",
          ns_dtype: str = "float32", gram_ns: bool = False, scale: str = "original",
-         weight_decay: float = 0.0, adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9,
+         weight_decay: float = 0.0, cautious_weight_decay: bool = False,
+         adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9,
          adam_b2: float = 0.95, adam_eps: float = 1e-8, adam_weight_decay: float = 0.0,
          labels: routing.LabelRule | Any | None = None,
          dimension_numbers: routing.DimNumRule | Any | None = None,
@@ -135,6 +136,8 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
     scale: "original" (sqrt(max(1, fan_out / fan_in))) or "match_adamw_rms" (Moonlight's
       0.2 sqrt(max(fan_in, fan_out))).
     weight_decay: decoupled weight decay on Muon leaves (multiplied by the learning rate).
+    cautious_weight_decay: decay only where the update and the parameter agree in sign
+      (`add_cautious_decayed_weights`), as in the NanoGPT speedrun.
     adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW on the rest.
     labels: routing override (`routing.label_fn`).
     dimension_numbers: matrix view of Muon tensors (`routing.dimension_numbers_rule`).
@@ -153,12 +156,40 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
                    start=momentum_start),
       scale_by_newton_schulz(ns_coeffs=ns_coeffs, ns_steps=ns_steps, ns_dtype=ns_dtype,
                              gram_ns=gram_ns, scale=scale, dimension_numbers=dimension_numbers),
-      optax.add_decayed_weights(weight_decay),
+      decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _with_routing(muon_tx, labels, dimension_numbers, adam_learning_rate=adam_learning_rate,
                        adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
                        adam_weight_decay=adam_weight_decay)
+
+
+def add_cautious_decayed_weights(weight_decay: float) -> optax.GradientTransformation:
+  """u <- u + weight_decay * 1[u * theta >= 0] * theta: cautious weight decay.
+
+  The update u is the direction subtracted from the parameters (before the learning rate), so
+  decay is kept only where it moves theta the same way as u (toward zero). Written here:
+  optax has no masked-by-sign decay.
+
+  References:
+    Chen et al., "Cautious Weight Decay", 2025, arXiv 2510.12402 (NanoGPT speedrun records).
+  """
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("cautious weight decay needs the parameters: update(g, state, params)")
+    return jax.tree.map(
+        lambda u, p: (u + weight_decay * jnp.where(u * p >= 0, p, 0)).astype(u.dtype),
+        updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def decayed_weights(weight_decay: float, *, cautious: bool) -> optax.GradientTransformation:
+  """Decoupled weight decay, plain (`optax.add_decayed_weights`) or cautious."""
+  if cautious:
+    return add_cautious_decayed_weights(weight_decay)
+  return optax.add_decayed_weights(weight_decay)
 
 
 def _with_routing(muon_tx, labels, dimension_numbers, *, adam_learning_rate, adam_b1, adam_b2,
