@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import cautious
 from optimizers import newton_schulz
 from optimizers import routing
 from optimizers._registry import register
@@ -137,7 +138,7 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
       0.2 sqrt(max(fan_in, fan_out))).
     weight_decay: decoupled weight decay on Muon leaves (multiplied by the learning rate).
     cautious_weight_decay: decay only where the update and the parameter agree in sign
-      (`add_cautious_decayed_weights`), as in the NanoGPT speedrun.
+      (`cautious.add_cautious_decayed_weights`), as in the NanoGPT speedrun.
     adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW on the rest.
     labels: routing override (`routing.label_fn`).
     dimension_numbers: matrix view of Muon tensors (`routing.dimension_numbers_rule`).
@@ -164,31 +165,10 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
                        adam_weight_decay=adam_weight_decay)
 
 
-def add_cautious_decayed_weights(weight_decay: float) -> optax.GradientTransformation:
-  """u <- u + weight_decay * 1[u * theta >= 0] * theta: cautious weight decay.
-
-  The update u is the direction subtracted from the parameters (before the learning rate), so
-  decay is kept only where it moves theta the same way as u (toward zero). Written here:
-  optax has no masked-by-sign decay.
-
-  References:
-    Chen et al., "Cautious Weight Decay", 2025, arXiv 2510.12402 (NanoGPT speedrun records).
-  """
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("cautious weight decay needs the parameters: update(g, state, params)")
-    return jax.tree.map(
-        lambda u, p: (u + weight_decay * jnp.where(u * p >= 0, p, 0)).astype(u.dtype),
-        updates, params), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
 def decayed_weights(weight_decay: float, *, cautious: bool) -> optax.GradientTransformation:
   """Decoupled weight decay, plain (`optax.add_decayed_weights`) or cautious."""
   if cautious:
-    return add_cautious_decayed_weights(weight_decay)
+    return cautious.add_cautious_decayed_weights(weight_decay)
   return optax.add_decayed_weights(weight_decay)
 
 
