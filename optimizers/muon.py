@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizers import cautious
+from optimizers import cautious as cautious_lib
 from optimizers import newton_schulz
 from optimizers import routing
 from optimizers._registry import register
@@ -168,7 +168,7 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
 def decayed_weights(weight_decay: float, *, cautious: bool) -> optax.GradientTransformation:
   """Decoupled weight decay, plain (`optax.add_decayed_weights`) or cautious."""
   if cautious:
-    return cautious.add_cautious_decayed_weights(weight_decay)
+    return cautious_lib.add_cautious_decayed_weights(weight_decay)
   return optax.add_decayed_weights(weight_decay)
 
 
