@@ -109,8 +109,9 @@ def main(argv):
 
 def _report(summary: dict, config) -> None:
   val = summary["val_loss"]
-  val_text = (f"val_loss {val:.4f} (at step {summary['val_step']})" if val is not None
-              else "no validation loss yet")
+  name = summary.get("metric", "val_loss")
+  val_text = (f"{name} {val:.4f} (at step {summary['val_step']})" if val is not None
+              else "no validation result yet")
   total = int(config.train.steps)
   if summary["already_complete"]:
     head = f"Already complete: step {summary['step']}/{total}, nothing to do"

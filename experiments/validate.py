@@ -73,7 +73,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   _int_at_least(config, "train.eval_batches", 1)
   _int_at_least(config, "train.keep_checkpoints", 1, optional=True)
   _int_at_least(config, "train.stop_at_step", 1, optional=True)
-  _int_at_least(config, "data.seq_len", 1)
   _int_at_least(config, "schedule.warmup_steps", 0)
   _require(t.batch_size % t.grad_accum_steps == 0, "train.batch_size", t.batch_size,
            f"must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
@@ -101,6 +100,9 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     if key.endswith("learning_rate") and isinstance(value, (int, float)):
       _require(math.isfinite(value) and value >= 0, f"optimizer.{key}", value,
                "must be a finite number >= 0")
+  if "seq_len" not in config.data:  # not a token workload (MDS, logistic regression, MLP)
+    return warnings
+  _int_at_least(config, "data.seq_len", 1)
   seq_len, max_len = config.data.seq_len, _get(config, "model.max_seq_len")
   _require(max_len is None or seq_len <= max_len, "data.seq_len", seq_len,
            f"exceeds model.max_seq_len={max_len}")

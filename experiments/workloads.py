@@ -117,11 +117,6 @@ def _budget_and_target(config) -> dict:
           "batch_size": int(config.train.batch_size)}
 
 
-def _eval_rows(config) -> int:
-  """Rows per validation batch: the train micro-batch, as the trainer used."""
-  return int(config.train.batch_size) // int(config.train.grad_accum_steps)
-
-
 # ---------------------------------------------------------------------------------------------
 # Byte-level GPT on a token corpus.
 
@@ -129,8 +124,11 @@ def token_sources(config, workdir: str, vocab_size: int):
   """(train source, val source, description for run.json) from `config.data`."""
   window = config.data.seq_len + 1
   if config.data.source == "stdlib":
-    cache = config.data.get("cache_dir") or os.path.join(workdir, "data")
-    corpus = data_lib.build_stdlib_corpus(cache)
+    del workdir  # the corpus is cached once per machine, not copied into every workdir
+    cache = config.data.get("cache_dir")
+    corpus = (data_lib.build_stdlib_corpus(cache) if cache else
+              data_lib.cached_stdlib_corpus())
+    cache = os.path.dirname(corpus.train_files[0])
     train = data_lib.TokenSource(corpus.train_files, vocab_size, window)
     val = data_lib.TokenSource(corpus.val_files, vocab_size, window)
     info = {"source": "stdlib", "sha256": corpus.sha256, "train_tokens": corpus.num_train_tokens,
@@ -159,7 +157,8 @@ def _gpt_workload(config, workdir: str) -> Workload:
     raise ValueError(f"data.seq_len={seq_len} > model.max_seq_len={model_cfg.max_seq_len}")
   train_src, val_src, info = token_sources(config, workdir, model_cfg.vocab_size)
   common = _budget_and_target(config)
-  micro = _eval_rows(config)
+  accum = int(config.train.grad_accum_steps)
+  micro = common["batch_size"] // accum
   num_eval = int(config.train.eval_batches)
 
   def train_batch(seed, step, process_index=0, process_count=1):
@@ -169,7 +168,10 @@ def _gpt_workload(config, workdir: str) -> Workload:
 
   @functools.lru_cache(maxsize=None)
   def global_eval():
-    return data_lib.eval_batches(val_src, micro, num_eval)
+    # eval_batches x batch_size rows whatever the accumulation, in micro-batch chunks (the
+    # memory a train micro-batch needs), so the validation set never depends on the hardware.
+    return [chunk for b in data_lib.eval_batches(val_src, common["batch_size"], num_eval)
+            for chunk in np.split(b, accum)]
 
   def eval_batches(process_index=0, process_count=1):
     rows = local_rows(micro, process_index, process_count)

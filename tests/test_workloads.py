@@ -83,8 +83,8 @@ def test_unknown_workload_lists_known(tmp_path, corpus_dir):
 
 
 def test_gpt_workload_is_the_trainers_data_and_model(corpus_dir, tmp_path):
-  """What trainer.py did before the refactor: make_data, BatchIterator rows, eval_batches of the
-  micro-batch, gpt.init_params and gpt.loss_fn."""
+  """What trainer.py did before the refactor: BatchIterator rows, gpt.init_params and
+  gpt.loss_fn; the validation set of eval_batches x batch_size rows."""
   cfg = config("speedrun", corpus_dir, train__grad_accum_steps=2)
   w = workloads.build(cfg, str(tmp_path))
   model_cfg = gpt.GPTConfig.from_config(cfg.model)
@@ -96,8 +96,13 @@ def test_gpt_workload_is_the_trainers_data_and_model(corpus_dir, tmp_path):
                               process_count=2)
   it.position = 11
   np.testing.assert_array_equal(w.train_batch(5, 11, 1, 2), next(it))
+  # The validation set: eval_batches x batch_size rows, whatever the accumulation, in
+  # micro-batch chunks.
   micro = cfg.train.batch_size // 2
-  for mine, theirs in zip(w.eval_batches(1, 2), data_lib.eval_batches(val, micro, 2)):
+  chunks = [c for b in data_lib.eval_batches(val, cfg.train.batch_size, cfg.train.eval_batches)
+            for c in np.split(b, 2)]
+  assert len(w.eval_batches(1, 2)) == len(chunks) == 2 * cfg.train.eval_batches
+  for mine, theirs in zip(w.eval_batches(1, 2), chunks):
     np.testing.assert_array_equal(mine, theirs[micro // 2:])
   key = jax.random.key(0)
   params = w.init_params(key)
