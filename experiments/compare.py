@@ -1,5 +1,6 @@
 r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf scores, speedrun rule.
 
+  python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
   python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
@@ -237,6 +238,82 @@ def sweep(specs: Sequence[RunSpec], records_dir: str,
 
 
 # ---------------------------------------------------------------------------------------------
+# Running a sweep through the one trainer.
+
+# Workload -> config (path[:variant]), relative to the repository root.
+WORKLOAD_CONFIGS = {
+    "speedrun": "configs/workload_speedrun.py:short",
+    "gpt_deep": "configs/workload_gpt_deep.py",
+    "mds": "configs/workload_mds.py",
+    "logreg": "configs/workload_logreg.py",
+    "mlp_digits": "configs/workload_mlp_digits.py",
+}
+QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_config(spec: RunSpec):
+  """The trainer config of one sweep run.
+
+  The workload's config (model, data, step budget, target, warmup + schedule) with the
+  optimizer's base hyperparameters overlaid by the drawn ones. From the optimizer's base config
+  also come the pieces of its recipe outside `optimizer`: a constant schedule (Schedule-Free
+  brings its own warmup) and gradient clipping (SGD). Learning rates are used as drawn (no batch
+  scaling rule), and the run stops at the target: time-to-target is what is scored.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import configs_util  # pylint: disable=g-import-not-at-top
+  cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[spec.workload]))
+  base = importlib.import_module(f"configs.{BASE_CONFIGS[spec.optimizer]}").get_config()
+  cfg.optimizer = ml_collections.ConfigDict(dict(base.optimizer.to_dict(), **spec.hparams))
+  if base.schedule.name == "constant":
+    cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
+  cfg.train.grad_clip_norm = base.train.get("grad_clip_norm")
+  cfg.schedule.base_batch_size = None
+  cfg.seed = spec.seed
+  cfg.train.stop_at_target = True
+  cfg.train.checkpoint_every = int(cfg.train.steps)
+  cfg.train.keep_checkpoints = 1
+  cfg.train.stall_warning_s = 0.0
+  return cfg
+
+
+def train_run(spec: RunSpec, runs_dir: str) -> dict:
+  """Trains `spec` with the trainer (in this process) and returns `make_record`'s result."""
+  from experiments import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from experiments import trainer  # pylint: disable=g-import-not-at-top
+  cfg = run_config(spec)
+  workdir = os.path.join(runs_dir, spec.workload, spec.optimizer,
+                         f"study{spec.study}_trial{spec.trial}")
+  try:
+    summary = trainer.train_and_evaluate(cfg, workdir)
+    diverged = False
+  except trainer.TrainingDivergedError as e:
+    summary, diverged = None, True
+    print(f"{spec.workload}/{spec.optimizer} study {spec.study} trial {spec.trial}: {e}")
+  rows = metrics_lib.read_metrics(workdir)
+  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  metric = summary["metric"] if summary else _metric_name(rows)
+  curve = [[r["step"], r.get("train_time_s"), r[metric]] for r in rows
+           if isinstance(r.get(metric), float)]
+  del workloads
+  return {"target": cfg.train.target_val_loss, "metric": metric,
+          "step_budget": int(cfg.train.steps),
+          "steps_to_target": None if diverged else summary["steps_to_target"],
+          "time_to_target_s": None if diverged else summary["time_to_target_s"],
+          "final_metric": None if diverged else summary["val_loss"],
+          "diverged": diverged, "curve": curve}
+
+
+def _metric_name(rows: list[dict]) -> str:
+  for r in rows:
+    for k in r:
+      if k in ("val_loss", "val_error", "relative_stress", "suboptimality"):
+        return k
+  return "val_loss"
+
+
+# ---------------------------------------------------------------------------------------------
 # Scores.
 
 def _value(record: dict, field: str) -> float:
@@ -436,12 +513,52 @@ _ALPHA = flags.DEFINE_float("alpha", 0.01, "Significance level of the record rul
 _BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the t-tests compare against.")
 
 
+_WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOAD_CONFIGS), "sweep: workloads to run.")
+_OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
+                                               "sgd"], "sweep: optimizers to compare.")
+_TRIALS = flags.DEFINE_integer("trials", 3, "sweep: trials per optimizer and study (the same "
+                               "for every optimizer).")
+_STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds).")
+_QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(QUICK_WORKLOADS)}, 2 trials, "
+                           "1 study (minutes, for checking the pipeline).")
+_RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
+
+
 def main(argv):
-  if len(argv) != 3 or argv[1] != "score":
-    raise app.UsageError("usage: python -m experiments.compare score RECORDS_DIR")
-  records = read_records(argv[2])
+  usage = ("usage: python -m experiments.compare score RECORDS_DIR\n"
+           "       python -m experiments.compare sweep RECORDS_DIR [--quick] [--workloads=...] "
+           "[--optimizers=...] [--trials=N] [--studies=K]")
+  if len(argv) != 3 or argv[1] not in ("score", "sweep"):
+    raise app.UsageError(usage)
+  records_dir = argv[2]
+  if argv[1] == "sweep":
+    workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
+    trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
+    unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
+    unknown += [o for o in _OPTIMIZERS.value if o not in SEARCH_SPACES]
+    if unknown:
+      raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
+                           f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+    specs = [sp for w in workloads_ for sp in plan(w, _OPTIMIZERS.value, trials, range(studies))]
+    t0 = time.time()
+    done = {record_key(r) for r in read_records(records_dir)}
+    todo = [sp for sp in specs if sp.key() not in done]
+    print(f"{len(specs)} runs planned, {len(specs) - len(todo)} already recorded")
+
+    def run_fn(spec, _count=[0]):  # pylint: disable=dangerous-default-value
+      _count[0] += 1
+      elapsed = time.time() - t0
+      eta = elapsed / max(_count[0] - 1, 1) * (len(todo) - _count[0] + 1) if _count[0] > 1 else 0
+      print(f"[{_count[0]}/{len(todo)}] {spec.workload} {spec.optimizer} study {spec.study} "
+            f"trial {spec.trial} {spec.hparams} (elapsed {elapsed / 60:.1f} min, ETA "
+            f"{eta / 60:.1f} min)", flush=True)
+      return train_run(spec, _RUNS.value)
+
+    sweep(specs, records_dir, run_fn)
+    print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
+  records = read_records(records_dir)
   if not records:
-    raise app.UsageError(f"no records in {argv[2]}")
+    raise app.UsageError(f"no records in {records_dir}")
   print(report(records, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
                _BASELINE.value, _BY.value))
 
