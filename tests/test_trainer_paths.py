@@ -133,3 +133,26 @@ def test_stop_at_step_reports_the_latest_validation_loss_and_its_step(tmp_path):
   summary = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
   assert summary["step"] == 15 and summary["val_step"] == 10
   assert summary["val_loss"] == _val(tmp_path / "w")[-1]
+
+
+def test_schedule_free_is_evaluated_and_logged_at_the_averaged_point(tmp_path):
+  from tests.test_train import TINY  # pylint: disable=g-import-not-at-top
+  import optimizers  # pylint: disable=g-import-not-at-top
+  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  values = dict(TINY, **{"data.cache_dir": str(tmp_path / "corpus"), "train.steps": 10,
+                         "train.eval_every": 10})
+  cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_schedule_free_adamw.py"),
+                          values)
+  trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  tx, _ = trainer.make_optimizer(cfg)
+  w = workloads.build(cfg, str(tmp_path / "w"))
+  abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
+  with ocp.CheckpointManager(os.path.join(tmp_path / "w", "checkpoints")) as mgr:
+    state = mgr.restore(10, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
+  x = optimizers.eval_params(state["params"], state["opt_state"])
+  mean = lambda p: float(np.mean([w.eval_fn(p, b) for b in w.eval_batches()]))
+  at_x, at_y = mean(x), mean(state["params"])
+  logged = _val(tmp_path / "w")[-1]
+  assert abs(at_x - at_y) > 1e-3  # the two points really differ after 10 steps
+  np.testing.assert_allclose(logged, at_x, rtol=1e-5)
