@@ -4,7 +4,8 @@ Every entry is a chain of optax's own transforms, with defaults chosen so the up
 formula of the paper it cites; only LARS's trust ratio is written here (optax's `lars` uses a
 different denominator, see `lars`). Notation: `g` the gradient, `t` the step (from 1), `lr` the
 learning rate (a float or an optax schedule), `theta` the parameters, `||.||` the Frobenius norm
-of one leaf (a leaf is the paper's "layer").
+of one leaf (a leaf is the paper's "layer"). Every entry is wrapped in `nonfinite.guard`: a
+step whose gradient, update or new state is not finite is skipped whole and counted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import nonfinite
 from optimizers._registry import register
 
 
@@ -27,7 +29,7 @@ def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = F
   This is PyTorch's convention (no dampening). `weight_decay` adds `wd * theta` to the gradient
   before momentum (coupled L2, as in `torch.optim.SGD`).
   """
-  return optax.chain(
+  return nonfinite.guard(
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
@@ -51,8 +53,8 @@ def adagrad(*, learning_rate: Any, initial_accumulator_value: float = 0.0,
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_rss` then the learning rate).
   """
-  return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value,
-                       eps=eps)
+  return nonfinite.guard(optax.adagrad(
+      learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps))
 
 
 @register("rmsprop")
@@ -83,9 +85,9 @@ def rmsprop(*, learning_rate: Any, decay: float = 0.9, eps: float = 1e-8,
   Returns:
     An `optax.GradientTransformation` (optax's `scale_by_rms`/`scale_by_stddev`, lr, `trace`).
   """
-  return optax.rmsprop(learning_rate, decay=decay, eps=eps, initial_scale=initial_scale,
-                       eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum,
-                       nesterov=nesterov)
+  return nonfinite.guard(optax.rmsprop(
+      learning_rate, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
+      centered=centered, momentum=momentum, nesterov=nesterov))
 
 
 @register("adadelta")
@@ -109,7 +111,8 @@ def adadelta(*, learning_rate: Any = 1.0, rho: float = 0.95, eps: float = 1e-6,
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_adadelta`, then lr).
   """
-  return optax.adadelta(learning_rate, rho=rho, eps=eps, weight_decay=weight_decay)
+  return nonfinite.guard(
+      optax.adadelta(learning_rate, rho=rho, eps=eps, weight_decay=weight_decay))
 
 
 @register("adam")
@@ -134,7 +137,8 @@ def adam(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_adam`, then lr).
   """
-  return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
+  return nonfinite.guard(
+      optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov))
 
 
 @register("adamw")
@@ -157,8 +161,8 @@ def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float 
   Returns:
     An `optax.GradientTransformation` (`optax.adamw`).
   """
-  return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                     weight_decay=weight_decay, nesterov=nesterov)
+  return nonfinite.guard(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                                     weight_decay=weight_decay, nesterov=nesterov))
 
 
 @register("nadamw")
@@ -180,7 +184,8 @@ def nadamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
   Returns:
     An `optax.GradientTransformation` (`optax.nadamw`).
   """
-  return optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return nonfinite.guard(
+      optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 @register("amsgrad")
@@ -207,8 +212,9 @@ def amsgrad(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: floa
   Returns:
     An `optax.GradientTransformation` (`optax.amsgrad`).
   """
-  return optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps,
-                       bias_correction_mu=bias_correction, bias_correction_nu=bias_correction)
+  return nonfinite.guard(optax.amsgrad(
+      learning_rate, b1=b1, b2=b2, eps=eps, bias_correction_mu=bias_correction,
+      bias_correction_nu=bias_correction))
 
 
 @register("lamb")
@@ -231,7 +237,8 @@ def lamb(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
   Returns:
     An `optax.GradientTransformation` (`optax.lamb`).
   """
-  return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return nonfinite.guard(
+      optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 class ScaleByLarsTrustRatioState(NamedTuple):
@@ -307,7 +314,7 @@ def lars(*, learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
   Returns:
     An `optax.GradientTransformation` (`scale_by_lars_trust_ratio`, lr, `optax.trace`).
   """
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_lars_trust_ratio(trust_coefficient=trust_coefficient, weight_decay=weight_decay,
                                 eps=eps),
       optax.scale_by_learning_rate(learning_rate),
@@ -347,6 +354,7 @@ def adafactor(*, learning_rate: Any, decay_rate: float = 0.8, eps: float = 1e-30
   Returns:
     An `optax.GradientTransformation` (`optax.adafactor`).
   """
-  return optax.adafactor(learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
-                         decay_rate=decay_rate, multiply_by_parameter_scale=multiply_by_parameter_scale,
-                         clipping_threshold=clipping_threshold, momentum=momentum, eps=eps)
+  return nonfinite.guard(optax.adafactor(
+      learning_rate, min_dim_size_to_factor=min_dim_size_to_factor, decay_rate=decay_rate,
+      multiply_by_parameter_scale=multiply_by_parameter_scale,
+      clipping_threshold=clipping_threshold, momentum=momentum, eps=eps))
