@@ -63,7 +63,7 @@ def test_bad_steps_are_skipped_and_the_run_continues_as_if_they_never_happened(n
   params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
   grads = [_gradient(kind, rng) for kind in SEQUENCE]
 
-  @jax.jit
+  @jax.jit(donate_argnums=1)  # as the trainer's step: every state leaf its own buffer
   def step(params, state, g):
     updates, state = tx.update(g, state, params)
     return optax.apply_updates(params, updates), state, updates
@@ -106,6 +106,16 @@ def test_a_statistic_that_overflows_from_a_finite_gradient_is_refused():
   assert float(updates["x"][0]) == 0.0
   chex.assert_trees_all_equal(second[:-1], first[:-1])
   assert int(optimizers.collect_metrics(second)["nonfinite_skips"]) == 1
+
+
+def test_a_non_finite_update_from_a_usable_gradient_is_refused_only_with_the_state_check():
+  params = {"x": jnp.ones((3,))}
+  for check_state, expected in ((True, 0.0), (False, np.nan)):
+    tx = nonfinite.guard(optax.scale_by_adam(), optax.scale(np.nan), check_state=check_state)
+    state = tx.init(params)
+    updates, new = jax.jit(tx.update)(params, state, params)
+    np.testing.assert_array_equal(updates["x"], np.full(3, expected, np.float32))
+    assert int(new[-1].metrics["nonfinite_skips"]) == int(check_state)
 
 
 def test_guard_keeps_the_chain_state_positions_and_passes_extra_args():
