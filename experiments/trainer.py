@@ -40,6 +40,11 @@ class TrainingDivergedError(RuntimeError):
   pass
 
 
+# Consecutive optimizer steps refused as non-finite (`opt/nonfinite_streak`, see
+# optimizers/nonfinite.py) after which the run stops: such a run no longer trains.
+MAX_NONFINITE_STREAK = 10
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule from config.
 
@@ -340,6 +345,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise TrainingDivergedError(
           f"training loss became {loss} at step {step_no}; stopping. The last good checkpoint is "
           f"step {last_good_ckpt} in {checkpointer.directory} (none is written from a bad state).")
+    streak = int(step_metrics.get("opt/nonfinite_streak", 0))
+    if streak >= MAX_NONFINITE_STREAK:
+      raise TrainingDivergedError(
+          f"the optimizer refused {streak} steps in a row as non-finite (last at step {step_no});"
+          f" stopping. The last good checkpoint is step {last_good_ckpt} in "
+          f"{checkpointer.directory}.")
 
   def on_stall(seconds):
     logging.warning(
