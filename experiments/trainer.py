@@ -34,10 +34,11 @@ from experiments import metrics as metrics_lib
 from experiments import sharding as sharding_lib
 from experiments import validate as validate_lib
 from experiments import watchdog as watchdog_lib
-from experiments import workloads as workloads_lib
 from experiments import workdir_lock
+from experiments import workloads as workloads_lib
 from models import gpt
 import optimizers
+from optimizers import nonfinite
 
 
 class TrainingDivergedError(RuntimeError):
@@ -180,11 +181,13 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
     new_params = optax.apply_updates(params, updates)
     metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
+    # The registry's optimizers refuse an unusable gradient themselves (`optimizers.nonfinite`:
+    # zero update, state kept); the trainer decides whether such a step stops the run.
+    ok = jnp.isfinite(loss) & nonfinite.gradient_is_usable(grads) & _all_finite(updates)
     if skip_nonfinite:
-      ok = jnp.isfinite(loss) & _all_finite(updates)
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
       new_params, new_opt_state = keep((new_params, new_opt_state), (params, opt_state))
-      metrics["skipped"] = (~ok).astype(jnp.float32)
+    metrics["skipped"] = (~ok).astype(jnp.float32)
     metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(new_opt_state).items()})
     new_state = {"params": new_params, "opt_state": new_opt_state, "step": state["step"] + 1,
                  "rng": state["rng"]}
@@ -503,8 +506,9 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
       progress["last_good_ckpt"] = step
 
     def check_finite(step_metrics, step_no):
-      if skip_nonfinite and float(step_metrics["skipped"]):
-        progress["consecutive_skips"] += 1
+      refused = int(step_metrics.get("opt/nonfinite_streak", 0))  # optimizer-level refusals
+      if skip_nonfinite and (float(step_metrics["skipped"]) or refused):
+        progress["consecutive_skips"] = max(progress["consecutive_skips"] + 1, refused)
         logging.warning("Step %d: non-finite loss or update; step skipped (%d in a row).",
                         step_no, progress["consecutive_skips"])
         if progress["consecutive_skips"] > progress["max_skips"]:
@@ -516,11 +520,14 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
         return
       progress["consecutive_skips"] = 0
       loss = float(step_metrics["train_loss"])
-      if not math.isfinite(loss):
+      if not math.isfinite(loss) or float(step_metrics["skipped"]) or refused:
+        what = (f"training loss became {loss}" if not math.isfinite(loss) else
+                "the gradient or update became non-finite (or too large for the optimizer's "
+                "statistics)")
         raise TrainingDivergedError(
-            f"training loss became {loss} at step {step_no}; stopping. The last good checkpoint "
-            f"is step {progress['last_good_ckpt']} in {checkpointer.directory} (none is written "
-            "from a bad state). train.skip_nonfinite_updates=True skips such steps instead.")
+            f"{what} at step {step_no}; stopping. The last good checkpoint is step "
+            f"{progress['last_good_ckpt']} in {checkpointer.directory} (none is written from a "
+            "bad state). train.skip_nonfinite_updates=True skips such steps instead.")
 
     def on_stall(seconds):
       logging.warning(

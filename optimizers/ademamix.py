@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import nonfinite
 from optimizers._registry import register
 
 
@@ -125,9 +126,9 @@ def ademamix(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, b3: floa
   Returns:
     An `optax.GradientTransformation`.
   """
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_ademamix(b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps,
                         alpha_warmup_steps=alpha_warmup_steps, b3_warmup_steps=b3_warmup_steps),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
-  )
+      check_state=False)

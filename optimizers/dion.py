@@ -42,6 +42,7 @@ import optax
 
 from optimizers import muon
 from optimizers import routing
+from optimizers import nonfinite
 from optimizers._registry import register
 
 SCALES = ("spectral_norm",) + muon.SCALES
@@ -229,5 +230,5 @@ def dion(*, learning_rate: Any, momentum: float = 0.95, rank_fraction: float = 1
         adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
         adam_weight_decay=adam_weight_decay)
   lion = optax.lion(adam_learning_rate, b1=adam_b1, b2=adam_b2, weight_decay=adam_weight_decay)
-  return optax.partition({routing.MUON: dion_tx, routing.ADAM: lion},
-                         routing.label_fn(labels, dimension_numbers))
+  return nonfinite.guard(optax.partition({routing.MUON: dion_tx, routing.ADAM: lion},
+                         routing.label_fn(labels, dimension_numbers)), check_state=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import optax
 
+from optimizers import nonfinite
 from optimizers._registry import register
 
 
@@ -34,4 +35,4 @@ def lion(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.99,
   Returns:
     An `optax.GradientTransformation` (`optax.lion`).
   """
-  return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+  return nonfinite.guard(optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay), check_state=False)

@@ -17,6 +17,7 @@ import optax
 
 from optimizers import cautious as cautious_lib
 from optimizers import newton_schulz
+from optimizers import nonfinite
 from optimizers import routing
 from optimizers._registry import register
 
@@ -123,7 +124,9 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
   theta <- theta - lr * (s * NS(u) + weight_decay * theta)   (Muon leaves)
   AdamW with `adam_*` hyperparameters on embeddings, head, norms, biases, scalars.
   The momentum is `optax.trace` on (1 - beta) g (no bias correction, as in the reference);
-  routing is `optax.partition` with `routing.label_fn`.
+  routing is `optax.partition` with `routing.label_fn`. A step whose gradient (NaN, Inf, or
+  so large that its squared norm overflows float32), update or new state is not finite is
+  skipped whole (zero update, momenta and counts kept) and counted (`nonfinite.guard`).
 
   Args:
     learning_rate: Muon learning rate (float or optax schedule).
@@ -176,8 +179,9 @@ def _with_routing(muon_tx, labels, dimension_numbers, *, adam_learning_rate, ada
                   adam_eps, adam_weight_decay) -> optax.GradientTransformation:
   adam_tx = optax.adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
                         weight_decay=adam_weight_decay)
-  return optax.partition({routing.MUON: muon_tx, routing.ADAM: adam_tx},
-                         routing.label_fn(labels, dimension_numbers))
+  # One guard around both branches: a bad gradient anywhere skips the whole step.
+  return nonfinite.guard(optax.partition({routing.MUON: muon_tx, routing.ADAM: adam_tx},
+                                         routing.label_fn(labels, dimension_numbers)))
 
 
 @register("optax_muon")

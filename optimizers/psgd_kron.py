@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optimizers import nonfinite
 from optimizers._registry import register
 
 MEMORY_SAVE_MODES = (None, "one_diag", "all_diag")
@@ -262,7 +263,7 @@ def psgd_kron(*, learning_rate: Any, b1: float = 0.9, weight_decay: float = 0.0,
   if prob is None:
     prob = update_probability_schedule(1.0, update_prob_min, update_prob_decay,
                                        update_prob_flat_start)
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_kron(b1=b1, preconditioner_update_probability=prob,
                     max_size_triangular=max_size_triangular,
                     min_ndim_triangular=min_ndim_triangular, memory_save_mode=memory_save_mode,
@@ -272,4 +273,4 @@ def psgd_kron(*, learning_rate: Any, b1: float = 0.9, weight_decay: float = 0.0,
                     mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype), seed=seed),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
-  )
+      check_state=True)

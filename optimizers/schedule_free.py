@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import nonfinite
 from optimizers._registry import register
 
 
@@ -133,9 +134,9 @@ def schedule_free_adamw(*, learning_rate: Any = 2.5e-3, b1: float = 0.9, b2: flo
   Returns:
     An `optax.GradientTransformation`; evaluate at `eval_params(params, state)`.
   """
-  return scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+  return nonfinite.guard(scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                                 weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                weight_lr_power=weight_lr_power, r=r)
+                                weight_lr_power=weight_lr_power, r=r), check_state=False)
 
 
 @register("schedule_free_sgd")
@@ -154,9 +155,9 @@ def schedule_free_sgd(*, learning_rate: Any = 1.0, b1: float = 0.9, weight_decay
   Returns:
     An `optax.GradientTransformation`; evaluate at `eval_params(params, state)`.
   """
-  return scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=None, eps=0.0,
+  return nonfinite.guard(scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=None, eps=0.0,
                                 weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                weight_lr_power=weight_lr_power, r=r)
+                                weight_lr_power=weight_lr_power, r=r), check_state=False)
 
 
 def eval_params(params: Any, opt_state: Any) -> Any:

@@ -16,7 +16,10 @@ With `start_preconditioning_step` N > 1, steps 1..N-1 are Adam (Q = I) while L, 
 and step N computes the first bases as step 1 does; `statistics_every` k updates L, R only at
 steps 1, 1 + k, ... (as Meta's Distributed Shampoo does for its eigenvalue-corrected variant).
 Leaves without factors (rank <= 1, embeddings; see blocking.py) run plain Adam. Written by
-hand: no library has SOAP in JAX; the moments follow optax's Adam.
+hand: no library has SOAP in JAX; the moments follow optax's Adam. The registry entry is
+wrapped in `nonfinite.guard`: a step whose gradient (NaN, Inf, or so large that G G^T or G'^2
+overflows float32), update or new state (moments, factors, bases) is not finite is skipped
+whole and counted in `metrics`.
 
 References:
   Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321, 2024.
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from optimizers import nonfinite
 from optimizers._registry import register
 from optimizers.shampoo import blocking
 from optimizers.shampoo import linalg
@@ -192,12 +196,13 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
       (the paper: 1); before it, Adam (identity basis) while the factors accumulate.
 
   Returns:
-    optax.GradientTransformation (state: chain of SoapState, weight decay, learning rate).
+    optax.GradientTransformation (state: SoapState, weight decay, learning rate and
+    `nonfinite.NonfiniteState`).
 
   References:
     Vyas et al. 2024, arXiv 2409.11321.
   """
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_soap(b1=b1, b2=b2, eps=eps, shampoo_b2=shampoo_b2, nesterov=nesterov,
                     block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
                     graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,
