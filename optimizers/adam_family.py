@@ -152,7 +152,8 @@ def adam(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
 @register("adamw")
 def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
           eps_root: float = 0.0, weight_decay: float = 1e-4, nesterov: bool = False,
-          cautious_weight_decay: bool = False) -> optax.GradientTransformation:
+          cautious_weight_decay: bool = False,
+          mu_dtype: str | None = None) -> optax.GradientTransformation:
   """AdamW (Loshchilov & Hutter, 2019, arXiv 1711.05101, Algorithm 2).
 
   m, v, m_hat, v_hat as in `adam`;  update = -lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta).
@@ -168,6 +169,8 @@ def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float 
     cautious_weight_decay: decay only where the Adam step and theta agree in sign,
       wd * theta * 1(adam_step * theta >= 0) (Chen et al., 2025, arXiv 2510.12402; the NanoGPT
       speedrun), via `cautious.add_cautious_decayed_weights`.
+    mu_dtype: dtype of the first moment m (e.g. "bfloat16" to halve its bytes); None keeps
+      the parameters' dtype. v stays in the parameters' dtype (optax's choice).
 
   Returns:
     An `optax.GradientTransformation` (`optax.adamw`, or its three transforms with the
@@ -175,12 +178,13 @@ def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float 
   """
   if cautious_weight_decay:
     return _guard(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                            nesterov=nesterov),
         cautious.add_cautious_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
   return _guard(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                            weight_decay=weight_decay, nesterov=nesterov))
+                            mu_dtype=mu_dtype, weight_decay=weight_decay, nesterov=nesterov))
 
 
 @register("nadamw")
