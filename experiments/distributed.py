@@ -84,7 +84,9 @@ def reached_preemption(step: int, local_flag: bool, every: int = 1) -> bool:
 
   Every process must call it at every step (it is a collective every `every` steps); between
   checks it returns False, so a flag raised at step s is acted on at the next multiple of
-  `every`. One process: returns `local_flag` at once, with no communication.
+  `every`. One process: returns `local_flag` at once, with no communication. Cost measured
+  with 2 CPU processes x 4 devices (gloo, a loaded 2-core machine): ~3 ms per check, so ~0.3 ms
+  per step with every=10; it blocks the host until every process has reached the check.
   """
   if jax.process_count() == 1:
     return bool(local_flag)

@@ -90,6 +90,42 @@ def test_powersgd_two_steps_match_a_float64_reference(mesh):
   assert np.linalg.norm(err) > 1.0  # rank 3 of 10: the error feedback holds something
 
 
+def topk64(m, fraction):
+  k = math.ceil(fraction * m.size)
+  flat = m.reshape(-1)
+  keep = np.zeros(flat.size, bool)
+  keep[np.argsort(-np.abs(flat), kind="stable")[:k]] = True
+  return np.where(keep, flat, 0.0).reshape(m.shape)
+
+
+def sign64(m):
+  return np.mean(np.abs(m)) * np.where(m >= 0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("kind,options,compress", [
+    ("topk", {"fraction": 0.05}, lambda m: topk64(m, 0.05)),
+    ("sign", {}, sign64)])
+def test_error_feedback_compressors_match_float64_references(mesh, kind, options, compress):
+  """Three steps of p_i = g_i + e_i, c_i = C(p_i), e_i <- p_i - c_i, applied mean_i c_i
+  (top-k: the ceil(5% size) largest |p|; sign: mean|p| sign(p), Karimireddy et al. 2019)."""
+  shapes = {"w": (16, 8), "b": (8,)}
+  compressor = compression.make_compressor(kind, **options)
+  params = {k: jnp.zeros(s) for k, s in shapes.items()}
+  state = compression.init_state(compressor, params, mesh, AXIS)
+  step = exchange_fn(compressor, mesh)
+  err = {k: np.zeros((N, *s)) for k, s in shapes.items()}
+  for seed in (11, 12, 13):
+    grads = random_grads(shapes, seed)
+    mean, state, _ = step(grads, state)
+    for k in shapes:
+      p = grads[k].astype(np.float64) + err[k]
+      c = np.stack([compress(p[i]) for i in range(N)])
+      err[k] = p - c
+      np.testing.assert_allclose(mean[k], c.mean(0), rtol=1e-5, atol=1e-6)
+  for k, s in zip(sorted(shapes), state):  # leaves in jax.tree order: "b", "w"
+    np.testing.assert_allclose(s["error"], err[k], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind,options", [
     ("topk", {"fraction": 0.1}), ("sign", {}), ("powersgd", {"rank": 1})])
 def test_error_feedback_tracks_the_sum_of_true_mean_gradients(mesh, kind, options):
