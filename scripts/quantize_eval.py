@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 
 from experiments import checkpoints as ckpt_lib
-from experiments import data as data_lib
 from experiments import trainer
+from experiments import workloads
 from models import gpt
 from models import quantize
 
@@ -60,9 +60,9 @@ def evaluate(config, params, batches) -> float:
 def main(argv):
   del argv
   config, params, step = load_params(_WORKDIR.value)
-  _, val, _ = trainer.make_data(config, _WORKDIR.value, int(config.model.vocab_size))
-  n = _BATCHES.value or int(config.train.eval_batches)
-  batches = list(data_lib.eval_batches(val, int(config.train.batch_size), n))
+  if _BATCHES.value:
+    config.train.eval_batches = _BATCHES.value
+  batches = workloads.build(config, _WORKDIR.value).eval_batches()  # the trainer's validation set
   out = {"workdir": _WORKDIR.value, "step": step, "params": gpt.num_params(params),
          "float32": {"val_loss": evaluate(config, params, batches),
                      "bytes": quantize.storage_bytes(params)}}

@@ -155,9 +155,9 @@ def test_trainer_clip_reaches_the_perturbed_gradient():
   grad_fn = jax.grad(logistic_loss)
   updates, _ = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
   # Plain SGD with lr 1: the update is minus the (clipped) perturbed gradient.
-  np.testing.assert_allclose(float(optax.global_norm(updates)), clip, rtol=1e-5)
+  np.testing.assert_allclose(float(optax.tree.norm(updates)), clip, rtol=1e-5)
   g = grad_fn(params)
-  perturbed = jax.tree.map(lambda p, x: p + RHO * x / optax.global_norm(g), params, g)
-  want = jax.tree.map(lambda x: -clip * x / optax.global_norm(grad_fn(perturbed)),
+  perturbed = jax.tree.map(lambda p, x: p + RHO * x / optax.tree.norm(g), params, g)
+  want = jax.tree.map(lambda x: -clip * x / optax.tree.norm(grad_fn(perturbed)),
                       grad_fn(perturbed))
   chex.assert_trees_all_close(updates, want, rtol=1e-5, atol=1e-9)
