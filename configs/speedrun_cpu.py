@@ -8,6 +8,8 @@ e.g. `--config.optimizer.learning_rate=1e-3 --config.train.steps=400`.
 
 import ml_collections
 
+from experiments import distributed
+
 FieldReference = ml_collections.FieldReference
 
 
@@ -87,6 +89,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: every device on the `data` axis
+
+  # Multi-process runs (jax.distributed): see experiments/distributed.py and
+  # scripts/launch_local.py. enabled=True with no coordinator detects SLURM / TPU pods / MPI.
+  c.distributed = distributed.default_config()
 
   # Fault injection, for testing the non-finite guards: at these steps (comma-separated, e.g.
   # "5,6") the gradient gets a NaN ("nan") or Inf ("inf") element, or becomes 1e30 ("huge").

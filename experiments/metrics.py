@@ -51,6 +51,19 @@ class MetricWriter:
       self._tb.close()
 
 
+class NullWriter:
+  """MetricWriter's interface, writing nothing (every process but the main one)."""
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    del step, scalars
+
+  def write_event(self, step: int, name: str, detail: Any) -> None:
+    del step, name, detail
+
+  def close(self) -> None:
+    pass
+
+
 def _parse_lines(path: str) -> tuple[list[tuple[str, dict]], int]:
   """(well-formed rows with their text, number of unreadable lines)."""
   rows, bad = [], 0

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from experiments import checkpoints
 from experiments import configs_util
 from experiments import data
+from experiments import distributed
 from experiments import trainer
 from experiments import validate
 from experiments import workdir_lock
@@ -90,6 +91,10 @@ def main(argv):
     return
   if not _WORKDIR.value:
     _fail("--workdir is required: the directory for checkpoints, metrics and logs")
+  try:
+    distributed.initialize(config)  # before any JAX computation
+  except validate.ConfigError as e:
+    _fail(e)
   # Orbax logs every save step by step at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)

@@ -30,6 +30,7 @@ import optax
 
 from experiments import checkpoints as ckpt_lib
 from experiments import data as data_lib
+from experiments import distributed
 from experiments import metrics as metrics_lib
 from experiments import sharding as sharding_lib
 from experiments import validate as validate_lib
@@ -422,6 +423,8 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
 
   data_info = workload.info
   corpus_id = data_info.get("sha256") or data_info.get("val_sha256")
+  distributed.assert_same_across_processes(str(corpus_id), "the data's content hash")
+  main = distributed.is_main()
   fingerprint = dict(workload.fingerprint, optimizer=config.optimizer.name,
                      seed=int(config.seed), corpus=corpus_id)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -448,7 +451,9 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
                "stopped_by_signal": None, "steps_to_target": None, "already_complete": False,
                "train_time_s": train_time_s, "time_to_target_s": None}
 
-    writer = metrics_lib.MetricWriter(workdir, resume_step=resumed_from)
+    # Only process 0 writes run records, metrics and TensorBoard events.
+    writer = (metrics_lib.MetricWriter(workdir, resume_step=resumed_from) if main else
+              metrics_lib.NullWriter())
     if resumed_from is not None:
       # A target reached before the resume stays the first crossing; it is not logged again.
       old_rows = metrics_lib.read_metrics(workdir)
@@ -469,11 +474,13 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
       logging.warning("Config changed on resume at step %d (allowed by "
                       "train.allow_config_change): %s", resumed_from,
                       {k: f"{a!r} -> {b!r}" for k, (a, b) in changes.items()})
-      record_config_change(workdir, resumed_from, changes)
+      if main:
+        record_config_change(workdir, resumed_from, changes)
       writer.write_event(resumed_from, "config_change",
                          {k: {"from": a, "to": b} for k, (a, b) in changes.items()})
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
+    if main:
+      write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
     logging.info("Workload %s: %s parameters; mesh %s; data %s", workload.name,
                  f"{num_params:,}", dict(mesh.shape), corpus_id)
 
@@ -543,6 +550,10 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
     beat = watchdog.beat if watchdog else (lambda: None)
     flag = _SignalFlag()
     old_handlers = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+    check_every = int((config.get("distributed") or {}).get("preemption_check_every", 1) or 1)
+    # A signal reaches one process (or several at different steps); all stop at one step.
+    stop_now = lambda step: distributed.reached_preemption(step, flag.signum is not None,
+                                                          check_every)
     try:
       if step == 0 and train_cfg.eval_every:
         t_eval = time.perf_counter()
@@ -560,12 +571,13 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
         batch_arr = jax.tree.map(sharding_lib.device_batch, local, train_batch_sh)
         state, step_metrics = train_step(state, batch_arr)
         step += 1
+        stopping = stop_now(step)
         if pending is not None:  # fetch step n-1 while step n runs
           _log_step(writer, *pending, window, check_finite)
         pending = (step, step_metrics)
         if (step % int(train_cfg.log_every) == 0 or step == total_steps or
             (train_cfg.eval_every and step % int(train_cfg.eval_every) == 0) or
-            (step % int(train_cfg.checkpoint_every) == 0) or flag.signum is not None):
+            (step % int(train_cfg.checkpoint_every) == 0) or stopping):
           _log_step(writer, *pending, window, check_finite)
           pending = None
         if step % int(train_cfg.log_every) == 0 or step == total_steps:
@@ -601,14 +613,15 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
           window["t0"] += spent  # eval time is not training throughput
           clock["excluded"] += spent
         if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
-            flag.signum):
+            stopping):
           t_ck = time.perf_counter()
           save(state, step)
           window["t0"] += time.perf_counter() - t_ck
           clock["excluded"] += time.perf_counter() - t_ck
-        if flag.signum is not None:
-          summary["stopped_by_signal"] = flag.signum
-          logging.warning("Stopped by signal %d at step %d; checkpoint saved.", flag.signum, step)
+        if stopping:
+          summary["stopped_by_signal"] = flag.signum or signal.SIGTERM  # sent to another process
+          logging.warning("Stopped by signal %d at step %d; checkpoint saved.",
+                          summary["stopped_by_signal"], step)
           break
         beat()  # armed after the first step, so compilation does not count
       if pending is not None:

@@ -1,0 +1,87 @@
+"""The trainer on 2 processes x 4 fake devices (jax.distributed, gloo), started by
+scripts/launch_local.py as a user would: same losses as 1 process x 8 devices, one writer, and a
+SIGTERM to one process stops both at the same checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+
+from experiments import metrics as metrics_lib
+from tests.test_train import CONFIG, ROOT, TINY
+
+ARGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in TINY.items()
+                                 if k != "mesh.data"] + ["--config.mesh.data=-1"]
+
+
+def launch(workdir, corpus, *flags, wait=True):
+  cmd = [sys.executable, "-m", "scripts.launch_local", "--num_processes=2",
+         "--devices_per_process=4", "--", *ARGS, f"--workdir={workdir}",
+         f"--config.data.cache_dir={corpus}", *flags]
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  if not wait:
+    return proc
+  out, _ = proc.communicate(timeout=600)
+  return proc.returncode, out
+
+
+def single(workdir, corpus, *flags):
+  cmd = [sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}",
+         f"--config.data.cache_dir={corpus}", *flags]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return out.returncode, out.stdout + out.stderr
+
+
+def losses(workdir):
+  return [r["train_loss"] for r in metrics_lib.read_metrics(str(workdir)) if "train_loss" in r]
+
+
+def test_two_processes_match_one_and_only_process_zero_writes(tmp_path):
+  corpus = tmp_path / "corpus"
+  rc, out = single(tmp_path / "one", corpus, "--config.train.steps=6")
+  assert rc == 0, out
+  rc, out = launch(tmp_path / "two", corpus, "--config.train.steps=6")
+  assert rc == 0, out
+  assert "[0] Done: step 6/6" in out and "[1] Done: step 6/6" in out
+  # Same global batch and math; only the cross-device summation order differs (gloo vs local).
+  np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+  assert len(losses(tmp_path / "two")) == 6  # one writer: no row twice
+  run = json.load(open(tmp_path / "two" / "run.json"))
+  assert run["process_count"] == 2 and len(run["devices"]) == 8
+  assert not list((tmp_path / "two").glob("run.resume_*"))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_the_rerun_resumes(tmp_path):
+  corpus = tmp_path / "corpus"
+  wd = tmp_path / "w"
+  proc = launch(wd, corpus, "--config.train.steps=400", "--config.train.checkpoint_every=1000",
+                wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if (wd / "metrics.jsonl").exists() and len(losses(wd)) >= 3:
+      break
+    time.sleep(0.1)
+  children = psutil.Process(proc.pid).children()
+  target = next(c for c in children if "process_id=1" in " ".join(c.cmdline()))
+  target.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, out
+  stops = [l for l in out.splitlines() if "Stopped by signal" in l and "checkpoint saved" in l]
+  steps = {l.split(" at step ")[1].split(";")[0] for l in stops}
+  assert len(stops) == 2 and len(steps) == 1, out  # both processes, one step
+  (stop_step,) = steps
+  assert (wd / "checkpoints" / stop_step).is_dir()
+  rc, out = launch(wd, corpus, "--config.train.steps=400",
+                   f"--config.train.stop_at_step={int(stop_step) + 2}")
+  assert rc == 0, out
+  assert f"Resumed from checkpoint step {stop_step}" in out
+  assert len(losses(wd)) == int(stop_step) + 2
