@@ -33,7 +33,9 @@ def get_config():
   return c
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+_CONFIG = None  # defined when run as a program, so importing this module defines no flag
+
+
 
 
 def global_rows(num_devices: int, rows_per_device: int) -> np.ndarray:
@@ -55,7 +57,7 @@ def weighted_sum(rows_per_device: int) -> float:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = _CONFIG.value  # pylint: disable=no-member
   distributed.initialize(config)
   if config.mode == "sum":
     print(f"SUM {weighted_sum(config.rows_per_device)!r}", flush=True)
@@ -94,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
   app.run(main)

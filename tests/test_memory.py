@@ -94,7 +94,7 @@ def test_mixed_precision_adam_is_16_bytes_per_parameter():
                             compile_max_params=0)
   n = r["params"]
   assert r["notes_bytes"] == {"params": 2 * n, "grads": 2 * n, "master": 4 * n,
-                              "opt_state": 8 * n + 4}  # + Adam's int32 step count
+                              "opt_state": 8 * n + 4 + 8}  # + step count, nonfinite counters
   assert abs(r["model_state_bytes_per_param"] - 16) < 1e-3
 
 
