@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Warn (with what to do) when no step has finished for this long; 0: never.
   c.train.stall_warning_s = 600.0
 
+  # "jit" (one jitted step over a device mesh; the main path) or "pmap" (replicated data
+  # parallelism with jax.pmap: every local device holds the whole state).
+  c.parallelism = "jit"
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: every device on the `data` axis
 

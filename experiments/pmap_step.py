@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optimizers
+from optimizers import nonfinite
 
 AXIS = "batch"
 
@@ -87,6 +88,9 @@ def make_pmap_train_step(loss_fn: Callable[[Any, jax.Array], jax.Array], tx,
     updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
     metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
+    ok = (jnp.isfinite(loss) & nonfinite.gradient_is_usable(grads) &
+          nonfinite.all_finite(jax.tree.leaves(updates)))
+    metrics["skipped"] = (~ok).astype(jnp.float32)  # the trainer stops on it (no skipping here)
     metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(new_opt_state).items()})
     new_state = {"params": optax.apply_updates(params, updates), "opt_state": new_opt_state,
                  "step": state["step"] + 1, "rng": state["rng"]}

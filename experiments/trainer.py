@@ -32,6 +32,7 @@ from experiments import checkpoints as ckpt_lib
 from experiments import data as data_lib
 from experiments import distributed
 from experiments import metrics as metrics_lib
+from experiments import pmap_step
 from experiments import sharding as sharding_lib
 from experiments import validate as validate_lib
 from experiments import watchdog as watchdog_lib
@@ -397,6 +398,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
   pi, pc = jax.process_index(), jax.process_count()
   skip_nonfinite = bool(train_cfg.get("skip_nonfinite_updates"))
   metric_key = workload.metric
+  use_pmap = config.get("parallelism", "jit") == "pmap"
 
   init_state = make_init_state(workload.init_params, tx)
   abstract = jax.eval_shape(init_state, config.seed)
@@ -414,6 +416,12 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
                       inject_nonfinite=_nonfinite_injection(config)),
       in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
       donate_argnums=(0,))
+  if use_pmap:  # replicated data parallel; the state lives with a leading device axis
+    pmap_train_step = pmap_step.make_pmap_train_step(workload.loss_fn, tx, schedule)
+    # Evaluation and checkpoints see the jit layout.
+    view = lambda st: jax.device_put(pmap_step.unreplicate(st), state_sh)
+  else:
+    view = lambda st: st
   # Schedule-Free and other averaging methods are evaluated at their averaged point.
   eval_metric = jax.jit(
       lambda p, o, b: workload.eval_fn(optimizers.eval_params(p, o), b),
@@ -446,6 +454,8 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
     else:
       state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
     step = int(jax.device_get(state["step"]))
+    if use_pmap:
+      state = pmap_step.replicate(state)
     total_steps = int(train_cfg.steps)
     summary = {"step": step, "metric": metric_key, "val_loss": None, "val_step": None,
                "stopped_by_signal": None, "steps_to_target": None, "already_complete": False,
@@ -557,7 +567,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
     try:
       if step == 0 and train_cfg.eval_every:
         t_eval = time.perf_counter()
-        v = evaluate(state)
+        v = evaluate(view(state))
         writer.write(0, {metric_key: v, "train_time_s": 0.0})
         summary["val_loss"], summary["val_step"] = v, 0
         clock["excluded"] += time.perf_counter() - t_eval
@@ -568,8 +578,11 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
       while step < stop_at:
         local = jax.tree.map(lambda a: a.reshape(accum, micro // pc, *a.shape[1:]),
                              next(train_iter))
-        batch_arr = jax.tree.map(sharding_lib.device_batch, local, train_batch_sh)
-        state, step_metrics = train_step(state, batch_arr)
+        if use_pmap:
+          state, step_metrics = pmap_train_step(state, jax.tree.map(pmap_step.shard_batch, local))
+        else:
+          batch_arr = jax.tree.map(sharding_lib.device_batch, local, train_batch_sh)
+          state, step_metrics = train_step(state, batch_arr)
         step += 1
         stopping = stop_now(step)
         if pending is not None:  # fetch step n-1 while step n runs
@@ -597,7 +610,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
           t_eval = time.perf_counter()
           jax.block_until_ready(state["step"])
           now_train_s = train_time()
-          v = evaluate(state)
+          v = evaluate(view(state))
           writer.write(step, {metric_key: v, "train_time_s": now_train_s})
           summary["val_loss"], summary["val_step"] = v, step
           logging.info("step %d | %s %.4g", step, metric_key, v)
@@ -607,7 +620,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
             writer.write(step, {"steps_to_target": step, "time_to_target_s": now_train_s})
             logging.info("Reached target %s %.4g at step %d", metric_key, target, step)
             if train_cfg.get("stop_at_target"):
-              save(state, step)
+              save(view(state), step)
               break
           spent = time.perf_counter() - t_eval
           window["t0"] += spent  # eval time is not training throughput
@@ -615,7 +628,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
         if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
             stopping):
           t_ck = time.perf_counter()
-          save(state, step)
+          save(view(state), step)
           window["t0"] += time.perf_counter() - t_ck
           clock["excluded"] += time.perf_counter() - t_ck
         if stopping:

@@ -81,6 +81,13 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
            "must be positive (or None to disable clipping)")
   if _get(config, "train.skip_nonfinite_updates"):
     _int_at_least(config, "train.max_consecutive_skips", 1)
+  parallelism = _get(config, "parallelism", "jit")
+  _require(parallelism in ("jit", "pmap"), "parallelism", parallelism, "choose jit or pmap")
+  if parallelism == "pmap":
+    _require(not _get(config, "train.skip_nonfinite_updates"), "train.skip_nonfinite_updates",
+             True, "is not supported with parallelism='pmap' (use the default 'jit')")
+    _require(not _get(config, "debug.nonfinite_grad_steps"), "debug.nonfinite_grad_steps",
+             _get(config, "debug.nonfinite_grad_steps"), "is not supported with pmap")
   s = config.schedule
   _require(s.name in SCHEDULES, "schedule.name", s.name, f"choose from {', '.join(SCHEDULES)}")
   scaling = _get(config, "schedule.lr_scaling", "linear")

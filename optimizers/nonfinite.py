@@ -47,7 +47,8 @@ class NonfiniteState(NamedTuple):
   metrics: dict[str, jax.Array]  # nonfinite_skips, nonfinite_streak (int32)
 
 
-def _all_finite(leaves) -> jax.Array:
+def all_finite(leaves) -> jax.Array:
+  """True when every floating-point leaf is finite everywhere."""
   flags = [jnp.all(jnp.isfinite(x)) for x in leaves
            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
@@ -55,7 +56,7 @@ def _all_finite(leaves) -> jax.Array:
 
 def gradient_is_usable(grads) -> jax.Array:
   """True when sum(g^2) of every gradient leaf is finite in float32 (no NaN, Inf, overflow)."""
-  return _all_finite([jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)])
+  return all_finite([jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)])
 
 
 def guard(*transforms: optax.GradientTransformation,
@@ -91,7 +92,7 @@ def guard(*transforms: optax.GradientTransformation,
     # A refused gradient never reaches the optimizer: nothing to compute, nothing to undo.
     new_updates, new_inner = jax.lax.cond(ok, step, lambda s: (zeros(), s), inner_state)
     if check_state:
-      ok &= _all_finite(jax.tree.leaves(new_updates)) & _all_finite(jax.tree.leaves(new_inner))
+      ok &= all_finite(jax.tree.leaves(new_updates)) & all_finite(jax.tree.leaves(new_inner))
       new_updates = jax.tree.map(lambda u, z: jnp.where(ok, u, z), new_updates, zeros())
       new_inner = optax.tree.where(ok, new_inner, inner_state)
     skips, streak = own.metrics["nonfinite_skips"], own.metrics["nonfinite_streak"]

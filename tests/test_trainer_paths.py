@@ -156,3 +156,21 @@ def test_schedule_free_is_evaluated_and_logged_at_the_averaged_point(tmp_path):
   logged = _val(tmp_path / "w")[-1]
   assert abs(at_x - at_y) > 1e-3  # the two points really differ after 10 steps
   np.testing.assert_allclose(logged, at_x, rtol=1e-5)
+
+
+def test_pmap_parallelism_matches_jit_and_resumes_from_its_checkpoints(tmp_path):
+  train = {}
+  for par in ("jit", "pmap"):
+    cfg = tiny_config(tmp_path, train__steps=8, train__eval_every=4, mesh__data=8,
+                      parallelism=par)
+    if par == "pmap":  # half, then a fresh trainer resumes from the pmap run's checkpoint
+      cfg.train.stop_at_step = 4
+      trainer.train_and_evaluate(cfg, str(tmp_path / par))
+      cfg.train.stop_at_step = None
+    trainer.train_and_evaluate(cfg, str(tmp_path / par))
+    rows = metrics_lib.read_metrics(str(tmp_path / par))
+    train[par] = [r["train_loss"] for r in rows if "train_loss" in r]
+  assert len(train["pmap"]) == 8
+  # Both average per-device gradients of the same rows; only the reduction order differs.
+  np.testing.assert_allclose(train["pmap"], train["jit"], rtol=1e-5)
+  np.testing.assert_allclose(_val(tmp_path / "pmap"), _val(tmp_path / "jit"), rtol=1e-5)
