@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 8
   c.train.grad_clip_norm = 1.0
   c.train.eval_every = 250
-  c.train.eval_batches = 160  # x 64 x 1024 = 10,485,760 validation tokens
+  c.train.eval_batches = 20  # x 512 x 1024 = 10,485,760 validation tokens (in micro-batches)
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   return c

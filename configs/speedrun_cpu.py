@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # learning rate is multiplied by train.batch_size / base_batch_size, so changing the batch
   # keeps the tuned rates (set for batch 32) in step. None turns the rule off.
   c.schedule.base_batch_size = FieldReference(32, field_type=int)
+  # How peak rates follow the batch: "linear" (Goyal et al.; SGD), "sqrt" (Malladi et al. 2022,
+  # arXiv 2205.10287; the usual rule for Adam-type methods) or "none".
+  c.schedule.lr_scaling = "sqrt"
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 800
@@ -70,10 +73,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_batches = 16
   c.train.log_every = 25
   c.train.checkpoint_every = 200
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = FieldReference(3, field_type=int)  # None: keep every checkpoint
+  # A resume under changed settings that alter the trajectory (lr, batch, schedule, steps, data,
+  # ...) is an error listing the differences; True continues under the new values and records
+  # the change in run.json and metrics.jsonl.
+  c.train.allow_config_change = False
+  # Skip (do not apply) a step whose loss or update holds NaN/Inf, counting it in metrics.jsonl
+  # (`skipped`); stop after more than max_consecutive_skips in a row.
+  c.train.skip_nonfinite_updates = False
+  c.train.max_consecutive_skips = 10
   # Warn (with what to do) when no step has finished for this long; 0: never.
   c.train.stall_warning_s = 600.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: every device on the `data` axis
+
+  # Fault injection, for testing the non-finite guards: at these steps (comma-separated, e.g.
+  # "5,6") the gradient gets a NaN ("nan") or Inf ("inf") element, or becomes 1e30 ("huge").
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nonfinite_grad_steps = ""
+  c.debug.nonfinite_grad_kind = "nan"
   return c

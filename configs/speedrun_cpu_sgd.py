@@ -24,4 +24,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       weight_decay=0.0,
   ))
   c.train.grad_clip_norm = 1.0
+  c.schedule.lr_scaling = "linear"  # Goyal et al.'s rule was found for SGD with momentum
   return c

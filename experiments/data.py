@@ -52,6 +52,8 @@ def write_shard(path: str, tokens: np.ndarray) -> None:
 
 def read_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
   """Memory-maps a shard's tokens (uint16), checking header, length and token range."""
+  if os.path.isdir(path):
+    raise ShardError(f"{path}: is a directory, not a token shard")
   try:
     size = os.path.getsize(path)
   except OSError as e:
@@ -112,6 +114,46 @@ class Corpus:
   num_val_tokens: int
 
 
+def default_cache_root() -> str:
+  """Where the built-in corpus is cached once per machine: $SOJ_CACHE_DIR, else
+  $XDG_CACHE_HOME/second_order_jax, else ~/.cache/second_order_jax."""
+  if os.environ.get("SOJ_CACHE_DIR"):
+    return os.environ["SOJ_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "second_order_jax")
+
+
+def _split_sources(files: Sequence[str]) -> tuple[list[bytes], list[bytes]]:
+  train, val = [], []
+  for i, path in enumerate(files):
+    with open(path, "rb") as f:
+      (val if i % VAL_EVERY == VAL_EVERY - 1 else train).append(f.read())
+  return train, val
+
+
+def _digest(train: Sequence[bytes], val: Sequence[bytes]) -> str:
+  digest = hashlib.sha256()
+  for split, chunks in (("train", train), ("val", val)):
+    digest.update(split.encode())
+    for c in chunks:
+      digest.update(c)
+  return digest.hexdigest()
+
+
+def cached_stdlib_corpus(cache_root: str | None = None, root: str | None = None) -> Corpus:
+  """The built-in corpus under `<cache_root>/stdlib_<hash>`: built once, shared by every run.
+
+  The directory is keyed by the content hash of the sources (reading 12 MB takes ~0.1 s), so a
+  different Python version gets its own corpus and a damaged cache is never mistaken for it.
+  """
+  files = stdlib_source_files(root)
+  if not files:
+    raise FileNotFoundError(f"no standard-library sources found under {root!r}")
+  digest = _digest(*_split_sources(files))
+  out_dir = os.path.join(cache_root or default_cache_root(), f"stdlib_{digest[:16]}")
+  return build_stdlib_corpus(out_dir, root)
+
+
 def build_stdlib_corpus(out_dir: str, root: str | None = None) -> Corpus:
   """Writes the stdlib corpus as shards into `out_dir` once; later calls reuse it."""
   manifest_path = os.path.join(out_dir, "stdlib_corpus.json")
@@ -127,23 +169,18 @@ def build_stdlib_corpus(out_dir: str, root: str | None = None) -> Corpus:
   files = stdlib_source_files(root)
   if not files:
     raise FileNotFoundError(f"no standard-library sources found under {root!r}")
-  train, val = [], []
-  for i, path in enumerate(files):
-    with open(path, "rb") as f:
-      (val if i % VAL_EVERY == VAL_EVERY - 1 else train).append(f.read())
-  digest = hashlib.sha256()
+  train, val = _split_sources(files)
+  digest = _digest(train, val)
   written = {}
   for split, chunks in (("train", train), ("val", val)):
     data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
-    digest.update(split.encode())
-    digest.update(data.tobytes())
     paths = []
     for j, start in enumerate(range(0, max(data.size, 1), MAX_TOKENS_PER_SHARD)):
       path = os.path.join(out_dir, f"stdlib_{split}_{j:06d}.bin")
       write_shard(path, data[start:start + MAX_TOKENS_PER_SHARD])
       paths.append(path)
     written[split] = (paths, int(data.size))
-  corpus = Corpus(tuple(written["train"][0]), tuple(written["val"][0]), digest.hexdigest(),
+  corpus = Corpus(tuple(written["train"][0]), tuple(written["val"][0]), digest,
                   written["train"][1], written["val"][1])
   tmp = manifest_path + f".tmp{os.getpid()}"
   with open(tmp, "w") as f:
@@ -172,7 +209,9 @@ class TokenSource:
     self.paths = list(paths)
     if not self.paths:
       raise ShardError("no shards given")
-    self.shards = [read_shard(p, vocab_size) for p in self.paths]
+    # Token ids are checked as windows are drawn: scanning 10B tokens at start takes minutes.
+    self.shards = [read_shard(p) for p in self.paths]
+    self.vocab_size = vocab_size
     self.window = window
     usable = [max(len(s) - window + 1, 0) for s in self.shards]
     if sum(usable) == 0:
@@ -190,6 +229,10 @@ class TokenSource:
     for row, (s, i) in enumerate(zip(shard_ids, indices)):
       off = int(i - self._starts[s])
       out[row] = self.shards[s][off:off + self.window]
+    if self.vocab_size is not None and out.size and int(out.max()) >= self.vocab_size:
+      row = int(np.argmax(out.max(axis=1) >= self.vocab_size))
+      raise ShardError(f"{self.paths[shard_ids[row]]}: token id {int(out[row].max())} is out of "
+                       f"range for vocab_size {self.vocab_size}")
     return out
 
 

@@ -7,21 +7,29 @@ import math
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import numpy as np
 
 
 class MetricWriter:
-  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events under `<workdir>/tb`."""
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events under `<workdir>/tb`.
+
+  On open, the log is made consistent with the checkpoint the run continues from: rows past
+  `resume_step` (or every row, when the run starts from scratch with `resume_step=None`) are
+  dropped, since the run recomputes them, and a torn last line (power loss, full disk) is
+  dropped with a warning. So a resumed run leaves exactly one row per (step, key).
+  """
 
   def __init__(self, workdir: str, resume_step: int | None = None, tensorboard: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if resume_step is not None and os.path.exists(self.path):
-      _truncate_after(self.path, resume_step)
+    if os.path.exists(self.path):
+      _truncate_after(self.path, -1 if resume_step is None else resume_step)
     self._file = open(self.path, "a", buffering=1)
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step)
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"),
+                               purge_step=0 if resume_step is None else resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = {"step": int(step)}
@@ -32,25 +40,54 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
     self._file.write(json.dumps(record) + "\n")
 
+  def write_event(self, step: int, name: str, detail: Any) -> None:
+    """A non-scalar row, e.g. {"step": 20, "event": "config_change", "detail": {...}}."""
+    self._file.write(json.dumps({"step": int(step), "event": name, "detail": detail},
+                                default=str) + "\n")
+
   def close(self) -> None:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Drops records past `step`: a resumed run recomputes them."""
+def _parse_lines(path: str) -> tuple[list[tuple[str, dict]], int]:
+  """(well-formed rows with their text, number of unreadable lines)."""
+  rows, bad = [], 0
   with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or "step" not in record:
+          raise ValueError(line)
+      except ValueError:
+        bad += 1
+        continue
+      rows.append((line if line.endswith("\n") else line + "\n", record))
+  return rows, bad
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the rows up to `step` (a resumed run recomputes the rest) and drops torn lines."""
+  rows, bad = _parse_lines(path)
+  if bad:
+    logging.warning("%s: dropped %d unreadable line(s) (a torn write?)", path, bad)
+  kept = [line for line, r in rows if r["step"] <= step]
+  if len(kept) < len(rows):
+    logging.info("%s: dropped %d row(s) past step %d; this run recomputes them", path,
+                 len(rows) - len(kept), step)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    f.writelines(lines)
+    f.writelines(kept)
   os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if l.strip()]
+  """The rows of `<workdir>/metrics.jsonl`; a torn line (a crash mid-write) is skipped."""
+  rows, _ = _parse_lines(os.path.join(workdir, "metrics.jsonl"))
+  return [r for _, r in rows]
 
 
 def steps_to_target(records: list[dict], target: float) -> float | None:

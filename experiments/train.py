@@ -3,8 +3,12 @@ r"""Trains a model as a config file says; resumes from the checkpoints in --work
   python -m experiments.train --config=configs/speedrun_cpu.py --workdir=runs/speedrun_cpu \
       --config.optimizer.learning_rate=1e-3
 
-Exit status: 0 when done, 1 when the loss diverged (the last good checkpoint is kept), 128+N when
-stopped by signal N after saving a checkpoint (resubmit the same command to resume).
+  python -m experiments.train --config=configs/speedrun_cpu_muon.py --print_config
+
+Exit status: 0 when done (or already done), 1 when the loss diverged (the last good checkpoint
+is kept), 2 for a user error (bad config or flag, unusable data or checkpoint, workdir in use:
+one `ERROR:` line says what and how to fix it; `--traceback` shows the Python traceback too),
+128+N when stopped by signal N after saving a checkpoint (rerun the same command to resume).
 """
 
 import os
@@ -15,6 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import logging as py_logging
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -22,30 +27,106 @@ from absl import logging
 from ml_collections import config_flags
 
 from experiments import checkpoints
+from experiments import configs_util
+from experiments import data
 from experiments import trainer
+from experiments import validate
+from experiments import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False,
+                                  "Print the resolved config (file plus overrides) and exit.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False,
+                               "On a user error, print the Python traceback too.")
+
+# Errors a user can fix from the message alone: one line, no traceback.
+USER_ERRORS = (validate.ConfigError, checkpoints.CheckpointError, data.ShardError,
+               workdir_lock.WorkdirLockedError, FileNotFoundError)
+
+
+def _fail(message: str, status: int = 2):
+  print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with config-override mistakes as one line and a hint."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if "--traceback" in argv:
+      traceback.print_exc()
+    _fail(_explain_flag_error(argv, e))
+
+
+def _explain_flag_error(argv, error: Exception) -> str:
+  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if config_path and overrides:
+    try:
+      base = configs_util.load(config_path)
+    except Exception as e:  # pylint: disable=broad-except
+      return f"--config={config_path}: cannot load it: {type(e).__name__}: {e}"
+    for key in overrides:
+      missing, close = validate.closest_key(base, key)
+      if missing != key or close:
+        hint = f"; did you mean {close!r}?" if close else ""
+        return (f"--config.{key}: the config has no field {missing!r}{hint} "
+                f"(--print_config lists every field)")
+  text = str(error).strip().splitlines()
+  return text[-1] if text else type(error).__name__
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    _fail("--config is required, e.g. --config=configs/speedrun_cpu.py")
+  if _PRINT_CONFIG.value:
+    print(config)
+    return
+  if not _WORKDIR.value:
+    _fail("--workdir is required: the directory for checkpoints, metrics and logs")
   # Orbax logs every save step by step at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
   try:
-    summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (trainer.TrainingDivergedError, checkpoints.CheckpointError) as e:
+    summary = trainer.train_and_evaluate(config, _WORKDIR.value)
+  except trainer.TrainingDivergedError as e:
     logging.error("%s", e)
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(1)
-  logging.info("Done: %s", summary)
+    _fail(e, status=1)
+  except USER_ERRORS as e:
+    if _TRACEBACK.value:
+      traceback.print_exc()
+    _fail(e)
+  _report(summary, config)
   if summary["stopped_by_signal"]:
     sys.exit(128 + summary["stopped_by_signal"])
 
 
+def _report(summary: dict, config) -> None:
+  val = summary["val_loss"]
+  name = summary.get("metric", "val_loss")
+  val_text = (f"{name} {val:.4f} (at step {summary['val_step']})" if val is not None
+              else "no validation result yet")
+  total = int(config.train.steps)
+  if summary["already_complete"]:
+    head = f"Already complete: step {summary['step']}/{total}, nothing to do"
+  elif summary["stopped_by_signal"]:
+    head = f"Stopped by signal {summary['stopped_by_signal']} at step {summary['step']}/{total}"
+  elif summary["step"] < total and summary["steps_to_target"] is None:
+    head = f"Paused at step {summary['step']}/{total} (rerun to continue)"
+  else:
+    head = f"Done: step {summary['step']}/{total}"
+  target = ("" if summary["steps_to_target"] is None
+            else f"; target reached at step {summary['steps_to_target']}")
+  line = f"{head}; {val_text}{target}; workdir {_WORKDIR.value}"
+  logging.info("%s", line)
+  print(line, flush=True)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import functools
 import json
 import math
 import os
@@ -31,9 +32,13 @@ from experiments import checkpoints as ckpt_lib
 from experiments import data as data_lib
 from experiments import metrics as metrics_lib
 from experiments import sharding as sharding_lib
+from experiments import validate as validate_lib
 from experiments import watchdog as watchdog_lib
+from experiments import workdir_lock
+from experiments import workloads as workloads_lib
 from models import gpt
 import optimizers
+from optimizers import nonfinite
 
 
 class TrainingDivergedError(RuntimeError):
@@ -62,9 +67,17 @@ def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Sched
 
 
 def lr_scale(config: ml_collections.ConfigDict) -> float:
-  """The linear scaling rule (Goyal et al. 2017): global batch / base batch, if a base is set."""
+  """The factor every peak learning rate gets for a batch other than `schedule.base_batch_size`.
+
+  `schedule.lr_scaling`: "linear" (batch / base; Goyal et al. 2017, for SGD), "sqrt"
+  (sqrt(batch / base); Malladi et al. 2022, for Adam-type methods) or "none". No base: 1.
+  """
   base = config.schedule.get("base_batch_size")
-  return config.train.batch_size / base if base else 1.0
+  rule = config.schedule.get("lr_scaling", "linear")
+  if not base or rule == "none":
+    return 1.0
+  ratio = config.train.batch_size / base
+  return ratio ** 0.5 if rule == "sqrt" else ratio
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -82,11 +95,34 @@ def make_optimizer(config: ml_collections.ConfigDict):
       hparams[k] = make_schedule(config, float(v) * scale)
       if k == "learning_rate":
         main_schedule = hparams[k]
-  tx = optimizers.create(config.optimizer.name, **hparams)
+  try:
+    tx = optimizers.create(config.optimizer.name, **hparams)
+  except (ValueError, TypeError) as e:
+    raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
   clip = config.train.get("grad_clip_norm")
   if clip:
     tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
   return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
+
+
+def _config_hint(name: str) -> str:
+  """Points at the config files written for optimizer `name` (its hyperparameters differ)."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  try:
+    files = sorted(f for f in os.listdir(root) if f.endswith(".py"))
+  except OSError:
+    return ""
+  hits = []
+  for f in files:
+    with open(os.path.join(root, f)) as fh:
+      text = fh.read()
+    if f'name = "{name}"' in text or f"name = '{name}'" in text:
+      hits.append(f"configs/{f}")
+  if not hits:
+    return ""
+  return (f". Hint: this config's optimizer section was written for "
+          f"another optimizer; use --config={hits[0]}" + (f" (or {', '.join(hits[1:])})"
+                                                         if len(hits) > 1 else ""))
 
 
 def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
@@ -110,40 +146,81 @@ def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
 # ---------------------------------------------------------------------------------------------
 # Steps.
 
-def make_train_step(model_cfg: gpt.GPTConfig, tx, schedule: Callable) -> Callable:
-  """(state, batch[accum, rows, T+1]) -> (state, metrics); gradients averaged over micro-batches."""
+def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
+                    skip_nonfinite: bool = False,
+                    inject_nonfinite: tuple[tuple[int, ...], str] | None = None) -> Callable:
+  """(state, batch) -> (state, metrics); gradients averaged over micro-batches.
+
+  `loss_fn(params, batch)` is the workload's mean loss; every leaf of `batch` is laid out
+  [accum, rows, ...].
+
+  skip_nonfinite: a step whose loss or update holds NaN/Inf leaves params and optimizer state as
+    they were (as `optax.apply_if_finite` does, but the count of consecutive skips is the
+    trainer's, which stops the run past `train.max_consecutive_skips`); metric `skipped` is 1.
+  inject_nonfinite: (steps, kind) for fault-injection tests: at those step numbers (1-based) the
+    gradient's first element of every leaf becomes NaN ("nan"), Inf ("inf"), or every element
+    becomes 1e30 ("huge").
+  """
 
   def loss_and_grads(params, batch_AxBxT1):
     def micro(carry, b):
-      loss, grads = jax.value_and_grad(lambda p: gpt.loss_fn(model_cfg, p, b))(params)
+      loss, grads = jax.value_and_grad(loss_fn)(params, b)
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
     (loss, grads), _ = jax.lax.scan(micro, zeros, batch_AxBxT1)
-    n = batch_AxBxT1.shape[0]
+    n = jax.tree.leaves(batch_AxBxT1)[0].shape[0]
     return loss / n, jax.tree.map(lambda g: g / n, grads)
 
   def train_step(state, batch):
     params, opt_state = state["params"], state["opt_state"]
     loss, grads = loss_and_grads(params, batch)
+    if inject_nonfinite:
+      grads = _inject(grads, state["step"] + 1, *inject_nonfinite)
     grad_fn = lambda p: loss_and_grads(p, batch)[1]
-    updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
-    params = optax.apply_updates(params, updates)
-    metrics = {"train_loss": loss, "grad_norm": optax.global_norm(grads),
+    updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
-    metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(opt_state).items()})
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+    # The registry's optimizers refuse an unusable gradient themselves (`optimizers.nonfinite`:
+    # zero update, state kept); the trainer decides whether such a step stops the run.
+    ok = jnp.isfinite(loss) & nonfinite.gradient_is_usable(grads) & _all_finite(updates)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+      new_params, new_opt_state = keep((new_params, new_opt_state), (params, opt_state))
+    metrics["skipped"] = (~ok).astype(jnp.float32)
+    metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(new_opt_state).items()})
+    new_state = {"params": new_params, "opt_state": new_opt_state, "step": state["step"] + 1,
                  "rng": state["rng"]}
     return new_state, metrics
 
   return train_step
 
 
-def make_init_state(model_cfg: gpt.GPTConfig, tx) -> Callable[[int], dict]:
-  """seed -> the initial train state {"params", "opt_state", "step", "rng"}."""
+def _inject(grads, step, steps: tuple[int, ...], kind: str):
+  hit = jnp.isin(step, jnp.asarray(steps, jnp.int32))
+
+  def one(g):
+    if kind == "huge":
+      bad = jnp.full_like(g, 1e30)
+    else:
+      value = jnp.nan if kind == "nan" else jnp.inf
+      bad = g.reshape(-1).at[0].set(value).reshape(g.shape)
+    return jnp.where(hit, bad, g)
+
+  return jax.tree.map(one, grads)
+
+
+def make_init_state(init_params: Callable, tx) -> Callable[[int], dict]:
+  """seed -> the initial train state {"params", "opt_state", "step", "rng"}.
+
+  `init_params(key)` is the workload's (or a `gpt.GPTConfig`, for the GPT's).
+  """
+  if isinstance(init_params, gpt.GPTConfig):
+    init_params = functools.partial(gpt.init_params, init_params)
 
   def init_state(seed):
     key = jax.random.key(seed)
-    params = gpt.init_params(model_cfg, key)
+    params = init_params(key)
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
 
@@ -154,35 +231,6 @@ def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Data.
-
-def make_data(config, workdir: str, vocab_size: int):
-  """(train source, val source, description for run.json)."""
-  window = config.data.seq_len + 1
-  if config.data.source == "stdlib":
-    cache = config.data.get("cache_dir") or os.path.join(workdir, "data")
-    corpus = data_lib.build_stdlib_corpus(cache)
-    train = data_lib.TokenSource(corpus.train_files, vocab_size, window)
-    val = data_lib.TokenSource(corpus.val_files, vocab_size, window)
-    info = {"source": "stdlib", "sha256": corpus.sha256, "train_tokens": corpus.num_train_tokens,
-            "val_tokens": corpus.num_val_tokens, "dir": cache}
-  elif config.data.source == "bin":
-    if not config.data.train_glob or not config.data.val_glob:
-      raise ValueError("data.source='bin' needs data.train_glob and data.val_glob")
-    train_files = data_lib.resolve_glob(config.data.train_glob)
-    val_files = data_lib.resolve_glob(config.data.val_glob)
-    train = data_lib.TokenSource(train_files, vocab_size, window)
-    val = data_lib.TokenSource(val_files, vocab_size, window)
-    # Hashing 10B tokens would take minutes; name the files and sizes instead, hash val fully.
-    info = {"source": "bin", "train_files": train_files,
-            "train_tokens": int(sum(len(s) for s in train.shards)),
-            "val_files": val_files, "val_sha256": data_lib.shards_hash(val_files)}
-  else:
-    raise ValueError(f"Unknown data.source {config.data.source!r}; choose 'stdlib' or 'bin'")
-  return train, val, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,190 +294,342 @@ class _SignalFlag:
     self.signum = signum
 
 
+def _json_config(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def record_config_change(workdir: str, step: int, changes: dict) -> None:
+  """Appends an allowed config change to run.json's `config_changes` (atomically)."""
+  path = os.path.join(workdir, "run.json")
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    record = {}
+  record.setdefault("config_changes", []).append(
+      {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+       "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, default=str)
+  os.replace(tmp, path)
+
+
+class ConfigDriftError(validate_lib.ConfigError):
+  """A resume under a config that differs from the checkpoint's in a field that matters."""
+
+
+def _check_drift(saved_config: dict | None, config, step: int, where: str) -> dict:
+  if saved_config is None:
+    return {}
+  changes = validate_lib.drift(saved_config, _json_config(config))
+  if changes and not config.train.get("allow_config_change"):
+    detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+    raise ConfigDriftError(
+        f"the config differs from the one that wrote checkpoint step {step} in {where} "
+        f"({detail}). Rerun with the original values, use another --workdir, or pass "
+        "--config.train.allow_config_change=True to continue under the new values (the change "
+        "is recorded in run.json and metrics.jsonl).")
+  return changes
+
+
+def _final_val_loss(workdir: str, key: str = "val_loss") -> tuple[float | None, int | None]:
+  """(last logged validation metric, its step) from metrics.jsonl."""
+  try:
+    val = [(r["step"], r[key]) for r in metrics_lib.read_metrics(workdir)
+           if isinstance(r.get(key), float)]
+  except OSError:
+    return None, None
+  return (val[-1][1], val[-1][0]) if val else (None, None)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> dict:
   """Trains, evaluating and checkpointing as configured; resumes from `workdir` if it can.
 
-  Returns a summary: final `step`, last `val_loss`, `stopped_by_signal` (signal number or None).
+  Returns a summary: final `step`, last `val_loss` and the step it was measured at (`val_step`),
+  `stopped_by_signal` (signal number or None), `steps_to_target`, `already_complete`.
+  Raises `validate.ConfigError` for a config that cannot run (before anything is written),
+  `workdir_lock.WorkdirLockedError` when another process uses `workdir`, `ConfigDriftError`
+  on a resume under changed settings, `checkpoints.CheckpointError` when no checkpoint can be
+  used, `data.ShardError` for unreadable data, `TrainingDivergedError` on NaN/Inf.
   """
-  os.makedirs(workdir, exist_ok=True)
-  model_cfg = gpt.GPTConfig.from_config(config.model)
+  for warning in validate_lib.validate(config):
+    logging.warning("Config: %s", warning)
+  try:
+    mesh = sharding_lib.make_mesh(config.mesh, devices)
+    # Loads (or builds the machine-wide cache of) the data; writes nothing into the workdir.
+    workload = workloads_lib.build(config, workdir)
+  except ValueError as e:
+    if isinstance(e, (data_lib.ShardError, validate_lib.ConfigError)):
+      raise
+    raise validate_lib.ConfigError(str(e)) from e
   train_cfg = config.train
-  if config.data.seq_len > model_cfg.max_seq_len:
-    raise ValueError(f"data.seq_len={config.data.seq_len} > model.max_seq_len={model_cfg.max_seq_len}")
-  mesh = sharding_lib.make_mesh(config.mesh, devices)
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
-  if batch % accum or (batch // accum) % mesh.shape[sharding_lib.DATA]:
-    raise ValueError(f"train.batch_size={batch} must split into grad_accum_steps={accum} "
-                     f"micro-batches divisible by the {mesh.shape[sharding_lib.DATA]} data shards")
-  micro = batch // accum
-
-  train_src, val_src, data_info = make_data(config, workdir, model_cfg.vocab_size)
+  if (batch // accum) % mesh.shape[sharding_lib.DATA]:
+    raise validate_lib.ConfigError(
+        f"train.batch_size={batch}: its {accum} micro-batch(es) of {batch // accum} rows must "
+        f"split evenly over the {mesh.shape[sharding_lib.DATA]} data-parallel devices")
   tx, schedule = make_optimizer(config)
 
-  init_state = make_init_state(model_cfg, tx)
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lock.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train(config, workdir, workload, mesh, tx, schedule)
+  finally:
+    lock.release()
+
+
+def _nonfinite_injection(config) -> tuple[tuple[int, ...], str] | None:
+  if config.get("debug") and config.debug.get("nonfinite_grad_steps"):
+    return (tuple(int(x) for x in str(config.debug.nonfinite_grad_steps).split(",")),
+            str(config.debug.get("nonfinite_grad_kind", "nan")))
+  return None
+
+
+def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
+  train_cfg = config.train
+  batch, accum = int(train_cfg.batch_size), int(train_cfg.grad_accum_steps)
+  micro = batch // accum
+  pi, pc = jax.process_index(), jax.process_count()
+  skip_nonfinite = bool(train_cfg.get("skip_nonfinite_updates"))
+  metric_key = workload.metric
+
+  init_state = make_init_state(workload.init_params, tx)
   abstract = jax.eval_shape(init_state, config.seed)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sh)
-  train_batch_sh = sharding_lib.batch_sharding(mesh, 3, batch_axis=1)
-  eval_batch_sh = sharding_lib.batch_sharding(mesh, 2)
+  example = workload.train_batch(config.seed, 0, pi, pc)
+  train_batch_sh = jax.tree.map(
+      lambda a: sharding_lib.batch_sharding(mesh, a.ndim + 1, batch_axis=1), example)
+  eval_batch_sh = jax.tree.map(lambda a: sharding_lib.batch_sharding(mesh, a.ndim), example)
   repl = sharding_lib.replicated(mesh)
 
-  train_step = jax.jit(make_train_step(model_cfg, tx, schedule),
-                       in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
-                       donate_argnums=(0,))
-  eval_loss = jax.jit(lambda p, b: gpt.loss_fn(model_cfg, p, b),
-                      in_shardings=(state_sh["params"], eval_batch_sh), out_shardings=repl)
+  train_step = jax.jit(
+      make_train_step(workload.loss_fn, tx, schedule, skip_nonfinite=skip_nonfinite,
+                      inject_nonfinite=_nonfinite_injection(config)),
+      in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
+      donate_argnums=(0,))
+  # Schedule-Free and other averaging methods are evaluated at their averaged point.
+  eval_metric = jax.jit(
+      lambda p, o, b: workload.eval_fn(optimizers.eval_params(p, o), b),
+      in_shardings=(state_sh["params"], state_sh["opt_state"], eval_batch_sh),
+      out_shardings=repl)
   all_finite = jax.jit(_all_finite, in_shardings=(state_sh,), out_shardings=repl)
 
-  fingerprint = {"model": dataclasses.asdict(model_cfg), "optimizer": config.optimizer.name,
-                 "data_source": config.data.source, "seq_len": int(config.data.seq_len),
-                 "seed": int(config.seed)}
+  data_info = workload.info
+  corpus_id = data_info.get("sha256") or data_info.get("val_sha256")
+  fingerprint = dict(workload.fingerprint, optimizer=config.optimizer.name,
+                     seed=int(config.seed), corpus=corpus_id)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       int(train_cfg.keep_checkpoints))
-  train_iter = data_lib.BatchIterator(train_src, batch, seed=config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-  resumed_from = checkpointer.latest_step()
-  if resumed_from is not None:
-    state, record = checkpointer.restore(resumed_from, abstract, fingerprint)
-    train_iter.restore(record["data"])
-    logging.info("Resumed from checkpoint step %d in %s", resumed_from, checkpointer.directory)
-  else:
-    state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
-  step = int(jax.device_get(state["step"]))
-  num_params = gpt.num_params(state["params"])
-  write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
-  logging.info("Model: %s parameters; mesh %s; data %s", f"{num_params:,}", dict(mesh.shape),
-               data_info.get("sha256", data_info.get("val_sha256")))
-
-  rows = slice(jax.process_index() * micro // jax.process_count(),
-               (jax.process_index() + 1) * micro // jax.process_count())
-  val_batches = [sharding_lib.device_batch(b[rows], eval_batch_sh) for b in
-                 data_lib.eval_batches(val_src, micro, int(train_cfg.eval_batches))]
-
-  def evaluate(params) -> float:
-    losses = [eval_loss(params, b) for b in val_batches]
-    return float(np.mean(jax.device_get(losses)))
-
-  writer = metrics_lib.MetricWriter(workdir, resume_step=resumed_from)
-  total_steps = int(train_cfg.steps)
-  stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
-  tokens_per_step = batch * config.data.seq_len
-  last_good_ckpt = resumed_from
-  summary = {"step": step, "val_loss": None, "stopped_by_signal": None, "steps_to_target": None}
-  if resumed_from is not None and os.path.exists(writer.path):
-    # A target reached before the resume stays the first crossing; it is not logged again.
-    reached = [r["steps_to_target"] for r in metrics_lib.read_metrics(workdir)
-               if "steps_to_target" in r]
-    summary["steps_to_target"] = int(reached[0]) if reached else None
-
-  def save(state, step):
-    nonlocal last_good_ckpt
-    if not bool(jax.device_get(all_finite(state))):
-      raise TrainingDivergedError(
-          f"the train state at step {step} holds NaN/Inf; not saving it. Last good checkpoint: "
-          f"{last_good_ckpt} in {checkpointer.directory}")
-    checkpointer.save(step, state, {"data": train_iter.state(), "fingerprint": fingerprint})
-    last_good_ckpt = step
-
-  def check_finite(step_metrics, step_no):
-    loss = float(step_metrics["train_loss"])
-    if not math.isfinite(loss):
-      raise TrainingDivergedError(
-          f"training loss became {loss} at step {step_no}; stopping. The last good checkpoint is "
-          f"step {last_good_ckpt} in {checkpointer.directory} (none is written from a bad state).")
-
-  def on_stall(seconds):
-    logging.warning(
-        "No training progress for %.0f s (after step %d). If the process is stuck inside XLA, "
-        "SIGTERM cannot stop it: `kill -9 %d`, then rerun the same command to resume from the "
-        "last checkpoint (step %s). Native stacks: gdb -p %d -batch -ex 'thread apply all bt'. "
-        "Python stacks follow on stderr.", seconds, step, os.getpid(), last_good_ckpt,
-        os.getpid())
-    faulthandler.dump_traceback(all_threads=True)
-
-  stall_s = float(train_cfg.get("stall_warning_s") or 0)
-  watchdog = watchdog_lib.StallWatchdog(stall_s, on_stall).start() if stall_s else None
-  beat = watchdog.beat if watchdog else (lambda: None)
-  flag = _SignalFlag()
-  old_handlers = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+                                       train_cfg.get("keep_checkpoints"))
+  writer = None
   try:
-    if step == 0 and train_cfg.eval_every:
-      v = evaluate(state["params"])
-      writer.write(0, {"val_loss": v})
-      summary["val_loss"] = v
-    pending = None  # (step number, device metrics) of the last dispatched step
-    window = {"t0": time.perf_counter(), "steps": 0, "losses": []}
-    run_t0 = time.perf_counter()
-    steps_at_start = step
-    while step < stop_at:
-      local = next(train_iter)
-      batch_arr = sharding_lib.device_batch(
-          local.reshape(accum, micro // jax.process_count(), -1), train_batch_sh)
-      state, step_metrics = train_step(state, batch_arr)
-      step += 1
-      if pending is not None:  # fetch step n-1 while step n runs
-        _log_step(writer, *pending, window, check_finite)
-      pending = (step, step_metrics)
-      if (step % int(train_cfg.log_every) == 0 or step == total_steps or
-          (train_cfg.eval_every and step % int(train_cfg.eval_every) == 0) or
-          (step % int(train_cfg.checkpoint_every) == 0) or flag.signum is not None):
-        _log_step(writer, *pending, window, check_finite)
-        pending = None
-      if step % int(train_cfg.log_every) == 0 or step == total_steps:
-        elapsed = time.perf_counter() - window["t0"]
-        tok_s = tokens_per_step * window["steps"] / max(elapsed, 1e-9)
-        done = step - steps_at_start
-        eta = (time.perf_counter() - run_t0) / max(done, 1) * (total_steps - step)
-        lr = float(step_metrics["lr"])
-        logging.info("step %d/%d | loss %.4f | %s tok/s | lr %.3e | ETA %s", step, total_steps,
-                     float(np.mean(window["losses"])), f"{tok_s:,.0f}", lr,
-                     metrics_lib.format_duration(eta))
-        writer.write(step, {"tokens_per_s": tok_s})
-        window.update(t0=time.perf_counter(), steps=0, losses=[])
-      if train_cfg.eval_every and (step % int(train_cfg.eval_every) == 0 or step == total_steps):
+    train_iter = workload.batches(config.seed, process_index=pi, process_count=pc)
+    restored = checkpointer.restore_latest(abstract, fingerprint)
+    resumed_from = None
+    changes = {}
+    train_time_s = 0.0
+    if restored is not None:
+      resumed_from, state, record = restored
+      changes = _check_drift(record.get("config"), config, resumed_from,
+                             checkpointer.directory)
+      train_iter.restore(record["data"])
+      train_time_s = float(record.get("train_time_s", 0.0))
+      logging.info("Resumed from checkpoint step %d in %s", resumed_from, checkpointer.directory)
+    else:
+      state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+    step = int(jax.device_get(state["step"]))
+    total_steps = int(train_cfg.steps)
+    summary = {"step": step, "metric": metric_key, "val_loss": None, "val_step": None,
+               "stopped_by_signal": None, "steps_to_target": None, "already_complete": False,
+               "train_time_s": train_time_s, "time_to_target_s": None}
+
+    writer = metrics_lib.MetricWriter(workdir, resume_step=resumed_from)
+    if resumed_from is not None:
+      # A target reached before the resume stays the first crossing; it is not logged again.
+      old_rows = metrics_lib.read_metrics(workdir)
+      reached = [r for r in old_rows if "steps_to_target" in r]
+      if reached:
+        summary["steps_to_target"] = int(reached[0]["steps_to_target"])
+        summary["time_to_target_s"] = reached[0].get("time_to_target_s")
+      summary["val_loss"], summary["val_step"] = _final_val_loss(workdir, metric_key)
+      done_at_target = (train_cfg.get("stop_at_target") and
+                        summary["steps_to_target"] is not None)
+      if (step >= total_steps or done_at_target) and not changes:
+        summary["already_complete"] = True
+        logging.info("Run already complete at step %d/%d in %s: %s %s (step %s). "
+                     "Nothing to do.", step, total_steps, workdir, metric_key,
+                     summary["val_loss"], summary["val_step"])
+        return summary
+    if changes:
+      logging.warning("Config changed on resume at step %d (allowed by "
+                      "train.allow_config_change): %s", resumed_from,
+                      {k: f"{a!r} -> {b!r}" for k, (a, b) in changes.items()})
+      record_config_change(workdir, resumed_from, changes)
+      writer.write_event(resumed_from, "config_change",
+                         {k: {"from": a, "to": b} for k, (a, b) in changes.items()})
+    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
+    logging.info("Workload %s: %s parameters; mesh %s; data %s", workload.name,
+                 f"{num_params:,}", dict(mesh.shape), corpus_id)
+
+    # Every eval batch goes through the devices in train micro-batch chunks.
+    val_batches = [sharding_lib.device_batch(b, sh) for b, sh in
+                   ((b, eval_batch_sh) for b in workload.eval_batches(pi, pc))]
+
+    def evaluate(state) -> float:
+      values = [eval_metric(state["params"], state["opt_state"], b) for b in val_batches]
+      return float(np.mean(jax.device_get(values)))
+
+    stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
+    items_per_step = workload.items_per_step
+    items_name = "tokens" if "seq_len" in workload.fingerprint else "examples"
+    # Training wall-clock (compilation included, evaluation and checkpointing excluded, as
+    # AlgoPerf counts it), carried across resumes in the checkpoint.
+    clock = {"base": train_time_s, "t0": time.perf_counter(), "excluded": 0.0}
+    train_time = lambda: clock["base"] + time.perf_counter() - clock["t0"] - clock["excluded"]
+    progress = {"last_good_ckpt": resumed_from, "consecutive_skips": 0,
+                "max_skips": int(train_cfg.get("max_consecutive_skips") or 0)}
+
+    def save(state, step):
+      if not bool(jax.device_get(all_finite(state))):
+        raise TrainingDivergedError(
+            f"the train state at step {step} holds NaN/Inf; not saving it. Last good "
+            f"checkpoint: {progress['last_good_ckpt']} in {checkpointer.directory}")
+      checkpointer.save(step, state, {"data": train_iter.state(), "fingerprint": fingerprint,
+                                      "config": _json_config(config),
+                                      "train_time_s": train_time()})
+      progress["last_good_ckpt"] = step
+
+    def check_finite(step_metrics, step_no):
+      refused = int(step_metrics.get("opt/nonfinite_streak", 0))  # optimizer-level refusals
+      if skip_nonfinite and (float(step_metrics["skipped"]) or refused):
+        progress["consecutive_skips"] = max(progress["consecutive_skips"] + 1, refused)
+        logging.warning("Step %d: non-finite loss or update; step skipped (%d in a row).",
+                        step_no, progress["consecutive_skips"])
+        if progress["consecutive_skips"] > progress["max_skips"]:
+          raise TrainingDivergedError(
+              f"{progress['consecutive_skips']} consecutive steps had non-finite losses or "
+              f"updates (train.max_consecutive_skips={progress['max_skips']}); stopping at step "
+              f"{step_no}. The last good checkpoint is step {progress['last_good_ckpt']} in "
+              f"{checkpointer.directory}.")
+        return
+      progress["consecutive_skips"] = 0
+      loss = float(step_metrics["train_loss"])
+      if not math.isfinite(loss) or float(step_metrics["skipped"]) or refused:
+        what = (f"training loss became {loss}" if not math.isfinite(loss) else
+                "the gradient or update became non-finite (or too large for the optimizer's "
+                "statistics)")
+        raise TrainingDivergedError(
+            f"{what} at step {step_no}; stopping. The last good checkpoint is step "
+            f"{progress['last_good_ckpt']} in {checkpointer.directory} (none is written from a "
+            "bad state). train.skip_nonfinite_updates=True skips such steps instead.")
+
+    def on_stall(seconds):
+      logging.warning(
+          "No training progress for %.0f s (after step %d). If the process is stuck inside XLA, "
+          "SIGTERM cannot stop it: `kill -9 %d`, then rerun the same command to resume from the "
+          "last checkpoint (step %s). Native stacks: gdb -p %d -batch -ex 'thread apply all bt'. "
+          "Python stacks follow on stderr.", seconds, step, os.getpid(),
+          progress["last_good_ckpt"], os.getpid())
+      faulthandler.dump_traceback(all_threads=True)
+
+    stall_s = float(train_cfg.get("stall_warning_s") or 0)
+    watchdog = watchdog_lib.StallWatchdog(stall_s, on_stall).start() if stall_s else None
+    beat = watchdog.beat if watchdog else (lambda: None)
+    flag = _SignalFlag()
+    old_handlers = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      if step == 0 and train_cfg.eval_every:
         t_eval = time.perf_counter()
-        v = evaluate(state["params"])
-        writer.write(step, {"val_loss": v})
-        summary["val_loss"] = v
-        logging.info("step %d | val_loss %.4f", step, v)
-        target = train_cfg.get("target_val_loss")
-        if target is not None and v <= target and summary.get("steps_to_target") is None:
-          summary["steps_to_target"] = step
-          writer.write(step, {"steps_to_target": step})
-          logging.info("Reached target val_loss %.4f at step %d", target, step)
-          if train_cfg.get("stop_at_target"):
-            save(state, step)
-            break
-        window["t0"] += time.perf_counter() - t_eval  # eval time is not training throughput
-      if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
-          flag.signum):
-        t_ck = time.perf_counter()
-        save(state, step)
-        window["t0"] += time.perf_counter() - t_ck
-      if flag.signum is not None:
-        summary["stopped_by_signal"] = flag.signum
-        logging.warning("Stopped by signal %d at step %d; checkpoint saved.", flag.signum, step)
-        break
-      beat()  # armed after the first step, so compilation does not count
-    if pending is not None:
-      _log_step(writer, *pending, window, check_finite)
+        v = evaluate(state)
+        writer.write(0, {metric_key: v, "train_time_s": 0.0})
+        summary["val_loss"], summary["val_step"] = v, 0
+        clock["excluded"] += time.perf_counter() - t_eval
+      pending = None  # (step number, device metrics) of the last dispatched step
+      window = {"t0": time.perf_counter(), "steps": 0, "losses": []}
+      run_t0 = time.perf_counter()
+      steps_at_start = step
+      while step < stop_at:
+        local = jax.tree.map(lambda a: a.reshape(accum, micro // pc, *a.shape[1:]),
+                             next(train_iter))
+        batch_arr = jax.tree.map(sharding_lib.device_batch, local, train_batch_sh)
+        state, step_metrics = train_step(state, batch_arr)
+        step += 1
+        if pending is not None:  # fetch step n-1 while step n runs
+          _log_step(writer, *pending, window, check_finite)
+        pending = (step, step_metrics)
+        if (step % int(train_cfg.log_every) == 0 or step == total_steps or
+            (train_cfg.eval_every and step % int(train_cfg.eval_every) == 0) or
+            (step % int(train_cfg.checkpoint_every) == 0) or flag.signum is not None):
+          _log_step(writer, *pending, window, check_finite)
+          pending = None
+        if step % int(train_cfg.log_every) == 0 or step == total_steps:
+          elapsed = time.perf_counter() - window["t0"]
+          tok_s = items_per_step * window["steps"] / max(elapsed, 1e-9)
+          done = step - steps_at_start
+          eta = (time.perf_counter() - run_t0) / max(done, 1) * (total_steps - step)
+          lr = float(step_metrics["lr"])
+          losses = [l for l in window["losses"] if math.isfinite(l)]
+          logging.info("step %d/%d | loss %.4f | %s %s/s | lr %.3e | ETA %s", step,
+                       total_steps, float(np.mean(losses)) if losses else float("nan"),
+                       f"{tok_s:,.0f}", items_name, lr, metrics_lib.format_duration(eta))
+          writer.write(step, {f"{items_name}_per_s": tok_s})
+          window.update(t0=time.perf_counter(), steps=0, losses=[])
+        if train_cfg.eval_every and (step % int(train_cfg.eval_every) == 0 or
+                                     step == total_steps):
+          t_eval = time.perf_counter()
+          jax.block_until_ready(state["step"])
+          now_train_s = train_time()
+          v = evaluate(state)
+          writer.write(step, {metric_key: v, "train_time_s": now_train_s})
+          summary["val_loss"], summary["val_step"] = v, step
+          logging.info("step %d | %s %.4g", step, metric_key, v)
+          target = train_cfg.get("target_val_loss")
+          if target is not None and v <= target and summary.get("steps_to_target") is None:
+            summary["steps_to_target"], summary["time_to_target_s"] = step, now_train_s
+            writer.write(step, {"steps_to_target": step, "time_to_target_s": now_train_s})
+            logging.info("Reached target %s %.4g at step %d", metric_key, target, step)
+            if train_cfg.get("stop_at_target"):
+              save(state, step)
+              break
+          spent = time.perf_counter() - t_eval
+          window["t0"] += spent  # eval time is not training throughput
+          clock["excluded"] += spent
+        if (step % int(train_cfg.checkpoint_every) == 0 or step in (stop_at, total_steps) or
+            flag.signum):
+          t_ck = time.perf_counter()
+          save(state, step)
+          window["t0"] += time.perf_counter() - t_ck
+          clock["excluded"] += time.perf_counter() - t_ck
+        if flag.signum is not None:
+          summary["stopped_by_signal"] = flag.signum
+          logging.warning("Stopped by signal %d at step %d; checkpoint saved.", flag.signum, step)
+          break
+        beat()  # armed after the first step, so compilation does not count
+      if pending is not None:
+        _log_step(writer, *pending, window, check_finite)
+    finally:
+      if watchdog:
+        watchdog.stop()
+      for s, h in old_handlers.items():
+        signal.signal(s, h)
+    summary["step"] = step
+    summary["train_time_s"] = train_time()
+    return summary
   finally:
-    if watchdog:
-      watchdog.stop()
-    for s, h in old_handlers.items():
-      signal.signal(s, h)
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpointer.close()
-  summary["step"] = step
-  return summary
 
 
 def _log_step(writer, step_no, step_metrics, window, check_finite):
   host = jax.device_get(step_metrics)
+  writer.write(step_no, host)  # a skipped or diverged step is logged before the verdict
   check_finite(host, step_no)
-  writer.write(step_no, host)
   window["steps"] += 1
   window["losses"].append(float(host["train_loss"]))

@@ -30,7 +30,9 @@ class GPTConfig:
   max_seq_len: int = 128
   rope_base: float = 10000.0
   logit_softcap: float | None = None  # None or 0 disables the cap.
-  remat: bool = False
+  # Activation checkpointing per block: a name in REMAT_POLICIES; True/False (old configs)
+  # mean "block"/"none".
+  remat: bool | str = False
   dtype: str = "float32"  # compute dtype; parameters stay float32.
   init_std: float | None = None  # None: 1/sqrt(width).
 
@@ -49,6 +51,32 @@ class GPTConfig:
       raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
     if (self.width // self.num_heads) % 2:
       raise ValueError("the head dimension must be even for rotary embeddings")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r}; choose from {REMAT_POLICIES} "
+                       "(or True/False)")
+
+  @property
+  def remat_policy(self) -> str:
+    """The remat policy's name; the stored value stays as configured (checkpoint fingerprints)."""
+    if isinstance(self.remat, bool):
+      return "block" if self.remat else "none"
+    return self.remat
+
+
+# What each block keeps for the backward pass (Chen et al. 2016, "Training Deep Nets with
+# Sublinear Memory Cost", arXiv 1604.06174): "block" keeps only the block's input and recomputes
+# the rest; "dots_saveable" keeps matrix-product outputs and recomputes the cheap elementwise
+# ops; "offload_dots" keeps the non-batched products in pinned host memory instead of device
+# memory (backends with host memory spaces).
+REMAT_POLICIES = ("none", "block", "dots_saveable", "offload_dots")
+
+
+def _checkpoint_policy(name: str):
+  if name == "dots_saveable":
+    return jax.checkpoint_policies.dots_saveable
+  if name == "offload_dots":
+    return jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+  return None  # "block": save nothing inside the block
 
 
 def _rms_norm(x, eps=1e-6):
@@ -134,11 +162,12 @@ class GPT(nnx.Module):
   def __call__(self, tokens_BxT):
     cfg = self.cfg
     x = self.embed(tokens_BxT).astype(jnp.dtype(cfg.dtype))
+    policy = cfg.remat_policy
     for block in self.blocks:
-      if cfg.remat:
-        x = nnx.remat(lambda blk, h: blk(h))(block, x)
-      else:
+      if policy == "none":
         x = block(x)
+      else:
+        x = nnx.remat(lambda blk, h: blk(h), policy=_checkpoint_policy(policy))(block, x)
     logits_BxTxV = self.lm_head(self.final_norm(x)).astype(jnp.float32)
     if cfg.logit_softcap:
       logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
@@ -148,14 +177,14 @@ class GPT(nnx.Module):
 def init_params(cfg: GPTConfig, key: jax.Array) -> dict:
   """Returns the model's parameters as a plain nested dict of arrays."""
   model = GPT(cfg, rngs=nnx.Rngs(params=key))
-  return nnx.state(model, nnx.Param).to_pure_dict()
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def apply(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
   """Logits (float32) of a (batch, time) array of token ids."""
   graphdef, abstract_state = nnx.split(
       nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0))))
-  abstract_state.replace_by_pure_dict(params)
+  nnx.replace_by_pure_dict(abstract_state, params)
   model = nnx.merge(graphdef, abstract_state)
   return model(tokens_BxT)
 

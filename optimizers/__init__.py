@@ -20,6 +20,15 @@ from optimizers import adam_family  # noqa: E402,F401
 from optimizers import quantized  # noqa: E402,F401
 from optimizers import sam  # noqa: E402,F401
 from optimizers import muon  # noqa: E402,F401
+from optimizers import normuon  # noqa: E402,F401
+from optimizers import dion  # noqa: E402,F401
+from optimizers import psgd_kron  # noqa: E402,F401
 from optimizers import shampoo  # noqa: E402,F401
+from optimizers import lion  # noqa: E402,F401
+from optimizers import schedule_free  # noqa: E402,F401
+from optimizers import ademamix  # noqa: E402,F401
+from optimizers import cautious  # noqa: E402,F401
+from optimizers.schedule_free import eval_params  # noqa: E402
 
-__all__ = ["collect_metrics", "create", "get_builder", "hyperparameters", "names", "register"]
+__all__ = ["collect_metrics", "create", "eval_params", "get_builder", "hyperparameters", "names",
+           "register"]

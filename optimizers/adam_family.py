@@ -4,18 +4,28 @@ Every entry is a chain of optax's own transforms, with defaults chosen so the up
 formula of the paper it cites; only LARS's trust ratio is written here (optax's `lars` uses a
 different denominator, see `lars`). Notation: `g` the gradient, `t` the step (from 1), `lr` the
 learning rate (a float or an optax schedule), `theta` the parameters, `||.||` the Frobenius norm
-of one leaf (a leaf is the paper's "layer").
+of one leaf (a leaf is the paper's "layer"). Every entry is wrapped in `nonfinite.guard`: a
+step whose gradient is not usable (NaN, Inf, or a sum of squares that overflows) is skipped
+whole and counted.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import cautious
+from optimizers import nonfinite
 from optimizers._registry import register
+
+# Exponential averages (and maxima, and momentum with decay < 1) of a gradient whose sum of
+# squares is finite stay finite, so these entries skip `nonfinite.guard`'s state check (on
+# CPU it triples AdamW's update time); Adagrad's sum of g^2 never decays and keeps it.
+_guard = functools.partial(nonfinite.guard, check_state=False)
 
 
 @register("sgd")
@@ -27,7 +37,7 @@ def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = F
   This is PyTorch's convention (no dampening). `weight_decay` adds `wd * theta` to the gradient
   before momentum (coupled L2, as in `torch.optim.SGD`).
   """
-  return optax.chain(
+  return _guard(
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
@@ -51,8 +61,8 @@ def adagrad(*, learning_rate: Any, initial_accumulator_value: float = 0.0,
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_rss` then the learning rate).
   """
-  return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value,
-                       eps=eps)
+  return nonfinite.guard(optax.adagrad(
+      learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps))
 
 
 @register("rmsprop")
@@ -83,9 +93,9 @@ def rmsprop(*, learning_rate: Any, decay: float = 0.9, eps: float = 1e-8,
   Returns:
     An `optax.GradientTransformation` (optax's `scale_by_rms`/`scale_by_stddev`, lr, `trace`).
   """
-  return optax.rmsprop(learning_rate, decay=decay, eps=eps, initial_scale=initial_scale,
-                       eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum,
-                       nesterov=nesterov)
+  return _guard(optax.rmsprop(
+      learning_rate, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
+      centered=centered, momentum=momentum, nesterov=nesterov))
 
 
 @register("adadelta")
@@ -109,7 +119,8 @@ def adadelta(*, learning_rate: Any = 1.0, rho: float = 0.95, eps: float = 1e-6,
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_adadelta`, then lr).
   """
-  return optax.adadelta(learning_rate, rho=rho, eps=eps, weight_decay=weight_decay)
+  return _guard(
+      optax.adadelta(learning_rate, rho=rho, eps=eps, weight_decay=weight_decay))
 
 
 @register("adam")
@@ -134,13 +145,15 @@ def adam(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
   Returns:
     An `optax.GradientTransformation` (`optax.scale_by_adam`, then lr).
   """
-  return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
+  return _guard(
+      optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov))
 
 
 @register("adamw")
 def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          eps_root: float = 0.0, weight_decay: float = 1e-4,
-          nesterov: bool = False) -> optax.GradientTransformation:
+          eps_root: float = 0.0, weight_decay: float = 1e-4, nesterov: bool = False,
+          cautious_weight_decay: bool = False,
+          mu_dtype: str | None = None) -> optax.GradientTransformation:
   """AdamW (Loshchilov & Hutter, 2019, arXiv 1711.05101, Algorithm 2).
 
   m, v, m_hat, v_hat as in `adam`;  update = -lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta).
@@ -153,12 +166,25 @@ def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float 
     learning_rate: alpha * eta_t.
     b1, b2, eps, eps_root, nesterov: as in `adam`.
     weight_decay: decoupled decay, multiplied by lr.
+    cautious_weight_decay: decay only where the Adam step and theta agree in sign,
+      wd * theta * 1(adam_step * theta >= 0) (Chen et al., 2025, arXiv 2510.12402; the NanoGPT
+      speedrun), via `cautious.add_cautious_decayed_weights`.
+    mu_dtype: dtype of the first moment m (e.g. "bfloat16" to halve its bytes); None keeps
+      the parameters' dtype. v stays in the parameters' dtype (optax's choice).
 
   Returns:
-    An `optax.GradientTransformation` (`optax.adamw`).
+    An `optax.GradientTransformation` (`optax.adamw`, or its three transforms with the
+    cautious decay in the middle).
   """
-  return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                     weight_decay=weight_decay, nesterov=nesterov)
+  if cautious_weight_decay:
+    return _guard(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                            nesterov=nesterov),
+        cautious.add_cautious_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+  return _guard(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                            mu_dtype=mu_dtype, weight_decay=weight_decay, nesterov=nesterov))
 
 
 @register("nadamw")
@@ -180,7 +206,8 @@ def nadamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
   Returns:
     An `optax.GradientTransformation` (`optax.nadamw`).
   """
-  return optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return _guard(
+      optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 @register("amsgrad")
@@ -207,8 +234,9 @@ def amsgrad(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: floa
   Returns:
     An `optax.GradientTransformation` (`optax.amsgrad`).
   """
-  return optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps,
-                       bias_correction_mu=bias_correction, bias_correction_nu=bias_correction)
+  return _guard(optax.amsgrad(
+      learning_rate, b1=b1, b2=b2, eps=eps, bias_correction_mu=bias_correction,
+      bias_correction_nu=bias_correction))
 
 
 @register("lamb")
@@ -231,7 +259,8 @@ def lamb(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
   Returns:
     An `optax.GradientTransformation` (`optax.lamb`).
   """
-  return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return _guard(
+      optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 class ScaleByLarsTrustRatioState(NamedTuple):
@@ -307,7 +336,7 @@ def lars(*, learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
   Returns:
     An `optax.GradientTransformation` (`scale_by_lars_trust_ratio`, lr, `optax.trace`).
   """
-  return optax.chain(
+  return _guard(
       scale_by_lars_trust_ratio(trust_coefficient=trust_coefficient, weight_decay=weight_decay,
                                 eps=eps),
       optax.scale_by_learning_rate(learning_rate),
@@ -347,6 +376,7 @@ def adafactor(*, learning_rate: Any, decay_rate: float = 0.8, eps: float = 1e-30
   Returns:
     An `optax.GradientTransformation` (`optax.adafactor`).
   """
-  return optax.adafactor(learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
-                         decay_rate=decay_rate, multiply_by_parameter_scale=multiply_by_parameter_scale,
-                         clipping_threshold=clipping_threshold, momentum=momentum, eps=eps)
+  return _guard(optax.adafactor(
+      learning_rate, min_dim_size_to_factor=min_dim_size_to_factor, decay_rate=decay_rate,
+      multiply_by_parameter_scale=multiply_by_parameter_scale,
+      clipping_threshold=clipping_threshold, momentum=momentum, eps=eps))

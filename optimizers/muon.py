@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import cautious as cautious_lib
 from optimizers import newton_schulz
+from optimizers import nonfinite
 from optimizers import routing
 from optimizers._registry import register
 
@@ -123,7 +125,8 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
          momentum_warmup_steps: int = 0, momentum_start: float = 0.85, ns_steps: int = 5,
          ns_coeffs: str | Sequence[Any] = "quintic",
          ns_dtype: str = "float32", gram_ns: bool = False, scale: str = "original",
-         weight_decay: float = 0.0, adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9,
+         weight_decay: float = 0.0, cautious_weight_decay: bool = False,
+         adam_learning_rate: Any = 3e-3, adam_b1: float = 0.9,
          adam_b2: float = 0.95, adam_eps: float = 1e-8, adam_weight_decay: float = 0.0,
          labels: routing.LabelRule | Any | None = None,
          dimension_numbers: routing.DimNumRule | Any | None = None,
@@ -134,7 +137,9 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
   theta <- theta - lr * (s * NS(u) + weight_decay * theta)   (Muon leaves)
   AdamW with `adam_*` hyperparameters on embeddings, head, norms, biases, scalars.
   The momentum is `optax.trace` on (1 - beta) g (no bias correction, as in the reference);
-  routing is `optax.partition` with `routing.label_fn`.
+  routing is `optax.partition` with `routing.label_fn`. A step whose gradient (NaN, Inf, or
+  so large that its squared norm overflows float32), update or new state is not finite is
+  skipped whole (zero update, momenta and counts kept) and counted (`nonfinite.guard`).
 
   Args:
     learning_rate: Muon learning rate (float or optax schedule).
@@ -148,6 +153,8 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
     scale: "original" (sqrt(max(1, fan_out / fan_in))) or "match_adamw_rms" (Moonlight's
       0.2 sqrt(max(fan_in, fan_out))).
     weight_decay: decoupled weight decay on Muon leaves (multiplied by the learning rate).
+    cautious_weight_decay: decay only where the update and the parameter agree in sign
+      (`cautious.add_cautious_decayed_weights`), as in the NanoGPT speedrun.
     adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW on the rest.
     labels: routing override (`routing.label_fn`).
     dimension_numbers: matrix view of Muon tensors (`routing.dimension_numbers_rule`).
@@ -166,7 +173,7 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
                    start=momentum_start),
       scale_by_newton_schulz(ns_coeffs=ns_coeffs, ns_steps=ns_steps, ns_dtype=ns_dtype,
                              gram_ns=gram_ns, scale=scale, dimension_numbers=dimension_numbers),
-      optax.add_decayed_weights(weight_decay),
+      decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _with_routing(muon_tx, labels, dimension_numbers, adam_learning_rate=adam_learning_rate,
@@ -174,12 +181,20 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
                        adam_weight_decay=adam_weight_decay)
 
 
+def decayed_weights(weight_decay: float, *, cautious: bool) -> optax.GradientTransformation:
+  """Decoupled weight decay, plain (`optax.add_decayed_weights`) or cautious."""
+  if cautious:
+    return cautious_lib.add_cautious_decayed_weights(weight_decay)
+  return optax.add_decayed_weights(weight_decay)
+
+
 def _with_routing(muon_tx, labels, dimension_numbers, *, adam_learning_rate, adam_b1, adam_b2,
                   adam_eps, adam_weight_decay) -> optax.GradientTransformation:
   adam_tx = optax.adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
                         weight_decay=adam_weight_decay)
-  return optax.partition({routing.MUON: muon_tx, routing.ADAM: adam_tx},
-                         routing.label_fn(labels, dimension_numbers))
+  # One guard around both branches: a bad gradient anywhere skips the whole step.
+  return nonfinite.guard(optax.partition({routing.MUON: muon_tx, routing.ADAM: adam_tx},
+                                         routing.label_fn(labels, dimension_numbers)))
 
 
 @register("optax_muon")

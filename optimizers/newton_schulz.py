@@ -141,12 +141,28 @@ def _gram(x0, coeffs, dtype, restarts):
   return x0 if q is None else _matmul(q, x0, dtype)
 
 
+def _frobenius_norm(x3: jax.Array) -> jax.Array:
+  """||X||_F of each matrix of a (B, m, n) stack, (B, 1, 1); no overflow for finite X.
+
+  sum(X^2) overflows float32 once |X| reaches about 1e19 / sqrt(mn), and X / inf would be a
+  silent zero step; those matrices are scaled by max|X| first. Others keep the plain sum, so
+  their result is unchanged bit for bit. A NaN or Inf element still gives NaN.
+  """
+  norm = jnp.sqrt(jnp.sum(jnp.square(x3), axis=(1, 2), keepdims=True))
+  peak = jnp.max(jnp.abs(x3), axis=(1, 2), keepdims=True)
+  unit = x3 / jnp.where(peak > 0, peak, 1.0)
+  scaled = peak * jnp.sqrt(jnp.sum(jnp.square(unit), axis=(1, 2), keepdims=True))
+  return jnp.where(jnp.isfinite(norm), norm, scaled)
+
+
 def orthogonalize(x: jax.Array, *, ns_coeffs: str | Sequence[Any] = "quintic",
                   ns_steps: int = 5, ns_dtype: Any = jnp.float32, gram: bool = False,
                   gram_restarts: Sequence[int] | None = None) -> jax.Array:
   """Approximate orthogonal factor U V^T of each matrix in `x` by Newton–Schulz.
 
   X <- X / (||X||_F s + eps);  repeat: X <- a X + (b A + c A^2) X,  A = X X^T  (see module doc).
+  ||X||_F is computed without overflow for any finite X (`_frobenius_norm`), so a huge X is
+  orthogonalized like X / max|X| instead of collapsing to zero.
 
   Args:
     x: array of shape (..., m, n); leading axes are batch axes. Tall matrices are transposed
@@ -170,8 +186,7 @@ def orthogonalize(x: jax.Array, *, ns_coeffs: str | Sequence[Any] = "quintic",
   tall = m > n
   if tall:
     x3 = jnp.swapaxes(x3, 1, 2)
-  norm = jnp.sqrt(jnp.sum(jnp.square(x3), axis=(1, 2), keepdims=True))
-  x3 = x3 / (norm * sched.norm_scale + sched.eps)
+  x3 = x3 / (_frobenius_norm(x3) * sched.norm_scale + sched.eps)
   dtype = jnp.dtype(ns_dtype)
   if gram:
     if gram_restarts is None:

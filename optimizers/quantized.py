@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from optimizers import nonfinite
 from optimizers import partition
 from optimizers._registry import register
 
@@ -120,11 +121,15 @@ def quantize(x: jax.Array, signed: bool, block_size: int,
       the second moment, so that a tiny v never becomes 0 under a non-zero m).
 
   Returns:
-    A `QuantizedArray`.
+    A `QuantizedArray`. A block holding a NaN or Inf gets scale NaN (and zero codes): it
+    cannot be stored, and a NaN scale keeps that visible to `nonfinite.guard`, which then
+    refuses the step, instead of an Inf absmax decoding to a mix of NaN and 0.
   """
   blocks = _blocks(x.reshape(-1).astype(jnp.float32), block_size)
-  absmax = jnp.max(jnp.abs(blocks), axis=1)
-  normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
+  finite = jnp.all(jnp.isfinite(blocks), axis=1)
+  absmax = jnp.where(finite, jnp.max(jnp.abs(blocks), axis=1), jnp.nan)
+  normalized = jnp.where(finite[:, None], blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None],
+                         0.0)
   index = _nearest_index(normalized, signed)
   if keep_nonzero:
     smallest = 129 if signed else 1  # index of the smallest positive code
@@ -233,7 +238,8 @@ def adamw_8bit(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: f
   Choices of this implementation: block size 256 by default (the paper uses 2048), the code's
   fractions end at the top of each decade (so a block's absmax is stored exactly), and a
   non-zero v never rounds to 0. The paper's "stable embedding" layer is a model change, not
-  part of this optimizer.
+  part of this optimizer. A step whose gradient, update or new state (an overflowing block
+  scale included) is not finite is skipped and counted (`nonfinite.guard`).
 
   Args:
     learning_rate, b1, b2, eps, weight_decay: as in `adamw`.
@@ -243,7 +249,7 @@ def adamw_8bit(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: f
   Returns:
     An `optax.GradientTransformation`.
   """
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_adam_8bit(b1=b1, b2=b2, eps=eps, block_size=block_size,
                          min_quantized_size=min_quantized_size),
       optax.add_decayed_weights(weight_decay),

@@ -10,6 +10,7 @@ Each variant is `configs/speedrun_cpu_<name>.py` if that file exists, else the b
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see experiments/train.py
@@ -59,7 +60,7 @@ def bench(cfg) -> tuple[float, float, float]:
   abstract = jax.eval_shape(init, 0)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
   batch_sh = sharding_lib.batch_sharding(mesh, 3, batch_axis=1)
-  step_fn = jax.jit(trainer.make_train_step(model_cfg, tx, schedule),
+  step_fn = jax.jit(trainer.make_train_step(functools.partial(gpt.loss_fn, model_cfg), tx, schedule),
                     in_shardings=(state_sh, batch_sh), donate_argnums=(0,))
   state = jax.jit(init, static_argnums=0, out_shardings=state_sh)(0)
   tokens = np.random.default_rng(0).integers(

@@ -1,10 +1,15 @@
 r"""Loss curves of one or more runs, from their `metrics.jsonl`, as a PNG.
 
-  .venv/bin/python -m scripts.plots runs/adamw runs/muon --out=curves.png [--target=1.95]
+  .venv/bin/python -m scripts.plots runs/adamw runs/muon [--out=curves.png] [--target=1.95]
+
+Each run is labelled by its optimizer and learning rate (from its run.json), plus its workdir's
+name where two labels would collide. Without --out the PNG goes beside the first run
+(`<first workdir>/curves.png`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from absl import app
@@ -17,7 +22,7 @@ import numpy as np
 
 from experiments import metrics as metrics_lib
 
-_OUT = flags.DEFINE_string("out", "curves.png", "Output PNG.")
+_OUT = flags.DEFINE_string("out", None, "Output PNG (default: <first workdir>/curves.png).")
 _TARGET = flags.DEFINE_float("target", None, "Draw a horizontal line at this validation loss.")
 _SMOOTH = flags.DEFINE_integer("smooth", 20, "Moving-average window for the training loss.")
 
@@ -27,9 +32,11 @@ def main(argv):
   if not workdirs:
     raise app.UsageError("give one or more workdirs")
   fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-  for wd in workdirs:
+  labels = [run_label(wd) for wd in workdirs]
+  labels = [f"{l} [{os.path.basename(os.path.normpath(wd))}]" if labels.count(l) > 1 else l
+            for l, wd in zip(labels, workdirs)]
+  for wd, label in zip(workdirs, labels):
     records = metrics_lib.read_metrics(wd)
-    label = "/".join(os.path.normpath(wd).split(os.sep)[-2:])  # sweep/run
     tr = [(r["step"], r["train_loss"]) for r in records if isinstance(r.get("train_loss"), float)]
     if tr:
       s, l = map(np.array, zip(*tr))
@@ -49,8 +56,20 @@ def main(argv):
     ax_val.axhline(_TARGET.value, color="k", ls="--", lw=1)
   ax_val.set_ylim(top=min(ax_val.get_ylim()[1], 3.0))
   fig.tight_layout()
-  fig.savefig(_OUT.value, dpi=120)
-  print(f"wrote {_OUT.value}")
+  out = _OUT.value or os.path.join(workdirs[0], "curves.png")
+  fig.savefig(out, dpi=120)
+  print(f"wrote {out}")
+
+
+def run_label(workdir: str) -> str:
+  """"muon (lr 0.02)" from the run's run.json; the workdir's name if it has none."""
+  try:
+    with open(os.path.join(workdir, "run.json")) as f:
+      opt = json.load(f)["config"]["optimizer"]
+  except (OSError, ValueError, KeyError):
+    return os.path.basename(os.path.normpath(workdir))
+  lr = opt.get("learning_rate")
+  return f"{opt.get('name', '?')} (lr {lr:g})" if isinstance(lr, (int, float)) else opt.get("name", "?")
 
 
 if __name__ == "__main__":

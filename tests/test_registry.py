@@ -51,3 +51,14 @@ def test_collect_metrics_finds_metrics_fields():
   state = (optax.EmptyState(), S(jnp.int32(0), {"failures": jnp.int32(2), "res": jnp.float32(1.5)}))
   m = optimizers.collect_metrics(state)
   assert set(m) == {"failures", "res"} and int(m["failures"]) == 2
+
+
+def test_every_entry_refuses_nonfinite_steps_exactly_once():
+  """Every registry entry carries one `nonfinite.guard` (wrappers through their inner entry)."""
+  from optimizers import nonfinite  # pylint: disable=g-import-not-at-top
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}
+  for name in optimizers.names():
+    state = optimizers.create(name, learning_rate=1e-3).init(params)
+    guards = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
+        x, nonfinite.NonfiniteState)) if isinstance(s, nonfinite.NonfiniteState)]
+    assert len(guards) == 1, (name, len(guards))

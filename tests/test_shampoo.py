@@ -158,8 +158,9 @@ def test_matches_blocked_reference_with_momentum_and_adam_grafting(root_method, 
   for g, r in zip(got, want):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
   metrics = optimizers.collect_metrics(state)
-  assert set(metrics) == {"root_failures", "root_residual"}
-  assert int(metrics["root_failures"]) == 0
+  assert set(metrics) == {"root_failures", "root_residual", "nonfinite_skips",
+                          "nonfinite_streak"}
+  assert int(metrics["root_failures"]) == int(metrics["nonfinite_skips"]) == 0
   assert 0 < float(metrics["root_residual"]) < 1e-3
 
 

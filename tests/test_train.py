@@ -17,6 +17,7 @@ from experiments import checkpoints as ckpt_lib
 from experiments import configs_util
 from experiments import metrics as metrics_lib
 from experiments import trainer
+from experiments import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "speedrun_cpu.py")
@@ -161,7 +162,7 @@ def test_corrupt_or_incompatible_checkpoint_is_an_error(tmp_path):
       if "manifest" in f or f.endswith(".ocdbt") or "d" == os.path.basename(dirpath):
         with open(os.path.join(dirpath, f), "wb") as fh:
           fh.write(b"garbage")
-  with pytest.raises(ckpt_lib.CheckpointError, match="corrupt"):
+  with pytest.raises(ckpt_lib.CheckpointError, match="every checkpoint in .* is damaged"):
     trainer.train_and_evaluate(tiny_config(tmp_path, train__steps=20), str(tmp_path / "w"))
 
 
@@ -200,7 +201,7 @@ def test_124m_config_trains_from_bin_shards(tmp_path):
   bad = configs_util.load(os.path.join(ROOT, "configs", "speedrun_124m.py"),
                           {"data.train_glob": str(tmp_path / "missing_*.bin"),
                            "data.val_glob": str(tmp_path / "fw_val_*.bin")})
-  with pytest.raises(data.ShardError, match="missing_"):
+  with pytest.raises(validate.ConfigError, match="missing_"):
     trainer.train_and_evaluate(bad, str(tmp_path / "w2"))
 
 
@@ -260,15 +261,25 @@ def test_a_stalled_step_is_reported_with_what_to_do(tmp_path, monkeypatch, caplo
   assert len(warnings) == 1 and f"kill -9 {os.getpid()}" in warnings[0]
 
 
-def test_linear_scaling_rule_scales_every_peak_learning_rate(tmp_path):
+def test_batch_scaling_rule_is_a_choice_and_scales_every_peak_learning_rate(tmp_path):
   cfg = tiny_config(tmp_path, train__batch_size=32, schedule__base_batch_size=8,
                     schedule__warmup_steps=10, train__steps=100)
+  assert cfg.schedule.lr_scaling == "sqrt"  # Adam-type default: sqrt(32 / 8) = 2
   _, schedule = trainer.make_optimizer(cfg)
   assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(10)), 2 * cfg.optimizer.learning_rate, rtol=1e-6)
+  cfg.schedule.lr_scaling = "linear"
+  _, schedule = trainer.make_optimizer(cfg)
   np.testing.assert_allclose(float(schedule(10)), 4 * cfg.optimizer.learning_rate, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(5)), 2 * cfg.optimizer.learning_rate, rtol=1e-6)
+  cfg.schedule.lr_scaling = "none"
+  assert trainer.lr_scale(cfg) == 1.0
+  sgd = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_sgd.py"),
+                          {"train.batch_size": 64})
+  assert trainer.lr_scale(sgd) == 2.0  # linear, base 32
   muon = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_muon.py"),
-                           {"train.batch_size": 64})
-  assert trainer.lr_scale(muon) == 2.0  # base 32
+                           {"train.batch_size": 128})
+  assert trainer.lr_scale(muon) == 2.0  # sqrt(128 / 32)
   cfg.schedule.base_batch_size = None
+  cfg.schedule.lr_scaling = "linear"
   assert trainer.lr_scale(cfg) == 1.0

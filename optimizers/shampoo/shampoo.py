@@ -18,7 +18,10 @@ blocks and factors of equal shape are stacked and processed batched. On a mesh (
 see optimizers/owner.py) each device computes the roots of 1/N of the blocks; the state's
 factor stacks are split along the block axis (`_partition_specs`). A root that is not
 finite or whose residual exceeds `failure_threshold` is rejected: the previous one (initially
-the identity) is kept and the failure is counted in `metrics`.
+the identity) is kept and the failure is counted in `metrics`. The registry entry is wrapped
+in `nonfinite.guard`: a step whose gradient (NaN, Inf, or |g| so large that G G^T overflows
+float32, from about 1e19), update or new statistics are not finite is skipped whole (zero
+update, every statistic, root and count kept) and counted in `metrics`.
 
 References:
   Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
@@ -39,6 +42,7 @@ import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from optimizers import nonfinite
 from optimizers import owner
 from optimizers import partition
 from optimizers._registry import register
@@ -254,12 +258,13 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
     failure_threshold: a root whose residual exceeds this is rejected (previous one kept).
 
   Returns:
-    optax.GradientTransformation (state: chain of ShampooState, weight decay, learning rate).
+    optax.GradientTransformation (state: ShampooState, weight decay, learning rate and
+    `nonfinite.NonfiniteState`).
 
   References:
     Gupta, Koren & Singer 2018, arXiv 1802.09568; Anil et al. 2020, arXiv 2002.09018.
   """
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_shampoo(
           b1=b1, b2=b2, eps=eps, relative_eps=relative_eps, nesterov=nesterov,
           block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,

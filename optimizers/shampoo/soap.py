@@ -18,7 +18,10 @@ steps 1, 1 + k, ... (as Meta's Distributed Shampoo does for its eigenvalue-corre
 Leaves without factors (rank <= 1, embeddings; see blocking.py) run plain Adam. On a mesh (in
 context, see optimizers/owner.py) each device computes the eigenbases and QR refreshes of 1/N
 of the blocks; the state's stacks are split along the block axis. Written by
-hand: no library has SOAP in JAX; the moments follow optax's Adam.
+hand: no library has SOAP in JAX; the moments follow optax's Adam. The registry entry is
+wrapped in `nonfinite.guard`: a step whose gradient (NaN, Inf, or so large that G G^T or G'^2
+overflows float32), update or new state (moments, factors, bases) is not finite is skipped
+whole and counted in `metrics`.
 
 References:
   Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321, 2024.
@@ -34,6 +37,7 @@ import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from optimizers import nonfinite
 from optimizers import owner
 from optimizers import partition
 from optimizers._registry import register
@@ -213,12 +217,13 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
       (the paper: 1); before it, Adam (identity basis) while the factors accumulate.
 
   Returns:
-    optax.GradientTransformation (state: chain of SoapState, weight decay, learning rate).
+    optax.GradientTransformation (state: SoapState, weight decay, learning rate and
+    `nonfinite.NonfiniteState`).
 
   References:
     Vyas et al. 2024, arXiv 2409.11321.
   """
-  return optax.chain(
+  return nonfinite.guard(
       scale_by_soap(b1=b1, b2=b2, eps=eps, shampoo_b2=shampoo_b2, nesterov=nesterov,
                     block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
                     graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,

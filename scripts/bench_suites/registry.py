@@ -24,7 +24,8 @@ from scripts import bench_common
 
 # Values for hyperparameters an entry requires (or whose default would not be a fair bench).
 REQUIRED_DEFAULTS = {"learning_rate": 1e-3}
-ENTRY_OVERRIDES = {"sam": {"inner": "adamw", "learning_rate": 1e-3}}
+ENTRY_OVERRIDES = {"sam": {"inner": "adamw", "learning_rate": 1e-3},
+                   "cautious": {"inner": "adamw", "learning_rate": 1e-3}}
 
 
 def hparams_for(name: str) -> dict:

@@ -1,0 +1,33 @@
+"""Multidimensional scaling (course notes): recover 64 points in the plane from D_ij.
+
+  python -m experiments.train --config=configs/workload_mds.py --workdir=runs/wl_mds
+
+L(W) = sum_ij (||w_i - w_j||^2 - D_ij)^2 with D the squared distances of 64 points drawn from
+N(0, I_2) (rng seed data.points_seed); W (64x2) starts from N(0, init_scale^2). Full batch
+(every row each step). Metric: relative stress L(W) / sum_ij D_ij^2 (0 at the solution, up to
+rotation, reflection and translation); target TARGET within 300 steps.
+"""
+
+import ml_collections
+
+from configs import speedrun_cpu
+
+TARGET = 1e-4
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = speedrun_cpu.get_config()
+  c.workload = "mds"
+  c.model = ml_collections.ConfigDict(dict(num_points=64, dim=2, init_scale=1.0))
+  c.data = ml_collections.ConfigDict(dict(points_seed=0))
+  c.optimizer.learning_rate = 3e-2
+  c.schedule.warmup_steps = 10
+  c.train.steps = 300
+  c.train.batch_size = 64  # = num_points: full batch, 8 rows per device on 8 devices
+  c.train.eval_every = 10
+  c.train.eval_batches = 1
+  c.train.log_every = 50
+  c.train.checkpoint_every = 100
+  c.train.target_val_loss = TARGET
+  return c

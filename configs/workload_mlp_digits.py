@@ -1,0 +1,32 @@
+"""An MLP classifier on scikit-learn's bundled 8x8 digits (the notes' Fashion-MNIST, small).
+
+  python -m experiments.train --config=configs/workload_mlp_digits.py --workdir=runs/wl_mlp
+
+64 -> 128 -> 128 -> 10 ReLU MLP, softmax cross entropy, batch 128 drawn with replacement from
+1,501 training images; 296 held out (296 = 8 x 37, rng seed data.split_seed). Metric:
+validation error rate; target TARGET within 400 steps.
+"""
+
+import ml_collections
+
+from configs import speedrun_cpu
+
+TARGET = 0.02
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = speedrun_cpu.get_config()
+  c.workload = "mlp_digits"
+  c.model = ml_collections.ConfigDict(dict(hidden=(128, 128)))
+  c.data = ml_collections.ConfigDict(dict(num_val=296, split_seed=0))
+  c.optimizer.learning_rate = 3e-3
+  c.schedule.warmup_steps = 20
+  c.train.steps = 400
+  c.train.batch_size = 128
+  c.train.eval_every = 20
+  c.train.eval_batches = 1
+  c.train.log_every = 50
+  c.train.checkpoint_every = 100
+  c.train.target_val_loss = TARGET
+  return c

@@ -1,0 +1,567 @@
+r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf scores, speedrun rule.
+
+  python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
+  python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
+
+Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
+optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
+optuna's QMCSampler) from its search space; a study is the trial that reaches the validation
+target fastest; several studies (different draws and seeds) give the spread; each workload's
+time for an optimizer is the median over studies, never reaching the target counts as infinity.
+Performance profiles: rho_o(tau) = the fraction of workloads on which o's time is within a factor
+tau of the fastest optimizer's; the benchmark score is B_o = 1/(r_max - 1) int_1^r_max rho_o.
+
+Records: one JSON line per finished run in `<records_dir>/<workload>.jsonl` (fields in
+`make_record`); `sweep` skips every (workload, optimizer, study, trial, seed) already there, so
+an interrupted sweep rerun does only what is missing.
+
+The speedrun's optimizer track (modded-nanogpt) accepts a record when the mean final loss over n
+seeds is below the target by at least c / sqrt(n); `record_rule` applies it and `welch` tests a
+claimed steps-to-target speed-up (Welch's unequal-variance t-test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+import warnings
+from typing import Any, Callable, Iterable, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+from scipy import stats
+
+INF = math.inf
+
+# Per optimizer: hyperparameter -> (low, high), drawn log-uniformly. A name `one_minus_<h>` is
+# drawn as 1 - h (momentum-like values live near 1, so their distance to 1 is log-uniform).
+# Every other hyperparameter keeps its value in the optimizer's CPU speedrun config
+# (`base_hparams`). The ranges span the speedrun's tuned values (WORKSPACE.md) by a decade or
+# more on each side, so the small workloads find theirs too.
+SEARCH_SPACES: dict[str, dict[str, tuple[float, float]]] = {
+    "adamw": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
+    "adamw_8bit": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
+    "muon": {"learning_rate": (1e-3, 1e-1), "adam_learning_rate": (1e-4, 1e-1)},
+    "shampoo": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
+    "soap": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
+    "sgd": {"learning_rate": (1e-3, 3.0), "one_minus_momentum": (1e-2, 0.3)},
+}
+
+# Where each optimizer's fixed hyperparameters come from (a config's `optimizer` block).
+BASE_CONFIGS = {"adamw": "speedrun_cpu", "adamw_8bit": "speedrun_cpu_adamw_8bit",
+                "muon": "speedrun_cpu_muon", "shampoo": "speedrun_cpu_shampoo",
+                "soap": "speedrun_cpu_soap", "sgd": "speedrun_cpu_sgd"}
+
+KEY_FIELDS = ("workload", "optimizer", "study", "trial", "seed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Search spaces and trials.
+
+def base_hparams(optimizer: str) -> dict:
+  """The optimizer's hyperparameters in its CPU speedrun config (name included)."""
+  if optimizer not in BASE_CONFIGS:
+    raise ValueError(f"No base config for {optimizer!r}; known: {', '.join(sorted(BASE_CONFIGS))}")
+  config = importlib.import_module(f"configs.{BASE_CONFIGS[optimizer]}").get_config()
+  return config.optimizer.to_dict()
+
+
+def draw_trials(optimizer: str, num_trials: int, study: int) -> list[dict]:
+  """`num_trials` points of the optimizer's search space, scrambled Sobol with seed `study`.
+
+  Returns the drawn hyperparameters in optax's names (`one_minus_b2` becomes `b2`), a pure
+  function of its arguments, so a rerun draws the same trials.
+  """
+  import optuna  # pylint: disable=g-import-not-at-top
+  space = SEARCH_SPACES[optimizer]
+  dists = {k: optuna.distributions.FloatDistribution(lo, hi, log=True)
+           for k, (lo, hi) in space.items()}
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  with warnings.catch_warnings():
+    # QMCSampler is marked experimental (optuna 5.0); Sobol warns when n is not a power of 2.
+    warnings.simplefilter("ignore")
+    sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=study)
+    opt_study = optuna.create_study(sampler=sampler)
+    # optuna draws a study's first trial with its independent (random) sampler; the Sobol
+    # points start at the second, so the first is drawn and dropped.
+    drawn = [opt_study.ask(dists).params for _ in range(num_trials + 1)][1:]
+  out = []
+  for params in drawn:
+    hp = {}
+    for k in space:  # the table's order, not optuna's
+      v = float(params[k])
+      if k.startswith("one_minus_"):
+        hp[k[len("one_minus_"):]] = 1.0 - v
+      else:
+        hp[k] = v
+    out.append(hp)
+  return out
+
+
+def run_seed(study: int, trial: int) -> int:
+  """Every (study, trial) trains with its own seed, the same for every optimizer."""
+  return 1000 * study + trial
+
+
+# ---------------------------------------------------------------------------------------------
+# Records.
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training run of a sweep: what `run_fn` must train."""
+  workload: str
+  optimizer: str
+  hparams: dict  # the drawn values only; the run adds `base_hparams(optimizer)` underneath
+  study: int | str
+  trial: int
+  seed: int
+
+  def key(self) -> tuple:
+    return (self.workload, self.optimizer, self.study, self.trial, self.seed)
+
+
+def record_key(record: dict) -> tuple:
+  return tuple(record[k] for k in KEY_FIELDS)
+
+
+def provenance() -> dict:
+  """Git SHA, library versions and device, for every record."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                         text=True, timeout=10).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    sha = None
+  versions = {"python": platform.python_version()}
+  for pkg in ("jax", "jaxlib", "optax", "flax", "numpy", "scikit-learn", "optuna"):
+    try:
+      versions[pkg] = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+      versions[pkg] = None
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor()})"
+  except Exception:  # pylint: disable=broad-except
+    device = platform.processor() or platform.machine()
+  return {"git_sha": sha, "versions": versions, "device": device}
+
+
+def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
+  """The JSON line of a finished run. `result` (from the trainer) must hold:
+
+  target, metric (name), step_budget, steps_to_target (None if never reached),
+  time_to_target_s (training seconds to that eval, None if never reached), final_metric, and
+  curve: [[step, seconds, metric], ...] of every evaluation.
+  """
+  needed = ("target", "metric", "step_budget", "steps_to_target", "time_to_target_s",
+            "final_metric", "curve")
+  missing = [k for k in needed if k not in result]
+  if missing:
+    raise ValueError(f"run result lacks {missing}")
+  record = {"workload": spec.workload, "optimizer": spec.optimizer, "hparams": spec.hparams,
+            "seed": spec.seed, "study": spec.study, "trial": spec.trial}
+  record.update({k: result[k] for k in needed})
+  record.update(prov or provenance())
+  record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+  return record
+
+
+def read_records(records_dir: str) -> list[dict]:
+  """Every record in `<records_dir>/*.jsonl`; a half-written last line (a killed run) is dropped."""
+  out = []
+  if not os.path.isdir(records_dir):
+    return out
+  for name in sorted(os.listdir(records_dir)):
+    if not name.endswith(".jsonl"):
+      continue
+    with open(os.path.join(records_dir, name)) as f:
+      lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        if i != len(lines) - 1:  # only the unterminated last line may be partial
+          raise
+  return out
+
+
+def append_record(records_dir: str, record: dict) -> None:
+  """Appends one line to `<records_dir>/<workload>.jsonl`, first cutting a partial last line."""
+  os.makedirs(records_dir, exist_ok=True)
+  path = os.path.join(records_dir, f"{record['workload']}.jsonl")
+  if os.path.exists(path):
+    with open(path, "rb+") as f:
+      data = f.read()
+      if data and not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
+  with open(path, "a") as f:
+    f.write(json.dumps(record, default=float) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def plan(workload: str, optimizers: Sequence[str], num_trials: int,
+         studies: Iterable[int]) -> list[RunSpec]:
+  """Every run of a sweep: each study draws `num_trials` trials for every optimizer."""
+  specs = []
+  for study in studies:
+    for opt in optimizers:
+      for trial, hp in enumerate(draw_trials(opt, num_trials, study)):
+        specs.append(RunSpec(workload, opt, hp, study, trial, run_seed(study, trial)))
+  return specs
+
+
+def sweep(specs: Sequence[RunSpec], records_dir: str,
+          run_fn: Callable[[RunSpec], dict]) -> list[dict]:
+  """Runs every spec not yet recorded and appends its record; returns the new records."""
+  done = {record_key(r) for r in read_records(records_dir)}
+  prov = provenance()
+  new = []
+  for spec in specs:
+    if spec.key() in done:
+      continue
+    record = make_record(spec, run_fn(spec), prov)
+    append_record(records_dir, record)
+    done.add(spec.key())
+    new.append(record)
+  return new
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a sweep through the one trainer.
+
+# Workload -> config (path[:variant]), relative to the repository root.
+WORKLOAD_CONFIGS = {
+    "speedrun": "configs/workload_speedrun.py:short",
+    "gpt_deep": "configs/workload_gpt_deep.py",
+    "mds": "configs/workload_mds.py",
+    "logreg": "configs/workload_logreg.py",
+    "mlp_digits": "configs/workload_mlp_digits.py",
+}
+QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_config(spec: RunSpec):
+  """The trainer config of one sweep run.
+
+  The workload's config (model, data, step budget, target, warmup + schedule) with the
+  optimizer's base hyperparameters overlaid by the drawn ones. From the optimizer's base config
+  also come the pieces of its recipe outside `optimizer`: a constant schedule (Schedule-Free
+  brings its own warmup) and gradient clipping (SGD). Learning rates are used as drawn (no batch
+  scaling rule), and the run stops at the target: time-to-target is what is scored.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import configs_util  # pylint: disable=g-import-not-at-top
+  cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[spec.workload]))
+  base = importlib.import_module(f"configs.{BASE_CONFIGS[spec.optimizer]}").get_config()
+  cfg.optimizer = ml_collections.ConfigDict(dict(base.optimizer.to_dict(), **spec.hparams))
+  if base.schedule.name == "constant":
+    cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
+  cfg.train.grad_clip_norm = base.train.get("grad_clip_norm")
+  cfg.schedule.base_batch_size = None
+  cfg.seed = spec.seed
+  cfg.train.stop_at_target = True
+  cfg.train.checkpoint_every = int(cfg.train.steps)
+  cfg.train.keep_checkpoints = 1
+  cfg.train.stall_warning_s = 0.0
+  return cfg
+
+
+def train_run(spec: RunSpec, runs_dir: str) -> dict:
+  """Trains `spec` with the trainer (in this process) and returns `make_record`'s result."""
+  from experiments import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from experiments import trainer  # pylint: disable=g-import-not-at-top
+  cfg = run_config(spec)
+  workdir = os.path.join(runs_dir, spec.workload, spec.optimizer,
+                         f"study{spec.study}_trial{spec.trial}")
+  try:
+    summary = trainer.train_and_evaluate(cfg, workdir)
+    diverged = False
+  except trainer.TrainingDivergedError as e:
+    summary, diverged = None, True
+    print(f"{spec.workload}/{spec.optimizer} study {spec.study} trial {spec.trial}: {e}")
+  rows = metrics_lib.read_metrics(workdir)
+  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  metric = summary["metric"] if summary else _metric_name(rows)
+  curve = [[r["step"], r.get("train_time_s"), r[metric]] for r in rows
+           if isinstance(r.get(metric), float)]
+  del workloads
+  return {"target": cfg.train.target_val_loss, "metric": metric,
+          "step_budget": int(cfg.train.steps),
+          "steps_to_target": None if diverged else summary["steps_to_target"],
+          "time_to_target_s": None if diverged else summary["time_to_target_s"],
+          "final_metric": None if diverged else summary["val_loss"],
+          "diverged": diverged, "curve": curve}
+
+
+def _metric_name(rows: list[dict]) -> str:
+  for r in rows:
+    for k in r:
+      if k in ("val_loss", "val_error", "relative_stress", "suboptimality"):
+        return k
+  return "val_loss"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores.
+
+def _value(record: dict, field: str) -> float:
+  v = record.get(field)
+  return INF if v is None else float(v)
+
+
+def study_results(records: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
+  """(workload, optimizer) -> per study (integer studies only) the best trial by time-to-target.
+
+  Ties (e.g. every trial failed) go to the fewer steps, then the lower final metric.
+  """
+  groups: dict[tuple, list[dict]] = {}
+  for r in records:
+    if isinstance(r["study"], int):
+      groups.setdefault((r["workload"], r["optimizer"], r["study"]), []).append(r)
+  out: dict[tuple[str, str], list[dict]] = {}
+  for (w, o, _), rs in sorted(groups.items()):
+    best = min(rs, key=lambda r: (_value(r, "time_to_target_s"), _value(r, "steps_to_target"),
+                                  _value(r, "final_metric")))
+    out.setdefault((w, o), []).append(best)
+  return out
+
+
+def median_over_studies(records: Sequence[dict], field: str) -> dict[str, dict[str, float]]:
+  """workload -> optimizer -> median over studies of the best trial's `field` (inf: never)."""
+  out: dict[str, dict[str, float]] = {}
+  for (w, o), bests in study_results(records).items():
+    out.setdefault(w, {})[o] = float(np.median([_value(r, field) for r in bests]))
+  return out
+
+
+def performance_ratios(times: dict[str, dict[str, float]],
+                       optimizers: Sequence[str]) -> dict[str, dict[str, float]]:
+  """optimizer -> workload -> time / the fastest optimizer's time; inf when it never reached
+  the target, or when nobody did. An optimizer without runs on a workload counts as never."""
+  ratios: dict[str, dict[str, float]] = {o: {} for o in optimizers}
+  for w, per_opt in times.items():
+    best = min(per_opt.get(o, INF) for o in optimizers)
+    for o in optimizers:
+      t = per_opt.get(o, INF)
+      ratios[o][w] = t / best if math.isfinite(t) and math.isfinite(best) else INF
+  return ratios
+
+
+def profile(ratios_w: dict[str, float], taus: np.ndarray) -> np.ndarray:
+  """rho(tau): the fraction of workloads whose ratio is <= tau."""
+  r = np.array(list(ratios_w.values()), dtype=np.float64)
+  return np.mean(r[None, :] <= np.asarray(taus, np.float64)[:, None], axis=1)
+
+
+def benchmark_score(ratios_w: dict[str, float], r_max: float = 4.0) -> float:
+  """B = 1/(r_max - 1) int_1^r_max rho(tau) dtau, exactly: rho is a step function, and a
+  workload with ratio r (>= 1) adds (r_max - r) / (r_max - 1) when r <= r_max, else 0."""
+  r = np.array(list(ratios_w.values()), dtype=np.float64)
+  return float(np.mean(np.where(r <= r_max, (r_max - r) / (r_max - 1.0), 0.0)))
+
+
+def scores(records: Sequence[dict], r_max: float = 4.0,
+           field: str = "time_to_target_s") -> dict[str, float]:
+  optimizers = sorted({r["optimizer"] for r in records})
+  ratios = performance_ratios(median_over_studies(records, field), optimizers)
+  return {o: benchmark_score(ratios[o], r_max) for o in optimizers}
+
+
+# ---------------------------------------------------------------------------------------------
+# The speedrun's rules.
+
+def record_rule(final_losses: Sequence[float], target: float, c: float | None = None,
+                alpha: float = 0.01) -> dict:
+  """Accept a record when mean(final_losses) <= target - c / sqrt(n).
+
+  c = None estimates it as z_(1 - alpha) times the losses' sample standard deviation, which
+  makes the rule a one-sided z-test of "the mean is below the target" at level alpha.
+  """
+  x = np.asarray(final_losses, np.float64)
+  n = len(x)
+  if c is None:
+    if n < 2:
+      return {"n": n, "mean": float(x.mean()) if n else None, "holds": None,
+              "why": "c is estimated from the seeds' spread: needs at least 2 seeds"}
+    c = float(stats.norm.ppf(1 - alpha) * x.std(ddof=1))
+  margin = c / math.sqrt(n)
+  mean = float(x.mean())
+  return {"n": n, "mean": mean, "c": c, "needed_below": target - margin,
+          "holds": bool(mean <= target - margin)}
+
+
+def welch(steps_a: Sequence[float], steps_b: Sequence[float], alpha: float = 0.01) -> dict:
+  """Welch's t-test of "a needs fewer steps than b" (one-sided); never reached is untestable."""
+  a, b = np.asarray(steps_a, np.float64), np.asarray(steps_b, np.float64)
+  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    return {"holds": None, "why": "a run never reached the target"}
+  if len(a) < 2 or len(b) < 2:
+    return {"holds": None, "why": "needs at least 2 seeds each"}
+  t, p = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+  return {"t": float(t), "p": float(p), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
+          "holds": bool(p < alpha)}
+
+
+def claim_runs(records: Sequence[dict], workload: str, optimizer: str) -> list[dict]:
+  """The optimizer's runs at one setting over several seeds: the hyperparameters run on the
+  most seeds (ties: lower mean final metric)."""
+  groups: dict[str, list[dict]] = {}
+  for r in records:
+    if r["workload"] == workload and r["optimizer"] == optimizer:
+      groups.setdefault(json.dumps(r["hparams"], sort_keys=True), []).append(r)
+  if not groups:
+    return []
+  return min(groups.values(), key=lambda rs: (-len(rs), np.mean([_value(r, "final_metric")
+                                                                   for r in rs])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+def _fmt(x: float, field: str) -> str:
+  if not math.isfinite(x):
+    return "never"
+  return f"{x:.0f}" if field == "steps_to_target" else f"{x:.1f}"
+
+
+def table(records: Sequence[dict], field: str) -> str:
+  """Markdown: workload rows, optimizer columns, `median [min, max] (n studies)`."""
+  results = study_results(records)
+  workloads = sorted({w for w, _ in results})
+  optimizers = sorted({o for _, o in results})
+  lines = ["| workload | " + " | ".join(optimizers) + " |", "|---" * (len(optimizers) + 1) + "|"]
+  for w in workloads:
+    cells = []
+    for o in optimizers:
+      vals = [_value(r, field) for r in results.get((w, o), [])]
+      if not vals:
+        cells.append("-")
+        continue
+      cells.append(f"{_fmt(float(np.median(vals)), field)} [{_fmt(min(vals), field)}, "
+                   f"{_fmt(max(vals), field)}] ({len(vals)})")
+    lines.append(f"| {w} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def report(records: Sequence[dict], r_max: float, speedrun_workload: str, record_c: float | None,
+           alpha: float, baseline: str, field: str = "time_to_target_s") -> str:
+  out = ["## Steps to target: median [min, max] over studies (best trial of each)",
+         table(records, "steps_to_target"), "",
+         "## Time to target (s): median [min, max] over studies (best trial of each)",
+         table(records, "time_to_target_s"), ""]
+  optimizers = sorted({r["optimizer"] for r in records})
+  ratios = performance_ratios(median_over_studies(records, field), optimizers)
+  taus = np.array([1.0, 1.25, 1.5, 2.0, 3.0, r_max])
+  out += [f"## Performance profiles rho(tau) (by {field}) and score (r_max = {r_max:g})",
+          "| optimizer | " + " | ".join(f"tau={t:g}" for t in taus) + " | score |",
+          "|---" * (len(taus) + 2) + "|"]
+  for o in optimizers:
+    rho = profile(ratios[o], taus)
+    out.append(f"| {o} | " + " | ".join(f"{v:.2f}" for v in rho) +
+               f" | {benchmark_score(ratios[o], r_max):.4f} |")
+  speedrun = [r for r in records if r["workload"] == speedrun_workload]
+  if speedrun:
+    out += ["", f"## Speedrun rules ({speedrun_workload})"]
+    claims = {o: claim_runs(speedrun, speedrun_workload, o) for o in optimizers}
+    for o, rs in claims.items():
+      if not rs:
+        continue
+      rule = record_rule([_value(r, "final_metric") for r in rs], rs[0]["target"], record_c,
+                         alpha)
+      if rule["holds"] is None:
+        out.append(f"- {o}: record rule untestable: {rule['why']}")
+      else:
+        out.append(f"- {o}: mean final {rule['mean']:.4f} over {rule['n']} seeds, needs <= "
+                   f"{rule['needed_below']:.4f} (target {rs[0]['target']} - c/sqrt(n), "
+                   f"c = {rule['c']:.4f}): record {'HOLDS' if rule['holds'] else 'does not hold'}")
+    if claims.get(baseline):
+      base_steps = [_value(r, "steps_to_target") for r in claims[baseline]]
+      for o, rs in claims.items():
+        if o == baseline or not rs:
+          continue
+        t = welch([_value(r, "steps_to_target") for r in rs], base_steps, alpha)
+        if t["holds"] is None:
+          out.append(f"- {o} fewer steps than {baseline}: untestable: {t['why']}")
+        else:
+          out.append(f"- {o} fewer steps than {baseline}: {t['mean_a']:.0f} vs {t['mean_b']:.0f}, "
+                     f"Welch t = {t['t']:.2f}, one-sided p = {t['p']:.3g}: claim "
+                     f"{'HOLDS' if t['holds'] else 'does not hold'} at alpha = {alpha:g}")
+  out.append(json.dumps({o: round(benchmark_score(ratios[o], r_max), 6) for o in optimizers}))
+  return "\n".join(out)
+
+
+_R_MAX = flags.DEFINE_float("r_max", 4.0, "Upper limit of the performance-profile integral.")
+_BY = flags.DEFINE_enum("score_by", "time_to_target_s", ["time_to_target_s", "steps_to_target"],
+                        "What the performance profiles compare.")
+_SPEEDRUN = flags.DEFINE_string("speedrun_workload", "speedrun",
+                                "Workload whose claims get the speedrun's rules.")
+_RECORD_C = flags.DEFINE_float("record_c", None, "c of the record rule; default: z_(1-alpha) x "
+                               "the sample std of the claimant's final losses.")
+_ALPHA = flags.DEFINE_float("alpha", 0.01, "Significance level of the record rule and t-test.")
+_BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the t-tests compare against.")
+
+
+_WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOAD_CONFIGS), "sweep: workloads to run.")
+_OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
+                                               "sgd"], "sweep: optimizers to compare.")
+_TRIALS = flags.DEFINE_integer("trials", 3, "sweep: trials per optimizer and study (the same "
+                               "for every optimizer).")
+_STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds).")
+_QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(QUICK_WORKLOADS)}, 2 trials, "
+                           "1 study (minutes, for checking the pipeline).")
+_RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
+
+
+def main(argv):
+  usage = ("usage: python -m experiments.compare score RECORDS_DIR\n"
+           "       python -m experiments.compare sweep RECORDS_DIR [--quick] [--workloads=...] "
+           "[--optimizers=...] [--trials=N] [--studies=K]")
+  if len(argv) != 3 or argv[1] not in ("score", "sweep"):
+    raise app.UsageError(usage)
+  records_dir = argv[2]
+  if argv[1] == "sweep":
+    workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
+    trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
+    unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
+    unknown += [o for o in _OPTIMIZERS.value if o not in SEARCH_SPACES]
+    if unknown:
+      raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
+                           f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+    specs = [sp for w in workloads_ for sp in plan(w, _OPTIMIZERS.value, trials, range(studies))]
+    t0 = time.time()
+    done = {record_key(r) for r in read_records(records_dir)}
+    todo = [sp for sp in specs if sp.key() not in done]
+    print(f"{len(specs)} runs planned, {len(specs) - len(todo)} already recorded")
+
+    def run_fn(spec, _count=[0]):  # pylint: disable=dangerous-default-value
+      _count[0] += 1
+      elapsed = time.time() - t0
+      eta = elapsed / max(_count[0] - 1, 1) * (len(todo) - _count[0] + 1) if _count[0] > 1 else 0
+      print(f"[{_count[0]}/{len(todo)}] {spec.workload} {spec.optimizer} study {spec.study} "
+            f"trial {spec.trial} {spec.hparams} (elapsed {elapsed / 60:.1f} min, ETA "
+            f"{eta / 60:.1f} min)", flush=True)
+      return train_run(spec, _RUNS.value)
+
+    sweep(specs, records_dir, run_fn)
+    print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
+  records = read_records(records_dir)
+  if not records:
+    raise app.UsageError(f"no records in {records_dir}")
+  print(report(records, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
+               _BASELINE.value, _BY.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

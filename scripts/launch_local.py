@@ -1,0 +1,120 @@
+r"""Runs N processes of a JAX program on this machine, as a multi-host cluster would.
+
+  python -m scripts.launch_local --num_processes=2 --devices_per_process=4 -- \
+      --config=configs/speedrun_cpu.py --workdir=runs/two_procs
+
+Each process gets M fake CPU devices (`--xla_force_host_platform_device_count=M`) and the flags
+`--config.distributed.coordinator_address=127.0.0.1:PORT --config.distributed.num_processes=N
+--config.distributed.process_id=i` after the user's arguments; `experiments.distributed`
+starts `jax.distributed` with CPU collectives (gloo) from them. Output lines are prefixed with
+`[i]`. SIGTERM and SIGINT are forwarded to every process. When a process fails the others get
+`--grace_s` seconds, then SIGTERM. Exit status: the worst process's (128+N for signal N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def child_env(devices_per_process: int) -> dict:
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(flags + [
+      f"--xla_force_host_platform_device_count={devices_per_process}"])
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def exit_status(returncode: int) -> int:
+  """Popen's -N (killed by signal N) as the shell's 128+N."""
+  return 128 - returncode if returncode < 0 else returncode
+
+
+def _pump(index: int, stream, lock: threading.Lock) -> None:
+  for line in iter(stream.readline, b""):
+    with lock:
+      sys.stdout.write(f"[{index}] {line.decode(errors='replace')}")
+      sys.stdout.flush()
+  stream.close()
+
+
+def launch(num_processes: int, devices_per_process: int, module: str, args: list[str],
+           grace_s: float = 30.0) -> int:
+  """Starts the processes, streams their output, returns the worst exit status."""
+  address = f"127.0.0.1:{free_port()}"
+  env = child_env(devices_per_process)
+  procs = []
+  for i in range(num_processes):
+    cmd = [sys.executable, "-m", module, *args,
+           f"--config.distributed.coordinator_address={address}",
+           f"--config.distributed.num_processes={num_processes}",
+           f"--config.distributed.process_id={i}"]
+    # Own session: a Ctrl-C in the terminal reaches the children once, through us.
+    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=env, start_new_session=True))
+
+  def forward(signum, frame):
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  lock = threading.Lock()
+  pumps = [threading.Thread(target=_pump, args=(i, p.stdout, lock), daemon=True)
+           for i, p in enumerate(procs)]
+  for t in pumps:
+    t.start()
+  try:
+    failed_at = None
+    while any(p.poll() is None for p in procs):
+      if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+        failed_at = time.monotonic()
+      if failed_at is not None and time.monotonic() - failed_at > grace_s:
+        # The survivors may wait forever in a collective with the dead process.
+        forward(signal.SIGTERM, None)
+        failed_at = float("inf")
+      time.sleep(0.05)
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+  for t in pumps:
+    t.join()
+  return max(exit_status(p.returncode) for p in procs)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False)
+  parser.add_argument("--num_processes", type=int, default=2)
+  parser.add_argument("--devices_per_process", type=int, default=4)
+  parser.add_argument("--module", default="experiments.train",
+                      help="Python module each process runs with `python -m`.")
+  parser.add_argument("--grace_s", type=float, default=30.0,
+                      help="Seconds the others may run on after one process fails.")
+  ours, rest = parser.parse_known_args(argv)
+  if rest and rest[0] == "--":
+    rest = rest[1:]
+  if ours.num_processes < 1 or ours.devices_per_process < 1:
+    parser.error("--num_processes and --devices_per_process must be >= 1")
+  return launch(ours.num_processes, ours.devices_per_process, ours.module, rest, ours.grace_s)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

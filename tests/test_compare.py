@@ -1,0 +1,168 @@
+"""experiments/compare.py: scores on hand-made records, resumable sweeps, trials, speedrun rules."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import compare
+
+INF = math.inf
+
+
+def _rec(workload, optimizer, study, trial, time_s, steps=None, final=1.0, seed=None):
+  """A record as the trainer would write it; time_s=inf: never reached the target."""
+  reached = math.isfinite(time_s)
+  return {"workload": workload, "optimizer": optimizer, "hparams": {"learning_rate": 0.1 * trial},
+          "seed": trial if seed is None else seed, "study": study, "trial": trial,
+          "target": 0.5, "metric": "val_loss", "step_budget": 100,
+          "steps_to_target": (steps if steps is not None else time_s) if reached else None,
+          "time_to_target_s": time_s if reached else None, "final_metric": final,
+          "curve": [[100, 1.0, final]], "git_sha": "x", "versions": {}, "device": "cpu"}
+
+
+def _hand_records():
+  """Three workloads, optimizers a and b, three studies.
+
+  w1: a's studies' best trials 10, 30, never -> median 30; b's 15, 60, 45 -> median 45.
+      Ratios: a 1, b 1.5.
+  w2: a 100 in every study, b 20 -> ratios a 5 (beyond r_max = 4), b 1.
+  w3: every run of both fails -> ratios inf for both.
+  """
+  r = []
+  for study, (a_trials, b_trials) in enumerate([([10, 20], [15, INF]), ([30, INF], [60, 70]),
+                                                ([INF, INF], [45, 50])]):
+    r += [_rec("w1", "a", study, t, v, steps=10 * v if math.isfinite(v) else None)
+          for t, v in enumerate(a_trials)]
+    r += [_rec("w1", "b", study, t, v, steps=10 * v if math.isfinite(v) else None)
+          for t, v in enumerate(b_trials)]
+    r += [_rec("w2", "a", study, 0, 100.0), _rec("w2", "b", study, 0, 20.0)]
+    r += [_rec("w3", o, study, t, INF) for o in "ab" for t in range(2)]
+  return r
+
+
+def test_median_of_best_trials_with_never_reached():
+  med = compare.median_over_studies(_hand_records(), "time_to_target_s")
+  assert med["w1"] == {"a": 30.0, "b": 45.0}
+  assert med["w2"] == {"a": 100.0, "b": 20.0}
+  assert med["w3"] == {"a": INF, "b": INF}
+  steps = compare.median_over_studies(_hand_records(), "steps_to_target")
+  assert steps["w1"] == {"a": 300.0, "b": 450.0}
+
+
+def test_performance_ratios_and_score_by_hand():
+  records = _hand_records()
+  ratios = compare.performance_ratios(compare.median_over_studies(records, "time_to_target_s"),
+                                      ["a", "b"])
+  assert ratios == {"a": {"w1": 1.0, "w2": 5.0, "w3": INF}, "b": {"w1": 1.5, "w2": 1.0, "w3": INF}}
+  # B = 1/(4 - 1) * int_1^4 rho: a workload with ratio r <= 4 adds (4 - r) / 3 / #workloads.
+  expected = {"a": (3 / 3 + 0 + 0) / 3, "b": (2.5 / 3 + 3 / 3 + 0) / 3}
+  got = compare.scores(records, r_max=4.0)
+  assert got == pytest.approx(expected, abs=1e-12)
+  # The same integral numerically, from rho on a fine grid (midpoint rule).
+  taus = np.linspace(1, 4, 300001)
+  mids = (taus[1:] + taus[:-1]) / 2
+  for o in "ab":
+    rho = compare.profile(ratios[o], mids)
+    assert np.sum(rho * np.diff(taus)) / 3 == pytest.approx(expected[o], abs=1e-5)
+  np.testing.assert_allclose(compare.profile(ratios["b"], [1.0, 1.49, 1.5, 10.0]),
+                             [1 / 3, 1 / 3, 2 / 3, 2 / 3])
+
+
+def test_missing_optimizer_counts_as_never_reached():
+  records = [_rec("w1", "a", 0, 0, 10.0), _rec("w2", "a", 0, 0, 10.0),
+             _rec("w2", "b", 0, 0, 20.0)]
+  # b has no run on w1: inf there; on w2 ratio 2 -> (4 - 2) / 3 / 2 workloads.
+  assert compare.scores(records) == pytest.approx({"a": 1.0, "b": (2 / 3) / 2})
+
+
+def test_score_command_prints_tables_and_json_last(tmp_path):
+  for r in _hand_records():
+    compare.append_record(str(tmp_path), r)
+  out = subprocess.run([sys.executable, "-m", "experiments.compare", "score", str(tmp_path)],
+                       capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+  lines = out.strip().split("\n")
+  assert json.loads(lines[-1]) == pytest.approx({"a": 1 / 3, "b": 5.5 / 9}, abs=1e-6)
+  assert "| w1 | 300 [100, never] (3) | 450 [150, 600] (3) |" in out
+  assert "| w3 | never [never, never] (3) | never [never, never] (3) |" in out
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _fake_result(spec):
+  steps = 10 + spec.trial
+  return {"target": 0.5, "metric": "val_loss", "step_budget": 100, "steps_to_target": steps,
+          "time_to_target_s": steps / 10, "final_metric": 0.4, "curve": [[steps, 1.0, 0.4]]}
+
+
+def test_interrupted_sweep_rerun_skips_recorded_runs(tmp_path):
+  records_dir = str(tmp_path / "records")
+  specs = compare.plan("mds", ["adamw", "sgd"], num_trials=3, studies=[0, 1])
+  assert len(specs) == 12 and len({s.key() for s in specs}) == 12
+  calls = []
+
+  def interrupted(spec):
+    if len(calls) == 5:
+      raise _Interrupt()
+    calls.append(spec.key())
+    return _fake_result(spec)
+
+  with pytest.raises(_Interrupt):
+    compare.sweep(specs, records_dir, interrupted)
+  assert len(compare.read_records(records_dir)) == 5
+  # A run killed while writing its line leaves a partial last line behind.
+  with open(os.path.join(records_dir, "mds.jsonl"), "a") as f:
+    f.write('{"workload": "mds", "optimizer": "sg')
+  rerun = []
+  new = compare.sweep(specs, records_dir, lambda s: rerun.append(s.key()) or _fake_result(s))
+  assert rerun == [s.key() for s in specs[5:]] and len(new) == 7
+  records = compare.read_records(records_dir)
+  assert sorted(compare.record_key(r) for r in records) == sorted(s.key() for s in specs)
+  # A third run finds nothing to do.
+  assert compare.sweep(specs, records_dir, lambda s: pytest.fail("ran again")) == []
+
+
+def test_draw_trials_deterministic_in_range_and_per_study():
+  a = compare.draw_trials("adamw", 8, study=0)
+  assert a == compare.draw_trials("adamw", 8, study=0)
+  assert a != compare.draw_trials("adamw", 8, study=1)
+  lrs = [t["learning_rate"] for t in a]
+  assert all(1e-4 <= v <= 1e-1 for v in lrs) and all(0.9 <= t["b2"] <= 0.999 for t in a)
+  assert len(set(lrs)) == 8
+  # Quasi-random: 8 Sobol points put one in each eighth of the log-lr range.
+  bins = np.floor((np.log10(lrs) + 4) / 3 * 8).astype(int)
+  assert sorted(bins) == list(range(8))
+  for opt in compare.SEARCH_SPACES:
+    (trial,) = compare.draw_trials(opt, 1, study=0)
+    assert set(trial) <= set(compare.base_hparams(opt)), opt
+
+
+def test_record_rule_by_hand():
+  losses = [3.27, 3.275, 3.265]  # mean 3.27
+  ok = compare.record_rule(losses, 3.28, c=0.01)  # needs <= 3.28 - 0.01 / sqrt(3) = 3.27423
+  assert ok["holds"] and ok["needed_below"] == pytest.approx(3.28 - 0.01 / math.sqrt(3))
+  assert not compare.record_rule(losses, 3.28, c=0.02)["holds"]  # needs <= 3.26845
+  # Estimated c: z_0.99 * std = 2.3263 * 0.005 = 0.011632 -> needs <= 3.27328.
+  est = compare.record_rule(losses, 3.28, alpha=0.01)
+  assert est["c"] == pytest.approx(2.326348 * 0.005, rel=1e-5) and est["holds"]
+  assert compare.record_rule([3.27], 3.28)["holds"] is None
+
+
+def test_welch_by_hand():
+  a, b = [400.0, 410.0, 420.0], [500.0, 540.0, 520.0]
+  va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 3
+  t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)  # (410 - 520) / sqrt(100/3 + 400/3)
+  df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)  # Welch–Satterthwaite
+  from scipy import stats
+  res = compare.welch(a, b, alpha=0.01)
+  assert res["t"] == pytest.approx(t) and res["p"] == pytest.approx(stats.t.cdf(t, df))
+  assert res["holds"] is bool(stats.t.cdf(t, df) < 0.01)
+  assert compare.welch([400.0, INF], b)["holds"] is None
+  assert not compare.welch(b, a)["holds"]
