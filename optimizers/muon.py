@@ -5,6 +5,19 @@ Registry entries:
               optional Gram iteration for rectangular matrices, safe default routing).
   optax_muon  `optax.contrib.muon` behind the same routing and hyperparameter names, for
               comparisons "given the same tuning and routing".
+
+Sharded (owner-based, `muon` only): Newton–Schulz needs whole matrices. The Muon leaves' matrices
+are stacked by shape (`newton_schulz.orthogonalize_many`); on the mesh in context
+(`jax.set_mesh`, see optimizers/owner.py) each stack is padded to a multiple of the N devices
+and resharded so each device owns B/N whole matrices (an all-to-all from the fsdp layout),
+iterated locally, and sent back (the inverse all-to-all). The state (the momentum) stays
+params-shaped and sharded like the parameters. Bytes per device per step, with P the Muon
+parameter count (padding included) in float32 and fsdp = N: about 2 x 4 P (N - 1) / N^2 (each
+device keeps the 1/N of its slice it owns, sends the rest out and back), against 4 P (N - 1) / N
+for an all-gather that has every device redo every matrix. On a (data D, fsdp F) mesh the
+momentum is replicated over data, so reaching the D F owners is a local slice; on the way back
+each device receives the part of its P / F slice that other owners computed, about
+4 P (D F - 1) / (D F^2) bytes. Each device does 1/(D F) of the FLOPs.
 """
 
 from __future__ import annotations

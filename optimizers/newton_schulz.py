@@ -41,11 +41,14 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optimizers import owner
 
 Triple = tuple[float, float, float]
 
@@ -221,8 +224,9 @@ def orthogonalize_many(xs: Sequence[jax.Array], *, gram_min_aspect: float | None
   for (small, big, _), idx in groups.items():
     wide = [xs[i] if xs[i].shape[1] == small else jnp.swapaxes(xs[i], 1, 2) for i in idx]
     use_gram = gram_min_aspect is not None and big >= gram_min_aspect * small
-    y = orthogonalize(jnp.concatenate(wide) if len(wide) > 1 else wide[0], gram=use_gram,
-                      **kwargs)
+    # On a mesh (in context) each device orthogonalizes the matrices it owns (owner.py).
+    y = owner.apply_on_owners(functools.partial(orthogonalize, gram=use_gram, **kwargs),
+                              jnp.concatenate(wide) if len(wide) > 1 else wide[0])
     start = 0
     for i, w in zip(idx, wide):
       part = y[start:start + w.shape[0]]

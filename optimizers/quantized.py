@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from optimizers import nonfinite
+from optimizers import partition
 from optimizers._registry import register
 
 
@@ -59,6 +61,21 @@ class QuantizedArray(NamedTuple):
   """A float array as 8-bit code indices plus one float32 absmax per block (a pytree)."""
   codes: jax.Array  # uint8, (size,): index into the code table, element by element
   scales: jax.Array  # float32, (ceil(size / block_size),): absmax of each block
+
+
+@partition.register(QuantizedArray)
+def _partition_specs(q: QuantizedArray, path: tuple, ctx: partition.Context) -> QuantizedArray:
+  """Codes and scales split along their flat axis where the parameter is split at all.
+
+  A parameter split along its leading axis (the sharding rule's first choice) is a set of
+  contiguous row-major chunks; when each chunk is whole blocks, the flat codes and scales split
+  the same way, so dequantizing moves no data and each device holds ~2/N bytes per parameter.
+  """
+  found = ctx.param_of(path)
+  split = (found is not None and found[1] != P() and ctx.size > 1
+           and q.codes.shape[0] % ctx.size == 0 and q.scales.shape[0] % ctx.size == 0)
+  spec = P(ctx.axis) if split else P()
+  return QuantizedArray(codes=spec, scales=spec)
 
 
 def _blocks(flat: jax.Array, block_size: int) -> jax.Array:

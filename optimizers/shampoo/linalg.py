@@ -12,6 +12,9 @@ into one batch, smaller matrices padded to the largest size with a diagonal that
 block-diagonal, which Householder-based QR and eigh preserve exactly (zero columns below the
 diagonal give identity reflectors), and the results are cropped back.
 
+The CPU backend only pays for this (padding every factor to the largest): on other backends
+each stack gets its own call.
+
 Written by hand: no library batches matrices of different sizes into one decomposition.
 """
 
@@ -36,6 +39,10 @@ def _one_batch(stacks: Sequence[jax.Array], fill: Sequence[jax.Array]) -> jax.Ar
   return out[0] if len(out) == 1 else jnp.concatenate(out)
 
 
+def _one_call() -> bool:
+  return jax.default_backend() == "cpu"
+
+
 def _split(batch: jax.Array, stacks: Sequence[jax.Array]) -> list[jax.Array]:
   out, start = [], 0
   for s in stacks:
@@ -51,6 +58,8 @@ def qr_orthogonal(stacks: Sequence[jax.Array]) -> list[jax.Array]:
   """
   if not stacks:
     return []
+  if not _one_call():
+    return [jnp.linalg.qr(s)[0] for s in stacks]
   ones = [jnp.ones(s.shape[:1], s.dtype) for s in stacks]
   q = jnp.linalg.qr(_one_batch(stacks, ones))[0]
   return [b[:, :s.shape[-1], :s.shape[-1]] for b, s in zip(_split(q, stacks), stacks)]
@@ -65,6 +74,8 @@ def eigh(stacks: Sequence[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
   """
   if not stacks:
     return []
+  if not _one_call():
+    return [tuple(jnp.linalg.eigh(s)) for s in stacks]
   fill = [-1.0 - 2.0 * jnp.max(jnp.sum(jnp.abs(s), axis=-1), axis=-1) for s in stacks]
   w, v = jnp.linalg.eigh(_one_batch(stacks, fill))
   out = []

@@ -14,7 +14,9 @@ the update is the grafting direction d (m itself with grafting "none"). A dimens
 and the same b1, b2 and eps as AdamW, the first steps are exactly AdamW's.
 
 The roots run inside `lax.cond`, so their cost is paid once per `precondition_every` steps;
-blocks and factors of equal shape are stacked and processed batched. A root that is not
+blocks and factors of equal shape are stacked and processed batched. On a mesh (in context,
+see optimizers/owner.py) each device computes the roots of 1/N of the blocks; the state's
+factor stacks are split along the block axis (`_partition_specs`). A root that is not
 finite or whose residual exceeds `failure_threshold` is rejected: the previous one (initially
 the identity) is kept and the failure is counted in `metrics`. The registry entry is wrapped
 in `nonfinite.guard`: a step whose gradient (NaN, Inf, or |g| so large that G G^T overflows
@@ -38,8 +40,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from optimizers import nonfinite
+from optimizers import owner
+from optimizers import partition
 from optimizers._registry import register
 from optimizers.shampoo import blocking
 from optimizers.shampoo import grafting as grafting_lib
@@ -56,6 +61,14 @@ class ShampooState(NamedTuple):
   roots: dict[str, tuple[jax.Array, ...]]  # per block group: the inverse roots (n, d, d)
   metrics: dict[str, jax.Array]  # root_failures (cumulative), root_residual (last max)
 
+
+@partition.register(ShampooState)
+def _partition_specs(state: ShampooState, path: tuple, ctx: partition.Context) -> ShampooState:
+  """Moments follow their parameters; factor stacks split along the block axis."""
+  stacks = lambda tree: jax.tree.map(ctx.stack_spec, tree)
+  return state._replace(
+      count=P(), mu=ctx.specs(state.mu, path + ("mu",)), nu=ctx.specs(state.nu, path + ("nu",)),
+      stats=stacks(state.stats), roots=stacks(state.roots), metrics=jax.tree.map(lambda _: P(), state.metrics))
 
 def momentum(mu, grads, *, b1: float, nesterov: bool, count: jax.Array):
   """mu <- b1 mu + (1 - b1) g; returns (mu, bias-corrected m), Nesterov as in NAdam.
@@ -130,18 +143,21 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     new = {k: list(v) for k, v in roots.items()}
     failures, residual = metrics["root_failures"], jnp.zeros([], jnp.float32)
     order = sorted(buckets)
-    mats = {b: jnp.concatenate([stats[k][j] for k, j in buckets[b]]) for b in order}
-    if root_method == "eigh":
-      # Every bucket's eigendecomposition in one LAPACK call: concurrent ones can deadlock
-      # the CPU runtime (see linalg.py).
-      eig = dict(zip(order, linalg.eigh([mats[b] for b in order])))
-    for b in order:
-      p, items = b[1], buckets[b]
-      prev = jnp.concatenate([roots[k][j] for k, j in items])
+    mats = [jnp.concatenate([stats[k][j] for k, j in buckets[b]]) for b in order]
+
+    def roots_of(mats):
       if root_method == "eigh":
-        result = jax.vmap(functools.partial(eigh_root_fn, p=p))(mats[b], *eig[b])
-      else:
-        result = jax.vmap(functools.partial(root_fn, p=p))(mats[b])
+        # Every bucket's eigendecomposition in one LAPACK call on CPU: concurrent ones can
+        # deadlock its runtime (see linalg.py).
+        return [jax.vmap(functools.partial(eigh_root_fn, p=b[1]))(m, *e)
+                for b, m, e in zip(order, mats, linalg.eigh(mats))]
+      return [jax.vmap(functools.partial(root_fn, p=b[1]))(m) for b, m in zip(order, mats)]
+
+    # Each device computes the roots of the blocks it owns (owner.py).
+    results = owner.apply_on_owners(roots_of, mats)
+    for b, result in zip(order, results):
+      items = buckets[b]
+      prev = jnp.concatenate([roots[k][j] for k, j in items])
       root, failed = matrix_roots.accept(prev, result, failure_threshold)
       failures += jnp.sum(failed, dtype=jnp.int32)
       residual = jnp.maximum(residual, jnp.max(jnp.where(failed, 0.0, result.residual)))

@@ -15,7 +15,9 @@ Per block G (a matrix: factors L, R with orthogonal bases Q_L, Q_R; rank k: one 
 With `start_preconditioning_step` N > 1, steps 1..N-1 are Adam (Q = I) while L, R accumulate
 and step N computes the first bases as step 1 does; `statistics_every` k updates L, R only at
 steps 1, 1 + k, ... (as Meta's Distributed Shampoo does for its eigenvalue-corrected variant).
-Leaves without factors (rank <= 1, embeddings; see blocking.py) run plain Adam. Written by
+Leaves without factors (rank <= 1, embeddings; see blocking.py) run plain Adam. On a mesh (in
+context, see optimizers/owner.py) each device computes the eigenbases and QR refreshes of 1/N
+of the blocks; the state's stacks are split along the block axis. Written by
 hand: no library has SOAP in JAX; the moments follow optax's Adam. The registry entry is
 wrapped in `nonfinite.guard`: a step whose gradient (NaN, Inf, or so large that G G^T or G'^2
 overflows float32), update or new state (moments, factors, bases) is not finite is skipped
@@ -33,8 +35,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from optimizers import nonfinite
+from optimizers import owner
+from optimizers import partition
 from optimizers._registry import register
 from optimizers.shampoo import blocking
 from optimizers.shampoo import linalg
@@ -49,6 +54,14 @@ class SoapState(NamedTuple):
   stats: dict[str, tuple[jax.Array, ...]]  # per block group: its factors (n, d, d)
   bases: dict[str, tuple[jax.Array, ...]]  # per block group: the eigenbases (n, d, d)
 
+
+@partition.register(SoapState)
+def _partition_specs(state: SoapState, path: tuple, ctx: partition.Context) -> SoapState:
+  """Moments follow their parameters; factor stacks split along the block axis."""
+  stacks = lambda tree: jax.tree.map(ctx.stack_spec, tree)
+  return state._replace(
+      count=P(), mu=ctx.specs(state.mu, path + ("mu",)), nu=ctx.specs(state.nu, path + ("nu",)),
+      stats=stacks(state.stats), bases=stacks(state.bases))
 
 def order_by_estimate(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The power-iteration product L Q of a stack (n, d, d), columns by descending diag(Q^T L Q).
@@ -106,8 +119,9 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       stats = statistics.update_groups(state.stats, g_blocks, layout.dims,
                                        0.0 if start == 1 else sb)
       # Every factor's eigenvectors in one LAPACK call (see linalg.py), descending.
+      # On a mesh each device decomposes the blocks it owns (owner.py).
       keys = [(k, j) for k, v in stats.items() for j in range(len(v))]
-      eig = dict(zip(keys, linalg.eigh([stats[k][j] for k, j in keys])))
+      eig = dict(zip(keys, owner.apply_on_owners(linalg.eigh, [stats[k][j] for k, j in keys])))
       bases = {k: tuple(jnp.flip(eig[k, j][1], axis=-1) for j in range(len(v)))
                for k, v in stats.items()}
       return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
@@ -137,16 +151,23 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       def refresh(bases, nu):
         nu = dict(nu)
         keys = [(k, j) for k, dims in layout.dims.items() for j in range(len(dims))]
-        products = []
-        for k, j in keys:
-          lq, order = order_by_estimate(stats[k][j], bases[k][j])
-          products.append(lq)
+
+        def power_step(pairs):
+          ordered = [order_by_estimate(f, q) for f, q in pairs]
+          # Every factor's QR in one LAPACK call on CPU: concurrent ones can deadlock
+          # (linalg.py).
+          return list(zip(linalg.qr_orthogonal([lq for lq, _ in ordered]),
+                          [o for _, o in ordered]))
+
+        # On a mesh each device refreshes the blocks it owns (owner.py).
+        refreshed = owner.apply_on_owners(power_step,
+                                          [(stats[k][j], bases[k][j]) for k, j in keys])
+        for (k, j), (_, order) in zip(keys, refreshed):
           d = layout.dims[k][j]
           index = order.reshape(order.shape[:1] + (1,) * d + order.shape[1:]
                                 + (1,) * (nu[k].ndim - d - 2))
           nu[k] = jnp.take_along_axis(nu[k], index, axis=d + 1)
-        # Every factor's QR in one LAPACK call: concurrent ones can deadlock (linalg.py).
-        q = dict(zip(keys, linalg.qr_orthogonal(products)))
+        q = {key: qk for key, (qk, _) in zip(keys, refreshed)}
         return {k: tuple(q[k, j] for j in range(len(dims)))
                 for k, dims in layout.dims.items()}, nu
 
