@@ -91,7 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # parallelism with jax.pmap: every local device holds the whole state).
   c.parallelism = "jit"
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1: every device on the `data` axis
+  c.mesh.data = -1  # data parallel: batch rows split, params and states replicated
+  # ZeRO-3: params and every optimizer state split over this axis too (experiments/sharding.py);
+  # -1 on either axis: every device the other leaves.
+  c.mesh.fsdp = 1
 
   # Multi-process runs (jax.distributed): see experiments/distributed.py and
   # scripts/launch_local.py. enabled=True with no coordinator detects SLURM / TPU pods / MPI.

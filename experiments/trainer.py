@@ -261,7 +261,17 @@ def _versions() -> dict:
   return out
 
 
-def write_run_record(workdir, config, data_info, num_params, mesh, resumed_from):
+def _bytes_per_device(abstract, shardings) -> int:
+  """The most bytes any one device holds of `abstract` placed with `shardings`."""
+  per_device: dict[Any, int] = {}
+  for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+    nbytes = math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+    for d in s.device_set:
+      per_device[d] = per_device.get(d, 0) + nbytes
+  return int(max(per_device.values(), default=0))
+
+
+def write_run_record(workdir, config, data_info, num_params, mesh, resumed_from, memory=None):
   record = {
       "config": json.loads(config.to_json_best_effort()),
       "git": _git_info(),
@@ -272,6 +282,7 @@ def write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
       "platform": platform.platform(),
       "corpus": data_info,
       "num_params": num_params,
+      "memory": memory,
       "resumed_from_step": resumed_from,
       "argv": sys.argv,
       "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -368,10 +379,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise validate_lib.ConfigError(str(e)) from e
   train_cfg = config.train
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
-  if (batch // accum) % mesh.shape[sharding_lib.DATA]:
+  batch_devices = mesh.size  # rows split over data x fsdp
+  if config.get("parallelism", "jit") == "pmap":
+    batch_devices = jax.local_device_count() * jax.process_count()
+  if (batch // accum) % batch_devices:
     raise validate_lib.ConfigError(
         f"train.batch_size={batch}: its {accum} micro-batch(es) of {batch // accum} rows must "
-        f"split evenly over the {mesh.shape[sharding_lib.DATA]} data-parallel devices")
+        f"split evenly over the {batch_devices} devices that hold batch rows")
   tx, schedule = make_optimizer(config)
 
   os.makedirs(workdir, exist_ok=True)
@@ -379,7 +393,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     lock.acquire()
   try:
-    return _train(config, workdir, workload, mesh, tx, schedule)
+    # The context mesh lets sharded optimizers give each device whole matrices (owner.py).
+    with jax.set_mesh(mesh):
+      return _train(config, workdir, workload, mesh, tx, schedule)
   finally:
     lock.release()
 
@@ -403,6 +419,13 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
   init_state = make_init_state(workload.init_params, tx)
   abstract = jax.eval_shape(init_state, config.seed)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
+  _, unsplit = sharding_lib.param_shardings(mesh, abstract["params"])
+  if sharding_lib.fsdp_size(mesh) > 1 and unsplit:
+    logging.info("fsdp=%d: %d parameter(s) have no dimension it divides and stay replicated: %s",
+                 sharding_lib.fsdp_size(mesh), len(unsplit), ", ".join(unsplit))
+  memory = {"params_bytes_per_device": _bytes_per_device(abstract["params"], state_sh["params"]),
+            "opt_state_bytes_per_device": _bytes_per_device(abstract["opt_state"],
+                                                            state_sh["opt_state"])}
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sh)
   example = workload.train_batch(config.seed, 0, pi, pc)
@@ -490,7 +513,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
                          {k: {"from": a, "to": b} for k, (a, b) in changes.items()})
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     if main:
-      write_run_record(workdir, config, data_info, num_params, mesh, resumed_from)
+      write_run_record(workdir, config, data_info, num_params, mesh, resumed_from, memory)
     logging.info("Workload %s: %s parameters; mesh %s; data %s", workload.name,
                  f"{num_params:,}", dict(mesh.shape), corpus_id)
 

@@ -154,7 +154,7 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
       return [jax.vmap(functools.partial(root_fn, p=b[1]))(m) for b, m in zip(order, mats)]
 
     # Each device computes the roots of the blocks it owns (owner.py).
-    results = owner.apply_on_owners(roots_of, mats)
+    results = owner.apply_on_owners(roots_of, mats, lapack=root_method == "eigh")
     for b, result in zip(order, results):
       items = buckets[b]
       prev = jnp.concatenate([roots[k][j] for k, j in items])

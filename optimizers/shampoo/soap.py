@@ -121,7 +121,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       # Every factor's eigenvectors in one LAPACK call (see linalg.py), descending.
       # On a mesh each device decomposes the blocks it owns (owner.py).
       keys = [(k, j) for k, v in stats.items() for j in range(len(v))]
-      eig = dict(zip(keys, owner.apply_on_owners(linalg.eigh, [stats[k][j] for k, j in keys])))
+      eig = dict(zip(keys, owner.apply_on_owners(linalg.eigh, [stats[k][j] for k, j in keys],
+                                                       lapack=True)))
       bases = {k: tuple(jnp.flip(eig[k, j][1], axis=-1) for j in range(len(v)))
                for k, v in stats.items()}
       return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
@@ -161,7 +162,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
 
         # On a mesh each device refreshes the blocks it owns (owner.py).
         refreshed = owner.apply_on_owners(power_step,
-                                          [(stats[k][j], bases[k][j]) for k, j in keys])
+                                          [(stats[k][j], bases[k][j]) for k, j in keys],
+                                          lapack=True)
         for (k, j), (_, order) in zip(keys, refreshed):
           d = layout.dims[k][j]
           index = order.reshape(order.shape[:1] + (1,) * d + order.shape[1:]
