@@ -32,12 +32,14 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 from scipy import stats
 
@@ -169,10 +171,21 @@ def provenance() -> dict:
       versions[pkg] = None
   try:
     import jax  # pylint: disable=g-import-not-at-top
-    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor()})"
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
   except Exception:  # pylint: disable=broad-except
-    device = platform.processor() or platform.machine()
-  return {"git_sha": sha, "versions": versions, "device": device}
+    device = platform.machine()
+  return {"git_sha": sha, "versions": versions, "device": f"{device}, {_host_cpu()}"}
+
+
+def _host_cpu() -> str:
+  """The CPU model and core count (`platform.processor()` is empty on Linux)."""
+  name = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{name}, {os.cpu_count()} cores"
 
 
 def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
@@ -582,6 +595,10 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
     raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
                          f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
   specs = [sp for w in workloads_ for sp in plan(w, optimizers, trials, range(studies))]
+  if not flags.FLAGS["verbosity"].present:
+    # Each run is one progress line here; the trainer's and orbax's INFO logs of hundreds of
+    # runs would bury them (each run's own log is its workdir's metrics.jsonl).
+    logging.set_verbosity(logging.WARNING)
   t0 = time.time()
   done = {record_key(r) for r in read_records(records_dir)}
   todo = [sp for sp in specs if sp.key() not in done]
@@ -628,14 +645,12 @@ def main(argv):
   if command == "all":
     # scripts/ holds the command-line tool; its logic is imported here so one command does all.
     from scripts import update_workspace  # pylint: disable=g-import-not-at-top
-    root = os.path.dirname(os.path.abspath(_WORKSPACE.value))
-    changed = update_workspace.update(_WORKSPACE.value, records_dir,
-                                      os.path.relpath(_OUT_DIR.value, root),
-                                      baseline=_BASELINE.value, r_max=_R_MAX.value,
-                                      alpha=_ALPHA.value)
-    print(f"{_WORKSPACE.value}: {'updated' if changed else 'unchanged'}")
+    update_workspace.update_from_flags(records_dir)
     print(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":
+  # compare_plots and scripts.update_workspace import this module by name; run as a script it
+  # is `__main__`, and a second copy would define every flag twice.
+  sys.modules["experiments.compare"] = sys.modules[__name__]
   app.run(main)

@@ -34,11 +34,19 @@ METRIC_LABELS = {
 LOG_SPAN = 30.0
 
 
-def colors(optimizers: Sequence[str]) -> dict[str, tuple]:
-  """One fixed color per optimizer across every figure (its place in the harness's table)."""
+def styles(optimizers: Sequence[str]) -> dict[str, dict]:
+  """One fixed color and line style per optimizer across every figure (its place in the
+  harness's table): tab10's ten colors, solid, then again dash-dotted."""
   known = list(compare.SEARCH_SPACES) + sorted(set(optimizers) - set(compare.SEARCH_SPACES))
-  cmap = plt.get_cmap("tab20")
-  return {o: cmap(known.index(o) % 20) for o in optimizers}
+  cmap = plt.get_cmap("tab10")
+  return {o: {"color": cmap(known.index(o) % 10),
+              "ls": "-" if known.index(o) < 10 else "-."} for o in optimizers}
+
+
+def widths(n: int) -> np.ndarray:
+  """Line widths, widest first: a curve drawn later on top of an equal one leaves its
+  predecessor's edges visible (AdamW and 8-bit AdamW often coincide)."""
+  return np.linspace(4.5, 1.5, n) if n > 1 else np.array([2.0])
 
 
 def held_on_grid(curves: Sequence[np.ndarray], column: int, grid: np.ndarray) -> np.ndarray:
@@ -68,10 +76,10 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
     raise ValueError(f"no records of workload {workload!r}")
   some = next(iter(results.values()))[0]
   metric, target = some["metric"], some.get("target")
-  palette = colors(sorted(results))
-  fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+  style = styles(sorted(results))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), sharey=True)
   values = []
-  for o in sorted(results):
+  for o, lw in zip(sorted(results), widths(len(results))):
     curves = _study_curves(results[o])
     if not curves:
       continue
@@ -83,11 +91,12 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
       ok = ~np.all(np.isnan(ys), axis=0)
       grid, ys = grid[ok], ys[:, ok]
       med = np.nanmedian(ys, axis=0)
-      ax.plot(grid, med, color=palette[o], lw=1.8,
-              label=f"{o} ({len(curves)} studies)" if column == 0 else None)
-      if len(curves) > 1:
-        ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=palette[o],
-                        alpha=0.18, lw=0)
+      n = len(curves)
+      ax.plot(grid, med, lw=lw, alpha=0.85, **style[o],
+              label=f"{o} ({n} stud{'y' if n == 1 else 'ies'})" if column == 0 else None)
+      if n > 1:
+        ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0),
+                        color=style[o]["color"], alpha=0.15, lw=0)
       values.append(ys[np.isfinite(ys)])
   if target is not None:
     for ax in axes:
@@ -109,10 +118,10 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
   handles, labels = axes[0].get_legend_handles_labels()
   handles.append(plt.Line2D([], [], color="k", ls="--", lw=1.2))
   labels.append(f"target {target:g}" if target is not None else "no target")
-  fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.86, 0.5), frameon=False)
+  fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False)
   fig.suptitle(f"{workload}: {METRIC_LABELS.get(metric, metric)}; best trial per study, "
                "median over studies, band = min-max over studies")
-  fig.tight_layout(rect=(0, 0, 0.86, 1))
+  fig.tight_layout(rect=(0, 0, 0.82, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
@@ -124,16 +133,13 @@ def plot_profiles(records: Sequence[dict], path: str, r_max: float = 4.0,
   optimizers = sorted({r["optimizer"] for r in records})
   times = compare.median_over_studies(records, field)
   ratios = compare.performance_ratios(times, optimizers)
-  palette = colors(optimizers)
+  style = styles(optimizers)
   taus = np.linspace(1.0, r_max, 601)
   fig, ax = plt.subplots(figsize=(10, 5.5))
   order = sorted(optimizers, key=lambda o: -compare.benchmark_score(ratios[o], r_max))
-  # Equal profiles would hide each other: the best is drawn widest, each later one thinner on
-  # top, so every color stays visible where lines coincide.
-  widths = np.linspace(7.0, 1.5, len(order)) if len(order) > 1 else [2.0]
-  for o, lw in zip(order, widths):
+  for o, lw in zip(order, widths(len(order))):
     rho = compare.profile(ratios[o], taus)
-    ax.step(taus, rho, where="post", color=palette[o], lw=lw, alpha=0.9,
+    ax.step(taus, rho, where="post", lw=lw, alpha=0.85, **style[o],
             label=f"{o}: B = {compare.benchmark_score(ratios[o], r_max):.3f}")
   what = "time" if field == "time_to_target_s" else "steps"
   ax.set_xlabel(f"tau: {what} to target / the fastest optimizer's (ratio)")

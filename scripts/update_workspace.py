@@ -1,6 +1,6 @@
 r"""Regenerates WORKSPACE.md's results section from a comparison's records.
 
-  python -m scripts.update_workspace records/ [--workspace=WORKSPACE.md] [--plots_dir=results]
+  python -m scripts.update_workspace records/ [--workspace=WORKSPACE.md] [--out_dir=results]
 
 Replaces what lies between `<!-- results:begin -->` and `<!-- results:end -->` (inserting the
 markers before the first `## ` heading when the file has none) with: the budget each optimizer
@@ -62,7 +62,10 @@ def verdicts(records: Sequence[dict], workload: str, baseline: str,
   for o in sorted(steps):
     med = float(np.median(steps[o]))
     if o != baseline and math.isfinite(med) and med < base_med:
-      out.append((o, med, base_med, compare.welch(steps[o], steps[baseline], alpha)))
+      t = compare.welch(steps[o], steps[baseline], alpha)
+      if t["holds"] is None and min(len(steps[o]), len(steps[baseline])) < 2:
+        t["why"] = "one study, no spread to test against"
+      out.append((o, med, base_med, t))
   return out
 
 
@@ -84,18 +87,20 @@ def workload_sentence(records: Sequence[dict], workload: str, baseline: str,
     if not claims:
       text += f"; nothing beats {baseline} ({medians[baseline]:.0f} steps)"
     else:
-      noise = [f"{o} ({m / b:.2f}x" + (f", p = {t['p']:.2g})" if t["holds"] is not None else ")")
-               for o, m, b, t in claims if not t["holds"]]
+      noise = [f"{o} ({m / b:.2f}x, p = {t['p']:.2g})" for o, m, b, t in claims
+               if t["holds"] is False]
       real = [f"{o} ({m / b:.2f}x, p = {t['p']:.2g})" for o, m, b, t in claims if t["holds"]]
-      untestable = {t["why"] for _, _, _, t in claims if t["holds"] is None}
+      untested = [f"{o} ({m / b:.2f}x: {t['why']})" for o, m, b, t in claims
+                  if t["holds"] is None]
       if real:
         text += (f"; significantly fewer steps than {baseline} ({medians[baseline]:.0f}) at "
                  f"alpha = {alpha:g}: {', '.join(real)}")
       if noise:
         text += (f"; within noise of {baseline} ({medians[baseline]:.0f} steps): "
                  f"{', '.join(noise)}")
-      if untestable:
-        text += f" (untestable: {'; '.join(sorted(untestable))})"
+      if untested:
+        text += (f"; fewer steps than {baseline} ({medians[baseline]:.0f}) but untested, so "
+                 f"not a finding: {', '.join(untested)}")
   if never:
     text += f"; never reached: {', '.join(never)}"
   return text + "."
@@ -108,7 +113,7 @@ def section(records: Sequence[dict], records_dir: str = "records", plots_dir: st
   cmd = f"python -m experiments.compare all {records_dir}"
   if not records:
     return (f"No comparison recorded yet in `{records_dir}/`. Run `{cmd}` (the CPU comparison; "
-            "budget below) or add `--quick` to check the pipeline.")
+            "its budget is above) or add `--quick` to check the pipeline.")
   optimizers = sorted({r["optimizer"] for r in records})
   workloads = sorted({r["workload"] for r in records})
   shas = sorted({(r.get("git_sha") or "?")[:7] for r in records})
@@ -187,18 +192,23 @@ def update(workspace: str, records_dir: str, plots_dir: str = "results", **kwarg
   return new != old
 
 
+def update_from_flags(records_dir: str) -> bool:
+  """`update` as `experiments.compare`'s flags say (--workspace, --out_dir, --baseline,
+  --r_max, --alpha); this module imports compare, so they are defined here too."""
+  f = flags.FLAGS
+  root = os.path.dirname(os.path.abspath(f.workspace))
+  changed = update(f.workspace, records_dir, os.path.relpath(f.out_dir, root),
+                   baseline=f.baseline, r_max=f.r_max, alpha=f.alpha)
+  print(f"{f.workspace}: {'updated' if changed else 'unchanged'}")
+  return changed
+
+
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m scripts.update_workspace RECORDS_DIR")
-  workspace = flags.FLAGS.workspace
-  changed = update(workspace, argv[1], flags.FLAGS.plots_dir)
-  print(f"{workspace}: {'updated' if changed else 'unchanged'}")
+    raise app.UsageError("usage: python -m scripts.update_workspace RECORDS_DIR "
+                         "[--workspace=WORKSPACE.md] [--out_dir=results]")
+  update_from_flags(argv[1])
 
 
 if __name__ == "__main__":
-  # Defined here, not at import: `experiments.compare all` imports this module and has its own.
-  flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"),
-                      "The file whose marked section is regenerated.")
-  flags.DEFINE_string("plots_dir", "results", "Where the PNGs are, relative to the workspace "
-                      "file's directory (linked when present).")
   app.run(main)

@@ -1,4 +1,4 @@
-"""The comparison harness end to end: sweeps through the trainer, run configs, WORKSPACE.md, plots."""
+"""The comparison harness end to end: sweeps through the trainer, run configs, WORKSPACE, plots."""
 
 import math
 import os
@@ -119,6 +119,9 @@ def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
   assert "significantly fewer steps than adamw (100)" in line and "fast (0.50x" in line
   assert "within noise of adamw (100 steps): noisy (0.90x" in line
   assert "no optimizer reached the target" in body.split("- **w2**")[1]
+  one_study = [r for r in _claims_records() if r["study"] == 0]
+  assert ("than adamw (100) but untested, so not a finding: fast (0.50x: one study, no spread"
+          in update_workspace.workload_sentence(one_study, "w1", "adamw", 0.01))
   # Records change -> the section changes, the rest of the file does not.
   compare.append_record(str(records_dir), _rec("w1", "adamw", 3, 0, 20.0, steps=200))
   assert update_workspace.update(str(ws), str(records_dir))
