@@ -24,6 +24,7 @@ claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.metadata
@@ -290,7 +291,7 @@ def overlay(base: dict, hparams: dict) -> dict:
   """`base` (an optimizer block as a dict) with `hparams` set over it; `a.b` names a nested
   field. A name the block does not have is an error (a search space that drifted from its
   config would otherwise tune nothing)."""
-  out = json.loads(json.dumps(base))  # a deep copy of plain data
+  out = copy.deepcopy(base)
   for name, value in hparams.items():
     *path, leaf = name.split(".")
     node = out
@@ -571,9 +572,13 @@ _BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the t-tests comp
 _WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOAD_CONFIGS), "sweep: workloads to run.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
                                                "sgd"], "sweep: optimizers to compare.")
-_TRIALS = flags.DEFINE_integer("trials", 3, "sweep: trials per optimizer and study (the same "
+# The default budget, 2 trials x 2 studies of 6 optimizers on 5 workloads (120 runs), is what
+# fits 90 minutes on 2 idle cores: one trial of each optimizer on each workload, run to its full
+# step budget, costs about 18 minutes there (WORKSPACE.md, "Tuned comparison").
+_TRIALS = flags.DEFINE_integer("trials", 2, "sweep: trials per optimizer and study (the same "
                                "for every optimizer).")
-_STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds).")
+_STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds; "
+                                "at least 2 for a spread and a t-test).")
 _QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(QUICK_WORKLOADS)}, 2 trials, "
                            "1 study (minutes, for checking the pipeline).")
 _RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
