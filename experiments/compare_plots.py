@@ -78,7 +78,7 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
   metric, target = some["metric"], some.get("target")
   style = styles(sorted(results))
   fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), sharey=True)
-  values = []
+  values, ends = [], []
   for o, lw in zip(sorted(results), widths(len(results))):
     curves = _study_curves(results[o])
     if not curves:
@@ -98,6 +98,7 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
         ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0),
                         color=style[o]["color"], alpha=0.15, lw=0)
       values.append(ys[np.isfinite(ys)])
+      ends.append([c[-1, 2] for c in curves])
   if target is not None:
     for ax in axes:
       ax.axhline(target, color="k", ls="--", lw=1.2)
@@ -108,6 +109,12 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
     # Divergent runs can reach huge values; keep the interesting part (start to below target).
     lo = min(positive.min(), target or positive.min()) / 2
     axes[0].set_ylim(lo, min(positive.max(), 1e3 * np.median(positive)) * 2)
+  elif target is not None and len(allv):
+    # Language-model losses start near log(vocab) (5.5 nats) and the contest is near the
+    # target: show from there up to 1.6x the target, or higher if a run ends above that.
+    top = max(1.6 * target, 1.1 * max(v[-1] for v in ends))
+    if top < allv.max():
+      axes[0].set_ylim(min(allv.min(), target) - 0.05 * (top - target), top)
   axes[0].set_xlabel("training step")
   axes[1].set_xlabel("training wall-clock (s; compilation in, evaluation out)")
   axes[0].set_ylabel(METRIC_LABELS.get(metric, metric))
