@@ -1,7 +1,9 @@
 r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf scores, speedrun rule.
 
+  python -m experiments.compare all records/ [--quick]     # sweep + score + plots + WORKSPACE.md
   python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
   python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
+  python -m experiments.compare plots records/ [--out_dir=results]   # experiments/compare_plots.py
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
 optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
@@ -22,6 +24,7 @@ claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.metadata
@@ -30,22 +33,27 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 from scipy import stats
 
 INF = math.inf
 
 # Per optimizer: hyperparameter -> (low, high), drawn log-uniformly. A name `one_minus_<h>` is
-# drawn as 1 - h (momentum-like values live near 1, so their distance to 1 is log-uniform).
-# Every other hyperparameter keeps its value in the optimizer's CPU speedrun config
-# (`base_hparams`). The ranges span the speedrun's tuned values (WORKSPACE.md) by a decade or
-# more on each side, so the small workloads find theirs too.
+# drawn as 1 - h (momentum-like values live near 1, so their distance to 1 is log-uniform); a
+# dotted name (`inner_hparams.b2`) sets a field of a nested block. Every other hyperparameter
+# keeps its value in the optimizer's CPU speedrun config (`base_hparams`). The ranges span the
+# speedrun's tuned values (WORKSPACE.md) by a decade or more on each side, so the small
+# workloads find theirs too. Lion's step has unit RMS per coordinate, so its range sits ~10x
+# below AdamW's (Chen et al. 2023); AdEMAMix's slow EMA adds up to alpha momentum-sized terms,
+# so its range tops out at half AdamW's.
 SEARCH_SPACES: dict[str, dict[str, tuple[float, float]]] = {
     "adamw": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
     "adamw_8bit": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
@@ -53,12 +61,21 @@ SEARCH_SPACES: dict[str, dict[str, tuple[float, float]]] = {
     "shampoo": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
     "soap": {"learning_rate": (1e-4, 1e-1), "one_minus_b2": (1e-3, 1e-1)},
     "sgd": {"learning_rate": (1e-3, 3.0), "one_minus_momentum": (1e-2, 0.3)},
+    "lion": {"learning_rate": (1e-5, 1e-2), "one_minus_b2": (1e-3, 1e-1)},
+    # b1 is Schedule-Free's interpolation weight, the hyperparameter it adds (Defazio et al.).
+    "schedule_free_adamw": {"learning_rate": (1e-4, 1e-1), "one_minus_b1": (1e-2, 0.3)},
+    "ademamix": {"learning_rate": (1e-4, 5e-2), "alpha": (1.0, 10.0)},
+    "normuon": {"learning_rate": (1e-3, 1e-1), "adam_learning_rate": (1e-4, 1e-1)},
+    "dion": {"learning_rate": (1e-3, 1e-1), "adam_learning_rate": (1e-4, 1e-1)},
+    "psgd_kron": {"learning_rate": (1e-4, 1e-1), "one_minus_b1": (1e-2, 0.3)},
+    # Cautious AdamW: AdamW's space, b2 inside the wrapped optimizer's block.
+    "cautious": {"learning_rate": (1e-4, 1e-1), "one_minus_inner_hparams.b2": (1e-3, 1e-1)},
 }
 
-# Where each optimizer's fixed hyperparameters come from (a config's `optimizer` block).
-BASE_CONFIGS = {"adamw": "speedrun_cpu", "adamw_8bit": "speedrun_cpu_adamw_8bit",
-                "muon": "speedrun_cpu_muon", "shampoo": "speedrun_cpu_shampoo",
-                "soap": "speedrun_cpu_soap", "sgd": "speedrun_cpu_sgd"}
+# Where each optimizer's fixed hyperparameters come from (a config's `optimizer` block):
+# `configs/speedrun_cpu.py` for AdamW, `configs/speedrun_cpu_<name>.py` for the others.
+BASE_CONFIGS = {o: "speedrun_cpu" if o == "adamw" else f"speedrun_cpu_{o}"
+                for o in SEARCH_SPACES}
 
 KEY_FIELDS = ("workload", "optimizer", "study", "trial", "seed")
 
@@ -67,11 +84,18 @@ KEY_FIELDS = ("workload", "optimizer", "study", "trial", "seed")
 # Search spaces and trials.
 
 def base_hparams(optimizer: str) -> dict:
-  """The optimizer's hyperparameters in its CPU speedrun config (name included)."""
+  """The optimizer's hyperparameters in its CPU speedrun config (name included), a nested
+  block's fields under dotted names (`inner_hparams.b2`): every name a search space may set."""
   if optimizer not in BASE_CONFIGS:
     raise ValueError(f"No base config for {optimizer!r}; known: {', '.join(sorted(BASE_CONFIGS))}")
   config = importlib.import_module(f"configs.{BASE_CONFIGS[optimizer]}").get_config()
-  return config.optimizer.to_dict()
+
+  def flat(block: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in block.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+  return flat(config.optimizer.to_dict())
 
 
 def draw_trials(optimizer: str, num_trials: int, study: int) -> list[dict]:
@@ -148,10 +172,21 @@ def provenance() -> dict:
       versions[pkg] = None
   try:
     import jax  # pylint: disable=g-import-not-at-top
-    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor()})"
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
   except Exception:  # pylint: disable=broad-except
-    device = platform.processor() or platform.machine()
-  return {"git_sha": sha, "versions": versions, "device": device}
+    device = platform.machine()
+  return {"git_sha": sha, "versions": versions, "device": f"{device}, {_host_cpu()}"}
+
+
+def _host_cpu() -> str:
+  """The CPU model and core count (`platform.processor()` is empty on Linux)."""
+  name = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{name}, {os.cpu_count()} cores"
 
 
 def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
@@ -252,20 +287,43 @@ QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def overlay(base: dict, hparams: dict) -> dict:
+  """`base` (an optimizer block as a dict) with `hparams` set over it; `a.b` names a nested
+  field. A name the block does not have is an error (a search space that drifted from its
+  config would otherwise tune nothing)."""
+  out = copy.deepcopy(base)
+  for name, value in hparams.items():
+    *path, leaf = name.split(".")
+    node = out
+    for p in path:
+      node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+      raise ValueError(f"hyperparameter {name!r} is not in the optimizer block "
+                       f"{sorted(base)} ({base.get('name')})")
+    node[leaf] = value
+  return out
+
+
 def run_config(spec: RunSpec):
   """The trainer config of one sweep run.
 
   The workload's config (model, data, step budget, target, warmup + schedule) with the
   optimizer's base hyperparameters overlaid by the drawn ones. From the optimizer's base config
   also come the pieces of its recipe outside `optimizer`: a constant schedule (Schedule-Free
-  brings its own warmup) and gradient clipping (SGD). Learning rates are used as drawn (no batch
-  scaling rule), and the run stops at the target: time-to-target is what is scored.
+  brings its own warmup) and gradient clipping (SGD); a base value tied to the run length
+  (AdEMAMix's warmups follow `train.steps`) follows the workload's step budget. Learning rates
+  are used as drawn (no batch scaling rule), and the run stops at the target: time-to-target
+  is what is scored.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments import configs_util  # pylint: disable=g-import-not-at-top
   cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[spec.workload]))
   base = importlib.import_module(f"configs.{BASE_CONFIGS[spec.optimizer]}").get_config()
-  cfg.optimizer = ml_collections.ConfigDict(dict(base.optimizer.to_dict(), **spec.hparams))
+  steps_ref = base.train.get_ref("steps")
+  tied = [k for k in base.optimizer if base.optimizer.get_ref(k) is steps_ref]
+  cfg.optimizer = ml_collections.ConfigDict(overlay(base.optimizer.to_dict(), spec.hparams))
+  for k in tied:
+    cfg.optimizer[k] = cfg.train.get_ref("steps")
   if base.schedule.name == "constant":
     cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
   cfg.train.grad_clip_norm = base.train.get("grad_clip_norm")
@@ -292,11 +350,9 @@ def train_run(spec: RunSpec, runs_dir: str) -> dict:
     summary, diverged = None, True
     print(f"{spec.workload}/{spec.optimizer} study {spec.study} trial {spec.trial}: {e}")
   rows = metrics_lib.read_metrics(workdir)
-  from experiments import workloads  # pylint: disable=g-import-not-at-top
   metric = summary["metric"] if summary else _metric_name(rows)
   curve = [[r["step"], r.get("train_time_s"), r[metric]] for r in rows
            if isinstance(r.get(metric), float)]
-  del workloads
   return {"target": cfg.train.target_val_loss, "metric": metric,
           "step_budget": int(cfg.train.steps),
           "steps_to_target": None if diverged else summary["steps_to_target"],
@@ -516,52 +572,90 @@ _BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the t-tests comp
 _WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOAD_CONFIGS), "sweep: workloads to run.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
                                                "sgd"], "sweep: optimizers to compare.")
-_TRIALS = flags.DEFINE_integer("trials", 3, "sweep: trials per optimizer and study (the same "
+# The default budget, 2 trials x 2 studies of 6 optimizers on 5 workloads (120 runs), is what
+# fits 90 minutes on 2 idle cores: one trial of each optimizer on each workload, run to its full
+# step budget, costs about 18 minutes there (WORKSPACE.md, "Tuned comparison").
+_TRIALS = flags.DEFINE_integer("trials", 2, "sweep: trials per optimizer and study (the same "
                                "for every optimizer).")
-_STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds).")
+_STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds; "
+                                "at least 2 for a spread and a t-test).")
 _QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(QUICK_WORKLOADS)}, 2 trials, "
                            "1 study (minutes, for checking the pipeline).")
 _RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
 
 
+_OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs go.")
+_WORKSPACE = flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"),
+                                 "all: the file whose marked results section is regenerated.")
+
+COMMANDS = ("score", "sweep", "plots", "all")
+
+
+def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[str],
+              trials: int, studies: int, runs_dir: str) -> list[dict]:
+  """Trains every run of the sweep not yet in `records_dir`, printing progress and an ETA."""
+  unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
+  unknown += [o for o in optimizers if o not in SEARCH_SPACES]
+  if unknown:
+    raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
+                         f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+  specs = [sp for w in workloads_ for sp in plan(w, optimizers, trials, range(studies))]
+  if not flags.FLAGS["verbosity"].present:
+    # Each run is one progress line here; the trainer's and orbax's INFO logs of hundreds of
+    # runs would bury them (each run's own log is its workdir's metrics.jsonl).
+    logging.set_verbosity(logging.WARNING)
+  t0 = time.time()
+  done = {record_key(r) for r in read_records(records_dir)}
+  todo = [sp for sp in specs if sp.key() not in done]
+  print(f"{len(specs)} runs planned ({trials} trials x {studies} studies x {len(optimizers)} "
+        f"optimizers x {len(workloads_)} workloads), {len(specs) - len(todo)} already recorded")
+
+  def run_fn(spec, _count=[0]):  # pylint: disable=dangerous-default-value
+    _count[0] += 1
+    elapsed = time.time() - t0
+    eta = elapsed / max(_count[0] - 1, 1) * (len(todo) - _count[0] + 1) if _count[0] > 1 else 0
+    print(f"[{_count[0]}/{len(todo)}] {spec.workload} {spec.optimizer} study {spec.study} "
+          f"trial {spec.trial} {spec.hparams} (elapsed {elapsed / 60:.1f} min, ETA "
+          f"{eta / 60:.1f} min)", flush=True)
+    return train_run(spec, runs_dir)
+
+  new = sweep(specs, records_dir, run_fn)
+  print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
+  return new
+
+
 def main(argv):
-  usage = ("usage: python -m experiments.compare score RECORDS_DIR\n"
-           "       python -m experiments.compare sweep RECORDS_DIR [--quick] [--workloads=...] "
-           "[--optimizers=...] [--trials=N] [--studies=K]")
-  if len(argv) != 3 or argv[1] not in ("score", "sweep"):
+  usage = ("usage: python -m experiments.compare {score,sweep,plots,all} RECORDS_DIR\n"
+           "  sweep/all: [--quick] [--workloads=...] [--optimizers=...] [--trials=N] "
+           "[--studies=K] [--runs_dir=DIR]; plots/all: [--out_dir=results]; all: "
+           "[--workspace=WORKSPACE.md]")
+  if len(argv) != 3 or argv[1] not in COMMANDS:
     raise app.UsageError(usage)
-  records_dir = argv[2]
-  if argv[1] == "sweep":
+  command, records_dir = argv[1], argv[2]
+  t0 = time.time()
+  if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
-    unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
-    unknown += [o for o in _OPTIMIZERS.value if o not in SEARCH_SPACES]
-    if unknown:
-      raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
-                           f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
-    specs = [sp for w in workloads_ for sp in plan(w, _OPTIMIZERS.value, trials, range(studies))]
-    t0 = time.time()
-    done = {record_key(r) for r in read_records(records_dir)}
-    todo = [sp for sp in specs if sp.key() not in done]
-    print(f"{len(specs)} runs planned, {len(specs) - len(todo)} already recorded")
-
-    def run_fn(spec, _count=[0]):  # pylint: disable=dangerous-default-value
-      _count[0] += 1
-      elapsed = time.time() - t0
-      eta = elapsed / max(_count[0] - 1, 1) * (len(todo) - _count[0] + 1) if _count[0] > 1 else 0
-      print(f"[{_count[0]}/{len(todo)}] {spec.workload} {spec.optimizer} study {spec.study} "
-            f"trial {spec.trial} {spec.hparams} (elapsed {elapsed / 60:.1f} min, ETA "
-            f"{eta / 60:.1f} min)", flush=True)
-      return train_run(spec, _RUNS.value)
-
-    sweep(specs, records_dir, run_fn)
-    print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
+    run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value)
   records = read_records(records_dir)
   if not records:
     raise app.UsageError(f"no records in {records_dir}")
-  print(report(records, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
-               _BASELINE.value, _BY.value))
+  if command in ("score", "sweep", "all"):
+    print(report(records, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
+                 _BASELINE.value, _BY.value))
+  if command in ("plots", "all"):
+    from experiments import compare_plots  # pylint: disable=g-import-not-at-top
+    for path in compare_plots.plot_all(records, _OUT_DIR.value, _R_MAX.value, _BY.value):
+      print(f"wrote {path}")
+  if command == "all":
+    # scripts/ holds the command-line tool; its logic is imported here so one command does all.
+    from scripts import update_workspace  # pylint: disable=g-import-not-at-top
+    update_workspace.update_from_flags(records_dir)
+    print(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":
+  # compare_plots and scripts.update_workspace import this module by name; run as a script it
+  # is `__main__`, and a second copy would define every flag twice.
+  sys.modules["experiments.compare"] = sys.modules[__name__]
   app.run(main)

@@ -1,0 +1,161 @@
+"""The comparison harness end to end: sweeps through the trainer, run configs, WORKSPACE, plots."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments import compare
+from experiments import compare_plots
+from experiments import trainer
+from scripts import update_workspace
+from tests.test_compare import _rec
+
+INF = math.inf
+
+
+def test_sweep_through_the_trainer_writes_records_and_rerun_skips(tmp_path):
+  records_dir, runs_dir = str(tmp_path / "records"), str(tmp_path / "runs")
+  specs = compare.plan("logreg", ["adamw", "sgd"], num_trials=1, studies=[0])
+  new = compare.sweep(specs, records_dir, lambda s: compare.train_run(s, runs_dir))
+  records = compare.read_records(records_dir)
+  assert len(new) == 2 and records == new
+  assert sorted(compare.record_key(r) for r in records) == sorted(s.key() for s in specs)
+  for r in records:
+    assert set(r) >= {"workload", "optimizer", "hparams", "seed", "study", "trial", "target",
+                      "metric", "step_budget", "steps_to_target", "time_to_target_s",
+                      "final_metric", "curve", "git_sha", "versions", "device"}
+    assert r["metric"] == "suboptimality" and r["target"] == 1e-3 and r["step_budget"] == 400
+    steps = [c[0] for c in r["curve"]]
+    seconds = [c[1] for c in r["curve"]]
+    assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3
+    assert all(b >= a for a, b in zip(seconds, seconds[1:]))
+    assert r["final_metric"] == r["curve"][-1][2]
+    if r["steps_to_target"] is not None:  # stopped at the target's evaluation
+      assert steps[-1] == r["steps_to_target"] and r["final_metric"] <= r["target"]
+      assert r["time_to_target_s"] == seconds[-1] > 0
+    else:
+      assert steps[-1] == 400 and r["final_metric"] > r["target"]
+  assert compare.sweep(specs, records_dir, lambda s: pytest.fail("ran again")) == []
+  assert len(compare.read_records(records_dir)) == 2
+
+
+def test_run_config_overlays_hparams_on_the_base_and_takes_its_recipe():
+  hp = {"learning_rate": 0.05, "b2": 0.9}
+  cfg = compare.run_config(compare.RunSpec("mds", "adamw", hp, 0, 1, 7))
+  assert cfg.optimizer.to_dict() == {"name": "adamw", "learning_rate": 0.05, "b1": 0.9,
+                                     "b2": 0.9, "eps": 1e-8, "weight_decay": 0.0}
+  assert (cfg.workload, cfg.train.steps, cfg.seed) == ("mds", 300, 7)
+  assert cfg.schedule.name == "warmup_cosine" and cfg.schedule.warmup_steps == 10
+  assert cfg.train.grad_clip_norm is None and cfg.train.stop_at_target
+  assert cfg.schedule.base_batch_size is None  # learning rates used as drawn
+
+  sgd = compare.run_config(compare.RunSpec("logreg", "sgd", {"learning_rate": 0.5}, 0, 0, 0))
+  assert sgd.train.grad_clip_norm == 1.0 and sgd.optimizer.momentum == 0.9
+  assert sgd.optimizer.learning_rate == 0.5 and sgd.schedule.name == "warmup_cosine"
+
+  sf = compare.run_config(compare.RunSpec("logreg", "schedule_free_adamw", {"b1": 0.8}, 0, 0, 0))
+  assert (sf.schedule.name, sf.schedule.warmup_steps) == ("constant", 0)
+  assert sf.optimizer.b1 == 0.8 and sf.optimizer.warmup_steps == 50
+
+  # AdEMAMix's warmups span the run: the workload's 400 steps, not the speedrun's 800.
+  ade = compare.run_config(compare.RunSpec("mlp_digits", "ademamix", {"alpha": 3.0}, 0, 0, 0))
+  assert ade.optimizer.alpha_warmup_steps == ade.optimizer.b3_warmup_steps == 400
+  caut = compare.run_config(compare.RunSpec("mds", "cautious", {"inner_hparams.b2": 0.97}, 0, 0,
+                                            0))
+  assert caut.optimizer.inner_hparams.to_dict() == {"b1": 0.9, "b2": 0.97, "eps": 1e-8}
+  with pytest.raises(ValueError, match="b3"):
+    compare.run_config(compare.RunSpec("mds", "adamw", {"b3": 0.9}, 0, 0, 0))
+
+
+@pytest.mark.parametrize("optimizer", sorted(compare.SEARCH_SPACES))
+def test_every_search_space_builds_through_the_registry(optimizer):
+  (hp,) = compare.draw_trials(optimizer, 1, study=0)
+  for name, (lo, hi) in compare.SEARCH_SPACES[optimizer].items():
+    v = hp[name[len("one_minus_"):]] if name.startswith("one_minus_") else hp[name]
+    assert lo <= (1 - v if name.startswith("one_minus_") else v) <= hi
+  cfg = compare.run_config(compare.RunSpec("logreg", optimizer, hp, 0, 0, 0))
+  tx, schedule = trainer.make_optimizer(cfg)
+  assert cfg.optimizer.name == optimizer and callable(tx.update)
+  # Warmup + cosine starts at 0 and peaks at the drawn rate; constant (Schedule-Free) is flat.
+  assert float(schedule(cfg.schedule.warmup_steps)) == pytest.approx(hp["learning_rate"])
+
+
+def _claims_records():
+  """w1: adamw's best steps per study 100/102/98; `fast` 50/51/49 (a real speed-up); `noisy`
+  60/140/90 (median 90 < 100, but the studies disagree). w2: everyone fails."""
+  r = []
+  for o, steps in (("adamw", [100, 102, 98]), ("fast", [50, 51, 49]), ("noisy", [60, 140, 90])):
+    for study, s in enumerate(steps):
+      r += [_rec("w1", o, study, 0, s / 10, steps=s), _rec("w1", o, study, 1, INF)]
+  r += [_rec("w2", o, study, t, INF) for o in ("adamw", "fast", "noisy") for study in range(3)
+        for t in range(2)]
+  return r
+
+
+def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
+  ws = tmp_path / "WORKSPACE.md"
+  ws.write_text("# Lab notebook\n\nIntro.\n\n## Old results\n\nKeep me.\n")
+  records_dir = tmp_path / "records"
+  for rec in _claims_records():
+    compare.append_record(str(records_dir), rec)
+  assert update_workspace.update(str(ws), str(records_dir))
+  first = ws.read_text()
+  assert not update_workspace.update(str(ws), str(records_dir))
+  assert ws.read_text() == first
+  # Markers inserted before the first heading; everything else kept.
+  assert first.startswith("# Lab notebook\n\nIntro.\n\n## Tuned comparison (generated)\n\n"
+                          + update_workspace.BEGIN)
+  assert first.endswith(update_workspace.END + "\n\n## Old results\n\nKeep me.\n")
+  body = first.split(update_workspace.BEGIN)[1].split(update_workspace.END)[0]
+  assert "adamw 2 x 3, fast 2 x 3, noisy 2 x 3 - the same for every optimizer" in body
+  # w1 ratios: fast 1, adamw 2, noisy 1.8 by steps (and by time: time = steps / 10).
+  assert "| fast | 0.500 | 0.500 |" in body and "| noisy | 0.367 | 0.367 |" in body
+  assert "| adamw | 0.333 | 0.333 |" in body
+  assert "| w1 | 100 [98, 102] (3) | 50 [49, 51] (3) | 90 [60, 140] (3) |" in body
+  assert "| w2 | never [never, never] (3) |" in body
+  line = next(l for l in body.splitlines() if l.startswith("- **w1**"))
+  assert "significantly fewer steps than adamw (100)" in line and "fast (0.50x" in line
+  assert "within noise of adamw (100 steps): noisy (0.90x" in line
+  assert "no optimizer reached the target" in body.split("- **w2**")[1]
+  one_study = [r for r in _claims_records() if r["study"] == 0]
+  assert ("than adamw (100) but untested, so not a finding: fast (0.50x: one study, no spread"
+          in update_workspace.workload_sentence(one_study, "w1", "adamw", 0.01))
+  # Records change -> the section changes, the rest of the file does not.
+  compare.append_record(str(records_dir), _rec("w1", "adamw", 3, 0, 20.0, steps=200))
+  assert update_workspace.update(str(ws), str(records_dir))
+  assert "100 [98, 102] (3)" not in ws.read_text() and "Keep me." in ws.read_text()
+
+
+def test_workspace_without_records_and_with_markers():
+  text = f"# A\n\n{update_workspace.BEGIN}\nold\n{update_workspace.END}\n\n## B\n"
+  out = update_workspace.replace_section(text, update_workspace.section([]))
+  assert out.startswith(f"# A\n\n{update_workspace.BEGIN}\nNo comparison recorded yet")
+  assert out.endswith(f"{update_workspace.END}\n\n## B\n") and "old" not in out
+
+
+def test_held_on_grid_interpolates_and_holds_the_end():
+  a = np.array([[0, 0.0, 1.0], [10, 2.0, 0.5]])
+  b = np.array([[5, 1.0, 0.8], [20, 4.0, 0.2]])
+  grid = np.array([0.0, 5.0, 10.0, 20.0])
+  got = compare_plots.held_on_grid([a, b], 0, grid)
+  np.testing.assert_allclose(got, [[1.0, 0.75, 0.5, 0.5], [np.nan, 0.8, 0.6, 0.2]])
+
+
+def test_plots_write_pngs(tmp_path):
+  records = []
+  for o, rate in (("adamw", 0.9), ("muon", 0.8)):
+    for study in range(2):
+      rec = _rec("mds", o, study, 0, 30.0, steps=30)
+      steps = np.arange(0, 40, 10)
+      rec.update(metric="relative_stress", target=1e-4,
+                 curve=[[int(s), s / 10, float(rate ** (s + study))] for s in steps])
+      records.append(rec)
+  paths = compare_plots.plot_all(records, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == ["compare_mds.png",
+                                                        "compare_profiles.png"]
+  for p in paths:
+    with open(p, "rb") as f:
+      head = f.read(8)
+    assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(p) > 10_000
