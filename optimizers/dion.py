@@ -72,6 +72,8 @@ def orthonormal_columns(stacks: Sequence[jax.Array]) -> list[jax.Array]:
   own Q. One call because concurrent batched LAPACK kernels can deadlock XLA's CPU pool
   (`optimizers/shampoo/linalg.py`).
   """
+  if not stacks:  # no matrix leaf (every parameter went to the scalar branch)
+    return []
   if len(stacks) == 1:
     return [jnp.linalg.qr(stacks[0])[0]]
   rows = max(s.shape[-2] for s in stacks)

@@ -157,3 +157,12 @@ def test_speedrun_dion_config_trains_three_steps(tmp_path):
   code, out = run_config_three_steps("speedrun_cpu_dion.py", tmp_path)
   assert code == 0, out[-3000:]
   check_three_finite_steps(tmp_path / "w")
+
+
+def test_a_model_without_matrices_trains_on_the_scalar_branch():
+  tx = optimizers.create("dion", learning_rate=1e-2)
+  params = {"x": jnp.ones((31,)), "b": jnp.zeros(())}
+  state = tx.init(params)
+  updates, _ = jax.jit(tx.update)({"x": jnp.ones((31,)), "b": jnp.ones(())}, state, params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+  assert float(jnp.abs(updates["x"]).sum()) > 0
