@@ -8,6 +8,7 @@ e.g. `--config.optimizer.learning_rate=1e-3 --config.train.steps=400`.
 
 import ml_collections
 
+from experiments import compression
 from experiments import distributed
 
 FieldReference = ml_collections.FieldReference
@@ -95,6 +96,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ZeRO-3: params and every optimizer state split over this axis too (experiments/sharding.py);
   # -1 on either axis: every device the other leaves.
   c.mesh.fsdp = 1
+
+  # Gradient compression for data parallelism (PowerSGD, top-k, sign; error feedback):
+  # experiments/compression.py. "none": the plain all-reduce.
+  c.compression = compression.default_config()
 
   # Multi-process runs (jax.distributed): see experiments/distributed.py and
   # scripts/launch_local.py. enabled=True with no coordinator detects SLURM / TPU pods / MPI.

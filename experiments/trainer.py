@@ -27,8 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from experiments import checkpoints as ckpt_lib
+from experiments import compression as compression_lib
 from experiments import data as data_lib
 from experiments import distributed
 from experiments import metrics as metrics_lib
@@ -150,7 +153,8 @@ def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
 
 def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
                     skip_nonfinite: bool = False,
-                    inject_nonfinite: tuple[tuple[int, ...], str] | None = None) -> Callable:
+                    inject_nonfinite: tuple[tuple[int, ...], str] | None = None,
+                    compressed_grads: Callable | None = None) -> Callable:
   """(state, batch) -> (state, metrics); gradients averaged over micro-batches.
 
   `loss_fn(params, batch)` is the workload's mean loss; every leaf of `batch` is laid out
@@ -162,20 +166,33 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
   inject_nonfinite: (steps, kind) for fault-injection tests: at those step numbers (1-based) the
     gradient's first element of every leaf becomes NaN ("nan"), Inf ("inf"), or every element
     becomes 1e30 ("huge").
+  compressed_grads: wraps the per-device (loss, grads) function into one that averages
+    gradients through a compressor (`experiments.compression.data_parallel_grads`); its state
+    lives in `state["compression"]` and its byte counts are logged under `comm/`.
   """
 
   def loss_and_grads(params, batch_AxBxT1):
     def micro(carry, b):
       loss, grads = jax.value_and_grad(loss_fn)(params, b)
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(micro, zeros, batch_AxBxT1)
     n = jax.tree.leaves(batch_AxBxT1)[0].shape[0]
+    # The first micro-batch starts the sum (0 + x == x: the same bits as summing from zeros),
+    # so the carry has the types of the computed values (also inside shard_map).
+    first = jax.value_and_grad(loss_fn)(params, jax.tree.map(lambda a: a[0], batch_AxBxT1))
+    (loss, grads), _ = jax.lax.scan(micro, first, jax.tree.map(lambda a: a[1:], batch_AxBxT1))
     return loss / n, jax.tree.map(lambda g: g / n, grads)
+
+  if compressed_grads is not None:
+    compressed = compressed_grads(loss_and_grads)
 
   def train_step(state, batch):
     params, opt_state = state["params"], state["opt_state"]
-    loss, grads = loss_and_grads(params, batch)
+    comm = {}
+    if compressed_grads is not None:
+      loss, grads, comm_state, stats = compressed(params, batch, state["compression"])
+      comm = {f"comm/{k}": jnp.asarray(v, jnp.float32) for k, v in stats.items()}
+    else:
+      loss, grads = loss_and_grads(params, batch)
     if inject_nonfinite:
       grads = _inject(grads, state["step"] + 1, *inject_nonfinite)
     grad_fn = lambda p: loss_and_grads(p, batch)[1]
@@ -191,8 +208,11 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
       new_params, new_opt_state = keep((new_params, new_opt_state), (params, opt_state))
     metrics["skipped"] = (~ok).astype(jnp.float32)
     metrics.update({f"opt/{k}": v for k, v in optimizers.collect_metrics(new_opt_state).items()})
+    metrics.update(comm)
     new_state = {"params": new_params, "opt_state": new_opt_state, "step": state["step"] + 1,
                  "rng": state["rng"]}
+    if compressed_grads is not None:
+      new_state["compression"] = comm_state
     return new_state, metrics
 
   return train_step
@@ -212,7 +232,8 @@ def _inject(grads, step, steps: tuple[int, ...], kind: str):
   return jax.tree.map(one, grads)
 
 
-def make_init_state(init_params: Callable, tx) -> Callable[[int], dict]:
+def make_init_state(init_params: Callable, tx,
+                    extra: Callable[[Any], dict] | None = None) -> Callable[[int], dict]:
   """seed -> the initial train state {"params", "opt_state", "step", "rng"}.
 
   `init_params(key)` is the workload's (or a `gpt.GPTConfig`, for the GPT's).
@@ -223,8 +244,9 @@ def make_init_state(init_params: Callable, tx) -> Callable[[int], dict]:
   def init_state(seed):
     key = jax.random.key(seed)
     params = init_params(key)
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+    return state | (extra(params) if extra else {})
 
   return init_state
 
@@ -377,6 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if isinstance(e, (data_lib.ShardError, validate_lib.ConfigError)):
       raise
     raise validate_lib.ConfigError(str(e)) from e
+  _check_cpu_lapack_on_fsdp(config, mesh)
   train_cfg = config.train
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
   batch_devices = mesh.size  # rows split over data x fsdp
@@ -400,6 +423,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     lock.release()
 
 
+def _check_cpu_lapack_on_fsdp(config, mesh) -> None:
+  """Eigendecompositions and QRs of fsdp-sharded statistics hang XLA's CPU runtime (jaxlib
+  0.10.2: concurrent LAPACK calls with collectives in flight; see optimizers/shampoo/linalg.py).
+  Accelerators are not affected; on CPU those optimizers run data-parallel (fsdp=1)."""
+  o = config.optimizer
+  if jax.default_backend() != "cpu":
+    return
+  if o.name == "soap" and mesh.size > 1:
+    raise validate_lib.ConfigError(
+        f"optimizer 'soap' on {mesh.size} CPU devices hangs the CPU backend (its QR refreshes "
+        "on several devices at once starve XLA's CPU thread pool); on CPU use "
+        "--config.mesh.data=1 --config.mesh.fsdp=1. GPUs and TPUs run it on any mesh.")
+  lapack = (o.name == "dion" or
+            (o.name == "shampoo" and o.get("root_method", "newton") == "eigh"))
+  if lapack and sharding_lib.fsdp_size(mesh) > 1:
+    hint = (" or --config.optimizer.root_method=newton (matrix products only)"
+            if o.name == "shampoo" else "")
+    raise validate_lib.ConfigError(
+        f"mesh.fsdp={sharding_lib.fsdp_size(mesh)} with optimizer {o.name!r}"
+        f"{' (eigh roots)' if o.name == 'shampoo' else ''} hangs the CPU backend's LAPACK "
+        f"calls; on CPU use --config.mesh.fsdp=1{hint}. GPUs and TPUs run it sharded.")
+
+
 def _nonfinite_injection(config) -> tuple[tuple[int, ...], str] | None:
   if config.get("debug") and config.debug.get("nonfinite_grad_steps"):
     return (tuple(int(x) for x in str(config.debug.nonfinite_grad_steps).split(",")),
@@ -416,9 +462,23 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
   metric_key = workload.metric
   use_pmap = config.get("parallelism", "jit") == "pmap"
 
-  init_state = make_init_state(workload.init_params, tx)
+  compressor, compressed_grads, extra_init = None, None, None
+  comp_cfg = config.get("compression")
+  if comp_cfg is not None and comp_cfg.get("kind", "none") != "none":
+    # Gradient compression for data parallelism: per-device gradients compressed (with error
+    # feedback) before they are averaged over the `data` axis.
+    compressor = compression_lib.from_config(comp_cfg)
+    n_data = mesh.shape[sharding_lib.DATA]
+    extra_init = lambda params: {"compression": jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (n_data, *x.shape)), compressor.init(params))}
+    compressed_grads = functools.partial(compression_lib.data_parallel_grads, compressor,
+                                         mesh=mesh, axis_name=sharding_lib.DATA, batch_axis=1)
+  init_state = make_init_state(workload.init_params, tx, extra_init)
   abstract = jax.eval_shape(init_state, config.seed)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
+  if compressor is not None:  # one error-feedback state per device
+    state_sh["compression"] = jax.tree.map(
+        lambda _: NamedSharding(mesh, P(sharding_lib.DATA)), abstract["compression"])
   _, unsplit = sharding_lib.param_shardings(mesh, abstract["params"])
   if sharding_lib.fsdp_size(mesh) > 1 and unsplit:
     logging.info("fsdp=%d: %d parameter(s) have no dimension it divides and stay replicated: %s",
@@ -436,7 +496,8 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
 
   train_step = jax.jit(
       make_train_step(workload.loss_fn, tx, schedule, skip_nonfinite=skip_nonfinite,
-                      inject_nonfinite=_nonfinite_injection(config)),
+                      inject_nonfinite=_nonfinite_injection(config),
+                      compressed_grads=compressed_grads),
       in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
       donate_argnums=(0,))
   if use_pmap:  # replicated data parallel; the state lives with a leading device axis

@@ -88,6 +88,13 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
              True, "is not supported with parallelism='pmap' (use the default 'jit')")
     _require(not _get(config, "debug.nonfinite_grad_steps"), "debug.nonfinite_grad_steps",
              _get(config, "debug.nonfinite_grad_steps"), "is not supported with pmap")
+  kind = _get(config, "compression.kind", "none")
+  if kind != "none":
+    _require(kind in ("powersgd", "topk", "sign"), "compression.kind", kind,
+             "choose none, powersgd, topk or sign")
+    _require(parallelism == "jit", "compression.kind", kind, "needs parallelism='jit'")
+    _require(_get(config, "mesh.fsdp", 1) == 1, "compression.kind", kind,
+             "compresses data-parallel gradients: it needs mesh.fsdp=1 (replicated params)")
   s = config.schedule
   _require(s.name in SCHEDULES, "schedule.name", s.name, f"choose from {', '.join(SCHEDULES)}")
   scaling = _get(config, "schedule.lr_scaling", "linear")

@@ -88,8 +88,13 @@ def apply_on_owners(fn: Callable[[Any], Any], stacks: Any,
   """
   names = context_axes(axes)
   n_owners = num_owners(names) if names else 1
-  if n_owners == 1 or (lapack and jax.default_backend() == "cpu"):
+  if n_owners == 1:
     return fn(stacks)
+  if lapack and jax.default_backend() == "cpu":
+    # Every device decomposes every matrix, from replicated inputs, as a data-parallel run does:
+    # a stack sharded by the partitioner hangs the CPU runtime (seen: Shampoo eigh roots, SOAP).
+    whole = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), stacks)
+    return jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, P()), fn(whole))
   lengths = jax.tree.map(lambda x: x.shape[0], stacks)
   spec = P(names)
   explicit = all(t == jax.sharding.AxisType.Explicit

@@ -50,7 +50,7 @@ def test_pmap_matches_the_jit_step(name):
   full-size step of its own sign, so single elements may differ by ~lr / 300."""
   tx, schedule = make_tx(name)
   init = trainer.make_init_state(CFG, tx)
-  jit_step = jax.jit(trainer.make_train_step(CFG, tx, schedule))
+  jit_step = jax.jit(trainer.make_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule))
   p_step = pmap_step.make_pmap_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule)
   state_j, state_p = init(0), pmap_step.replicate(init(0))
   for batch in batches():
