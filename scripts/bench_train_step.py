@@ -6,6 +6,15 @@ r"""Train-step speed for a config: median step time and tokens/s after warm-up, 
 
 Each variant is `configs/speedrun_cpu_<name>.py` if that file exists, else the base config with
 `optimizer.name=<name>`. Ratios are against the first variant, measured in the same run.
+
+Per-device memory on fsdp meshes (nothing is run; the step is compiled for each mesh):
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/python -m \
+      scripts.bench_train_step --variants=adamw,adamw_8bit,muon,shampoo --fsdp=1,2,4,8
+
+prints, per optimizer and fsdp size, the parameter and optimizer-state bytes of the fullest
+device (from the state's shardings) and the compiled step's memory analysis (arguments,
+outputs, temporaries per device).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/speedrun_cpu.py", "
 _VARIANTS = flags.DEFINE_list("variants", [], "Optimizer variants to compare (default: config's).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repetition.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repetitions; the median is reported.")
+_FSDP = flags.DEFINE_list("fsdp", [], "Report per-device memory for these fsdp sizes instead.")
 
 
 def _variant_config(name: str):
@@ -84,8 +94,50 @@ def bench(cfg) -> tuple[float, float, float]:
   return step_s, batch * cfg.data.seq_len / step_s, compile_s
 
 
+def fsdp_memory(cfg, fsdp: int) -> dict:
+  """Per-device bytes of the train state and of the compiled step on a (1, fsdp) mesh."""
+  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  cfg = cfg.copy_and_resolve_references()
+  cfg.mesh.data, cfg.mesh.fsdp = 1, fsdp
+  mesh = sharding_lib.make_mesh(cfg.mesh, jax.devices()[:fsdp])
+  tx, schedule = trainer.make_optimizer(cfg)
+  w = workloads.build(cfg, "/tmp")
+  abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
+  state_sh = sharding_lib.state_shardings(mesh, abstract)
+  accum, batch = int(cfg.train.grad_accum_steps), int(cfg.train.batch_size)
+  example = w.train_batch(0, 0)
+  batch_abs = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct((accum, batch // accum, *a.shape[1:]), a.dtype), example)
+  batch_sh = jax.tree.map(lambda a: sharding_lib.batch_sharding(mesh, a.ndim + 1, 1), example)
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(trainer.make_train_step(w.loss_fn, tx, schedule),
+                       in_shardings=(state_sh, batch_sh), donate_argnums=(0,)).lower(
+                           abstract, batch_abs).compile()
+  mem = compiled.memory_analysis()
+  return {"params": trainer._bytes_per_device(abstract["params"], state_sh["params"]),  # pylint: disable=protected-access
+          "opt_state": trainer._bytes_per_device(abstract["opt_state"], state_sh["opt_state"]),  # pylint: disable=protected-access
+          "arguments": getattr(mem, "argument_size_in_bytes", None),
+          "outputs": getattr(mem, "output_size_in_bytes", None),
+          "temps": getattr(mem, "temp_size_in_bytes", None)}
+
+
 def main(argv):
   del argv
+  if _FSDP.value:
+    names = _VARIANTS.value or [_CONFIG.value.optimizer.name]
+    rows = []
+    for name in names:
+      cfg = _variant_config(name) if _VARIANTS.value else _CONFIG.value
+      base = None
+      for f in (int(x) for x in _FSDP.value):
+        m = fsdp_memory(cfg, f)
+        base = base or m["opt_state"]
+        rows.append([name, f, m["params"] / 1024, m["opt_state"] / 1024, base / m["opt_state"],
+                     (m["arguments"] or 0) / 1024, (m["temps"] or 0) / 1024])
+    print(f"devices: {jax.device_count()}")
+    bench_common.print_table(rows, ["optimizer", "fsdp", "params KiB/dev", "opt state KiB/dev",
+                                    "state 1/x", "step args KiB/dev", "step temps KiB/dev"])
+    return
   names = _VARIANTS.value or [_CONFIG.value.optimizer.name]
   rows, base = [], None
   for name in names:
