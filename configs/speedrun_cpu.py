@@ -28,9 +28,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.max_seq_len = 128
   c.model.rope_base = 10000.0
   c.model.logit_softcap = FieldReference(None, field_type=float)
-  c.model.remat = False
-  c.model.dtype = "float32"
+  # Activation checkpointing policy: "none", "block", "dots_saveable" or "offload_dots"
+  # (models/gpt.py); changes memory and time, not the math (free to change on resume).
+  c.model.remat = "none"
+  c.model.dtype = "float32"  # compute dtype; parameters and optimizer states stay float32
   c.model.init_std = FieldReference(None, field_type=float)
+
+  # Mixed precision: "bf16" computes in bfloat16 (loss and softmax in float32) with float32
+  # master weights and optimizer states; "fp32"; None: model.dtype as set.
+  c.precision = FieldReference(None, field_type=str)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "stdlib"  # "stdlib" (built-in corpus) or "bin" (FineWeb-style shards)

@@ -30,7 +30,7 @@ DATA_SOURCES = ("stdlib", "bin")
 RESUME_SAFE = (
     "train.stop_at_step", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.stall_warning_s", "train.allow_config_change", "train.eval_every",
-    "data.cache_dir", "mesh.", "parallelism", "distributed.", "debug.",
+    "data.cache_dir", "mesh.", "parallelism", "distributed.", "debug.", "model.remat",
 )
 
 

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from experiments import data as data_lib
+from experiments import memory
 from models import gpt
 from models import small
 
@@ -151,7 +152,10 @@ def token_sources(config, workdir: str, vocab_size: int):
 
 @_register("speedrun", "gpt_deep")
 def _gpt_workload(config, workdir: str) -> Workload:
-  model_cfg = gpt.GPTConfig.from_config(config.model)
+  model_values = config.model.to_dict()
+  if config.get("precision"):  # bf16 compute, float32 master weights and states
+    model_values["dtype"] = memory.model_dtype(config.precision)
+  model_cfg = gpt.GPTConfig.from_config(model_values)
   seq_len = int(config.data.seq_len)
   if seq_len > model_cfg.max_seq_len:
     raise ValueError(f"data.seq_len={seq_len} > model.max_seq_len={model_cfg.max_seq_len}")
@@ -183,7 +187,9 @@ def _gpt_workload(config, workdir: str) -> Workload:
       init_params=functools.partial(gpt.init_params, model_cfg),
       loss_fn=loss, train_batch=train_batch, eval_batches=eval_batches, eval_fn=loss,
       metric="val_loss", items_per_step=common["batch_size"] * seq_len, info=info,
-      fingerprint={"model": dataclasses.asdict(model_cfg), "data_source": config.data.source,
+      # Remat changes memory and time, not the math: not part of what a resume must match.
+      fingerprint={"model": {k: v for k, v in dataclasses.asdict(model_cfg).items()
+                             if k != "remat"}, "data_source": config.data.source,
                    "seq_len": seq_len},
       **common)
 

@@ -174,3 +174,15 @@ def test_pmap_parallelism_matches_jit_and_resumes_from_its_checkpoints(tmp_path)
   # Both average per-device gradients of the same rows; only the reduction order differs.
   np.testing.assert_allclose(train["pmap"], train["jit"], rtol=1e-5)
   np.testing.assert_allclose(_val(tmp_path / "pmap"), _val(tmp_path / "jit"), rtol=1e-5)
+
+
+def test_precision_bf16_sets_the_compute_dtype_and_remat_may_change_on_resume(tmp_path):
+  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config(tmp_path, train__steps=6, train__stop_at_step=3, precision="bf16")
+  w = workloads.build(cfg, str(tmp_path / "w"))
+  assert w.fingerprint["model"]["dtype"] == "bfloat16" and "remat" not in w.fingerprint["model"]
+  trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  cfg = tiny_config(tmp_path, train__steps=6, precision="bf16", model__remat="block")
+  assert trainer.train_and_evaluate(cfg, str(tmp_path / "w"))["step"] == 6
+  state = _state(tmp_path / "w")
+  assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
