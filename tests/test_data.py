@@ -150,3 +150,18 @@ def test_eval_batches_are_fixed(tmp_path):
   b = data.eval_batches(src, 4, 3)
   chex.assert_trees_all_equal(a, b)
   assert len(a) == 3 and a[0].shape == (4, 17)
+
+
+def test_token_ids_are_range_checked_as_batches_are_drawn(tmp_path):
+  """No scan of every shard at start (minutes on 10B tokens): a bad id is found when drawn."""
+  good = np.arange(1000) % 50
+  bad = good.copy()
+  bad[500] = 60000
+  data.write_shard(str(tmp_path / "a.bin"), good)
+  data.write_shard(str(tmp_path / "b.bin"), bad)
+  src = data.TokenSource([str(tmp_path / "a.bin"), str(tmp_path / "b.bin")], 50257, 9)
+  src.windows(np.arange(0, 900, 7))  # windows of the good shard: fine
+  ok = data.TokenSource([str(tmp_path / "b.bin")], 60001, 9)
+  ok.windows(np.array([495]))
+  with pytest.raises(data.ShardError, match="b.bin: token id 60000 is out of range"):
+    src.windows(np.array([992 + 495]))

@@ -132,6 +132,16 @@ def test_sigterm_saves_then_exits_and_resume_matches(tmp_path):
   assert proc.returncode == 128 + signal.SIGTERM, out
   step, _ = restore_params(tmp_path / "w")
   assert 3 <= step < 400
+  # The rerun resumes there and ends bitwise where an uninterrupted run of the same length does.
+  end = step + 3
+  rc, out = run_cli(tmp_path / "w", corpus, "--config.train.steps=400",
+                    "--config.train.checkpoint_every=1000", f"--config.train.stop_at_step={end}")
+  assert rc == 0 and f"Resumed from checkpoint step {step}" in out, out
+  rc, out = run_cli(tmp_path / "straight", corpus, "--config.train.steps=400",
+                    "--config.train.checkpoint_every=1000", f"--config.train.stop_at_step={end}")
+  assert rc == 0, out
+  chex.assert_trees_all_equal(restore_params(tmp_path / "w")[1],
+                              restore_params(tmp_path / "straight")[1])
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -283,3 +293,19 @@ def test_batch_scaling_rule_is_a_choice_and_scales_every_peak_learning_rate(tmp_
   cfg.schedule.base_batch_size = None
   cfg.schedule.lr_scaling = "linear"
   assert trainer.lr_scale(cfg) == 1.0
+
+
+def test_plots_label_runs_by_optimizer_and_write_beside_the_first_run(tmp_path):
+  corpus = tmp_path / "corpus"
+  for name, lr in (("a", "0.003"), ("b", "0.01")):
+    rc, out = run_cli(tmp_path / name, corpus, "--config.train.steps=2",
+                      f"--config.optimizer.learning_rate={lr}")
+    assert rc == 0, out
+  from scripts import plots  # pylint: disable=g-import-not-at-top
+  assert plots.run_label(str(tmp_path / "a")) == "adamw (lr 0.003)"
+  out = subprocess.run([sys.executable, "-m", "scripts.plots", str(tmp_path / "a"),
+                        str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / "a" / "curves.png").stat().st_size > 1000
+  assert not os.path.exists(os.path.join(ROOT, "curves.png"))
