@@ -8,6 +8,7 @@ stops the run at once and no checkpoint is ever written from a non-finite state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import functools
@@ -416,8 +417,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     lock.acquire()
   try:
-    # The context mesh lets sharded optimizers give each device whole matrices (owner.py).
-    with jax.set_mesh(mesh):
+    # The context mesh lets sharded optimizers give each device whole matrices (owner.py);
+    # pmap brings its own mapping (and refuses a different context mesh).
+    use_pmap = config.get("parallelism", "jit") == "pmap"
+    with contextlib.nullcontext() if use_pmap else jax.set_mesh(mesh):
       return _train(config, workdir, workload, mesh, tx, schedule)
   finally:
     lock.release()
