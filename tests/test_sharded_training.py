@@ -21,7 +21,9 @@ CONFIGS = {"adamw": "speedrun_cpu.py", "adamw_8bit": "speedrun_cpu_adamw_8bit.py
 # SOAP on several CPU devices hangs XLA's CPU runtime (LAPACK thread-pool starvation, see
 # WORKSPACE.md): the trainer refuses it there, tested below; accelerators run it sharded.
 SHARDED = sorted(set(CONFIGS) - {"soap"})
-MESHES = {"one": (1, 1), "data8": (8, 1), "data2_fsdp4": (2, 4), "fsdp8": (1, 8)}
+# (data 8) alone is covered by test_train.test_eight_devices_and_one_give_the_same_losses and,
+# per optimizer, by test_sharded_optimizers' step-level data8 cases.
+MESHES = {"one": (1, 1), "data2_fsdp4": (2, 4), "fsdp8": (1, 8)}
 
 
 def config(tmp_path, name, mesh, **kw):

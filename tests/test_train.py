@@ -152,13 +152,19 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   cfg.optimizer = {"name": "sgd", "learning_rate": 1e30}
   with pytest.raises(trainer.TrainingDivergedError, match="[Ll]ast good checkpoint"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "nan"))
-  steps = ckpt_lib.Checkpointer(str(tmp_path / "nan" / "checkpoints"), 3).all_steps()
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "nan" / "checkpoints"), 3)
+  steps = checkpointer.all_steps()
+  checkpointer.close()  # an open orbax manager leaves asyncio noise when collected
   assert steps and max(steps) < 50
   last, state = restore_params(tmp_path / "nan")
   chex.assert_tree_all_finite(state["params"])
   assert last == max(steps)
 
 
+# Orbax's failed restore of a garbage manifest leaves a TensorStore callback for an asyncio loop
+# that is already closed; it surfaces at garbage collection, after the CheckpointError (the
+# CLI's one-line error is unaffected: tests/test_trustworthy_runs.py checks its output).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_or_incompatible_checkpoint_is_an_error(tmp_path):
   cfg = tiny_config(tmp_path, train__steps=10)
   trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
@@ -174,6 +180,8 @@ def test_corrupt_or_incompatible_checkpoint_is_an_error(tmp_path):
           fh.write(b"garbage")
   with pytest.raises(ckpt_lib.CheckpointError, match="every checkpoint in .* is damaged"):
     trainer.train_and_evaluate(tiny_config(tmp_path, train__steps=20), str(tmp_path / "w"))
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()  # orbax's leftover callback surfaces here, inside this test's filter
 
 
 def test_cli_overrides_reach_the_config_and_bad_optimizer_names_fail(tmp_path):
@@ -236,8 +244,10 @@ def test_target_reached_before_a_resume_is_not_logged_again(tmp_path):
   assert [r["steps_to_target"] for r in records if "steps_to_target" in r] == [10]
 
 
+# normuon, dion and psgd_kron train their configs through the CLI in their own test files.
 _VARIANTS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
-                   if f.startswith("speedrun_cpu_") and f.endswith(".py"))
+                   if f.startswith("speedrun_cpu_") and f.endswith(".py") and
+                   f[len("speedrun_cpu_"):-3] not in ("normuon", "dion", "psgd_kron"))
 
 
 @pytest.mark.parametrize("name", _VARIANTS)
