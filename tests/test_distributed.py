@@ -27,10 +27,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Launch:
   """scripts/launch_local.py running tests/dist_target.py, its output collected line by line."""
 
-  def __init__(self, *target_args: str):
+  def __init__(self, *target_args: str, grace_s: float = 30.0):
+    # The grace only runs out when a process hangs. CI once lost process 0's stop line (40
+    # runs here under load never did); a 5 s grace could cut off a slow survivor, so 30 s,
+    # and the failure messages carry every line.
     self.proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.launch_local", "--num_processes=2",
-         "--devices_per_process=4", "--module=tests.dist_target", "--grace_s=5", "--",
+         "--devices_per_process=4", "--module=tests.dist_target", f"--grace_s={grace_s}", "--",
          *target_args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     self.lines: list[str] = []
     self._reader = threading.Thread(target=self._read, daemon=True)
@@ -92,7 +95,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step():
   os.kill(pid, signal.SIGTERM)  # process 1 only
   assert run.finish() == 128 + signal.SIGTERM, "\n".join(run.lines)
   stops = _stops(run)
-  assert stops[0][0] == stops[1][0], stops
+  assert sorted(stops) == [0, 1] and stops[0][0] == stops[1][0], "\n".join(run.lines)
   assert stops[0][0] % 3 == 0  # checks happen every 3 steps
   assert stops == {0: (stops[0][0], False), 1: (stops[0][0], True)}
 
@@ -103,7 +106,7 @@ def test_launcher_forwards_sigterm_to_every_process():
   run.proc.send_signal(signal.SIGTERM)
   assert run.finish() == 128 + signal.SIGTERM, "\n".join(run.lines)
   stops = _stops(run)
-  assert sorted(stops) == [0, 1] and stops[0][0] == stops[1][0], stops
+  assert sorted(stops) == [0, 1] and stops[0][0] == stops[1][0], "\n".join(run.lines)
   assert stops[0][1] and stops[1][1]  # both received it
 
 
