@@ -27,12 +27,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
-import importlib.metadata
 import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -158,24 +156,14 @@ def record_key(record: dict) -> tuple:
 
 def provenance() -> dict:
   """Git SHA, library versions and device, for every record."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                         text=True, timeout=10).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    sha = None
-  versions = {"python": platform.python_version()}
-  for pkg in ("jax", "jaxlib", "optax", "flax", "numpy", "scikit-learn", "optuna"):
-    try:
-      versions[pkg] = importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-      versions[pkg] = None
+  from experiments import provenance as provenance_lib  # pylint: disable=g-import-not-at-top
   try:
     import jax  # pylint: disable=g-import-not-at-top
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
   except Exception:  # pylint: disable=broad-except
     device = platform.machine()
-  return {"git_sha": sha, "versions": versions, "device": f"{device}, {_host_cpu()}"}
+  return {"git_sha": provenance_lib.git_info()["sha"], "versions": provenance_lib.versions(),
+          "device": f"{device}, {_host_cpu()}"}
 
 
 def _host_cpu() -> str:

@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from experiments import data as data_lib
 from experiments import distributed
 from experiments import metrics as metrics_lib
 from experiments import pmap_step
+from experiments import provenance
 from experiments import sharding as sharding_lib
 from experiments import validate as validate_lib
 from experiments import watchdog as watchdog_lib
@@ -253,36 +253,11 @@ def make_init_state(init_params: Callable, tx,
 
 
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+  return nonfinite.all_finite(jax.tree.leaves(tree))
 
 
 # ---------------------------------------------------------------------------------------------
 # Run records.
-
-def _git_info() -> dict:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  def git(*args):
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                          timeout=10).stdout.strip()
-  try:
-    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
-  except (OSError, subprocess.SubprocessError):
-    return {"sha": None, "dirty": None}
-
-
-def _versions() -> dict:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-  out = {"python": platform.python_version()}
-  for pkg in ("jax", "jaxlib", "optax", "flax", "chex", "orbax-checkpoint", "numpy",
-              "ml-collections", "absl-py", "tensorboardX"):
-    try:
-      out[pkg] = md.version(pkg)
-    except md.PackageNotFoundError:
-      out[pkg] = None
-  return out
-
 
 def _bytes_per_device(abstract, shardings) -> int:
   """The most bytes any one device holds of `abstract` placed with `shardings`."""
@@ -297,8 +272,8 @@ def _bytes_per_device(abstract, shardings) -> int:
 def write_run_record(workdir, config, data_info, num_params, mesh, resumed_from, memory=None):
   record = {
       "config": json.loads(config.to_json_best_effort()),
-      "git": _git_info(),
-      "versions": _versions(),
+      "git": provenance.git_info(),
+      "versions": provenance.versions(),
       "devices": [str(d) for d in jax.devices()],
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
       "process_count": jax.process_count(),
@@ -400,7 +375,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if isinstance(e, (data_lib.ShardError, validate_lib.ConfigError)):
       raise
     raise validate_lib.ConfigError(str(e)) from e
-  _check_cpu_lapack_on_fsdp(config, mesh)
   train_cfg = config.train
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
   batch_devices = mesh.size  # rows split over data x fsdp
@@ -424,29 +398,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return _train(config, workdir, workload, mesh, tx, schedule)
   finally:
     lock.release()
-
-
-def _check_cpu_lapack_on_fsdp(config, mesh) -> None:
-  """Eigendecompositions and QRs of fsdp-sharded statistics hang XLA's CPU runtime (jaxlib
-  0.10.2: concurrent LAPACK calls with collectives in flight; see optimizers/shampoo/linalg.py).
-  Accelerators are not affected; on CPU those optimizers run data-parallel (fsdp=1)."""
-  o = config.optimizer
-  if jax.default_backend() != "cpu":
-    return
-  if o.name == "soap" and mesh.size > 1:
-    raise validate_lib.ConfigError(
-        f"optimizer 'soap' on {mesh.size} CPU devices hangs the CPU backend (its QR refreshes "
-        "on several devices at once starve XLA's CPU thread pool); on CPU use "
-        "--config.mesh.data=1 --config.mesh.fsdp=1. GPUs and TPUs run it on any mesh.")
-  lapack = (o.name == "dion" or
-            (o.name == "shampoo" and o.get("root_method", "newton") == "eigh"))
-  if lapack and sharding_lib.fsdp_size(mesh) > 1:
-    hint = (" or --config.optimizer.root_method=newton (matrix products only)"
-            if o.name == "shampoo" else "")
-    raise validate_lib.ConfigError(
-        f"mesh.fsdp={sharding_lib.fsdp_size(mesh)} with optimizer {o.name!r}"
-        f"{' (eigh roots)' if o.name == 'shampoo' else ''} hangs the CPU backend's LAPACK "
-        f"calls; on CPU use --config.mesh.fsdp=1{hint}. GPUs and TPUs run it sharded.")
 
 
 def _nonfinite_injection(config) -> tuple[tuple[int, ...], str] | None:

@@ -43,6 +43,7 @@ import optax
 from optimizers import muon
 from optimizers import routing
 from optimizers import nonfinite
+from optimizers.shampoo import linalg
 from optimizers._registry import register
 
 SCALES = ("spectral_norm",) + muon.SCALES
@@ -64,30 +65,6 @@ def rank(shape: tuple[int, int], rank_fraction: float) -> int:
   return max(1, min(small, int(rank_fraction * small)))
 
 
-def orthonormal_columns(stacks: Sequence[jax.Array]) -> list[jax.Array]:
-  """The Q of a reduced QR of every (batch_i, m_i, r_i) stack, in ONE LAPACK call.
-
-  Stacks are zero-padded to the largest (m, r): Householder QR keeps zero rows zero and the
-  first r_i columns of Q depend on the first r_i columns only, so cropping gives each stack's
-  own Q. One call because concurrent batched LAPACK kernels can deadlock XLA's CPU pool
-  (`optimizers/shampoo/linalg.py`).
-  """
-  if not stacks:  # no matrix leaf (every parameter went to the scalar branch)
-    return []
-  if len(stacks) == 1:
-    return [jnp.linalg.qr(stacks[0])[0]]
-  rows = max(s.shape[-2] for s in stacks)
-  cols = max(s.shape[-1] for s in stacks)
-  padded = jnp.concatenate([jnp.pad(s, ((0, 0), (0, rows - s.shape[-2]), (0, cols - s.shape[-1])))
-                            for s in stacks])
-  q = jnp.linalg.qr(padded)[0]
-  out, start = [], 0
-  for s in stacks:
-    out.append(q[start:start + s.shape[0], :s.shape[-2], :s.shape[-1]])
-    start += s.shape[0]
-  return out
-
-
 def dion_matrices(bs: Sequence[jax.Array], qs: Sequence[jax.Array], mu: float,
                   eps: float = 1e-8) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
   """One Dion step on stacks of whole matrices: per stack (direction, new momentum, new Q).
@@ -101,7 +78,7 @@ def dion_matrices(bs: Sequence[jax.Array], qs: Sequence[jax.Array], mu: float,
   Returns:
     Per stack: P Q^T (batch, m, n), the new momentum B - (1 - mu) P R^T, the new Q (batch, n, r).
   """
-  ps = orthonormal_columns([b @ q for b, q in zip(bs, qs)])
+  ps = linalg.qr_orthogonal([b @ q for b, q in zip(bs, qs)])
   out = []
   for b, q, p in zip(bs, qs, ps):
     is_zero = jnp.all(b == 0, axis=(-2, -1), keepdims=True)

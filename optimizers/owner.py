@@ -70,7 +70,7 @@ def _pad(x: jax.Array, multiple: int) -> jax.Array:
 
 
 def apply_on_owners(fn: Callable[[Any], Any], stacks: Any,
-                    axes: str | Sequence[str] | None = None, *, lapack: bool = False) -> Any:
+                    axes: str | Sequence[str] | None = None) -> Any:
   """`fn(stacks)`, computed with each device owning a 1/N share of every stack's matrices.
 
   Args:
@@ -79,9 +79,6 @@ def apply_on_owners(fn: Callable[[Any], Any], stacks: Any,
       the matrices of a stack independently (a batched computation).
     stacks: a pytree of arrays, each with the matrices along axis 0.
     axes: mesh axes to spread over (None: all axes of the context mesh).
-    lapack: `fn` calls LAPACK (eigh, QR). On the CPU backend such calls running concurrently
-      on several devices deadlock XLA's CPU runtime (jaxlib 0.10.2, see shampoo/linalg.py), so
-      there `fn` runs unsplit, as one call; accelerators split it.
 
   Returns:
     `fn(stacks)`, each output leaf with the leading length of its input stack.
@@ -90,11 +87,6 @@ def apply_on_owners(fn: Callable[[Any], Any], stacks: Any,
   n_owners = num_owners(names) if names else 1
   if n_owners == 1:
     return fn(stacks)
-  if lapack and jax.default_backend() == "cpu":
-    # Every device decomposes every matrix, from replicated inputs, as a data-parallel run does:
-    # a stack sharded by the partitioner hangs the CPU runtime (seen: Shampoo eigh roots, SOAP).
-    whole = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), stacks)
-    return jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, P()), fn(whole))
   lengths = jax.tree.map(lambda x: x.shape[0], stacks)
   spec = P(names)
   explicit = all(t == jax.sharding.AxisType.Explicit

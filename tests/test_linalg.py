@@ -1,11 +1,13 @@
-"""`optimizers.shampoo.linalg`: many stacks, one LAPACK call, same answers as one call each.
+"""`optimizers.shampoo.linalg`: one LAPACK call per matrix on CPU, same answers as batched calls.
 
 Why it exists (see its docstring): concurrent batched LAPACK kernels deadlock XLA's CPU thread
-pool. The last two tests pin that down: the compiled SOAP and Shampoo updates hold one
-decomposition call each, and a SOAP update with several block groups runs to the end.
+pool; a batch of one never touches the pool. The last tests pin that down: every decomposition
+in the lowered SOAP, Shampoo (eigh roots) and Dion updates is unbatched, and a SOAP update with
+several block groups runs to the end.
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -32,14 +34,14 @@ def _stacks(seed=0):
   return out
 
 
-def test_qr_equals_one_call_per_stack():
-  stacks = _stacks()
-  got = linalg.qr_orthogonal([jnp.asarray(s) for s in stacks])
+def test_qr_equals_the_batched_call_bitwise():
+  stacks = _stacks() + [np.random.default_rng(1).standard_normal((3, 9, 4)).astype(np.float32)]
+  got = jax.jit(linalg.qr_orthogonal)([jnp.asarray(s) for s in stacks])
   for q, s in zip(got, stacks):
-    want = np.asarray(jnp.linalg.qr(jnp.asarray(s))[0])
+    want = np.asarray(jnp.linalg.qr(jnp.asarray(s))[0])  # one batched LAPACK call
     assert q.shape == s.shape
-    np.testing.assert_allclose(np.asarray(q), want, atol=2e-6)
-    eye = np.broadcast_to(np.eye(s.shape[-1]), s.shape)
+    np.testing.assert_array_equal(np.asarray(q), want)
+    eye = np.broadcast_to(np.eye(s.shape[-1]), s.shape[:1] + (s.shape[-1],) * 2)
     np.testing.assert_allclose(np.swapaxes(q, 1, 2) @ q, eye, atol=2e-6)
 
 
@@ -75,20 +77,27 @@ def _params():
 
 
 def _lapack_calls(tx):
+  """{kernel: [num_batch_dims of each call]} in the lowered update."""
   params = _params()
   state = tx.init(params)
   text = jax.jit(tx.update).lower(params, state, params).as_text()
-  return {name: text.count(name) for name in ("geqrf", "orgqr", "syevd")}
+  calls = {}
+  for line in text.splitlines():
+    for name in ("geqrf", "orgqr", "syevd"):
+      if f"lapack_s{name}_ffi" in line:
+        calls.setdefault(name, []).append(re.search(r'num_batch_dims = "(\d+)"', line)[1])
+  return calls
 
 
-def test_soap_update_holds_one_call_per_decomposition():
-  tx = optimizers.create("soap", learning_rate=1e-3, block_size=16)
-  assert _lapack_calls(tx) == {"geqrf": 1, "orgqr": 1, "syevd": 1}
-
-
-def test_shampoo_eigh_update_holds_one_eigh_call():
-  tx = optimizers.create("shampoo", learning_rate=1e-3, block_size=16, root_method="eigh")
-  assert _lapack_calls(tx) == {"geqrf": 0, "orgqr": 0, "syevd": 1}
+@pytest.mark.parametrize("name,kw,kernels", [
+    ("soap", {"block_size": 16}, {"geqrf", "orgqr", "syevd"}),
+    ("shampoo", {"block_size": 16, "root_method": "eigh"}, {"syevd"}),
+    ("dion", {}, {"geqrf", "orgqr"}),
+])
+def test_every_decomposition_is_one_matrix_per_call(name, kw, kernels):
+  calls = _lapack_calls(optimizers.create(name, learning_rate=1e-3, **kw))
+  assert set(calls) == kernels
+  assert all(n == "0" for batch_dims in calls.values() for n in batch_dims), calls
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,25 +18,25 @@ from tests.test_train import ROOT, TINY
 CONFIGS = {"adamw": "speedrun_cpu.py", "adamw_8bit": "speedrun_cpu_adamw_8bit.py",
            "muon": "speedrun_cpu_muon.py", "shampoo": "speedrun_cpu_shampoo.py",
            "soap": "speedrun_cpu_soap.py"}
-# SOAP on several CPU devices hangs XLA's CPU runtime (LAPACK thread-pool starvation, see
-# WORKSPACE.md): the trainer refuses it there, tested below; accelerators run it sharded.
-SHARDED = sorted(set(CONFIGS) - {"soap"})
-# (data 8) alone is covered by test_train.test_eight_devices_and_one_give_the_same_losses and,
-# per optimizer, by test_sharded_optimizers' step-level data8 cases.
-MESHES = {"one": (1, 1), "data2_fsdp4": (2, 4), "fsdp8": (1, 8)}
+MESHES = {"one": (1, 1), "data8": (8, 1), "data2_fsdp4": (2, 4), "fsdp8": (1, 8)}
 
 
 def config(tmp_path, name, mesh, **kw):
-  values = dict(TINY, **{"data.cache_dir": str(tmp_path.parent / "corpus"), "train.steps": 5,
-                         "train.eval_every": 5, "train.checkpoint_every": 5,
+  values = dict(TINY, **{"data.cache_dir": str(tmp_path.parent / "corpus"), "train.steps": 10,
+                         "train.eval_every": 5, "train.checkpoint_every": 10, "train.log_every": 1,
                          "mesh.data": mesh[0], "mesh.fsdp": mesh[1]})
   values.update({k.replace("__", "."): v for k, v in kw.items()})
   cfg = configs_util.load(os.path.join(ROOT, "configs", CONFIGS[name]), values)
-  if name in ("shampoo", "soap"):  # roots and basis refreshes inside the 5 steps
+  if name in ("shampoo", "soap"):  # roots (eigh: LAPACK) and basis refreshes (QR) in 10 steps
     cfg.optimizer.start_preconditioning_step = 2
-    cfg.optimizer.precondition_every = 2
-  if name == "shampoo":  # eigh roots on fsdp-sharded factors hang the CPU runtime (trainer)
-    cfg.optimizer.root_method = "newton"
+    cfg.optimizer.precondition_every = 3
+  if name == "shampoo":
+    # (L + eps lambda_max I)^(-1/4) moves by about dL / (4 eps lambda_max) in L's near-null
+    # directions, so float32 rounding of L (1e-7 lambda_max) is amplified 2.5% there at the
+    # config's eps = 1e-6: (data 2, fsdp 4), whose sharded matmuls round L differently, then
+    # differed from one device by 7e-5 in the loss. At 1e-4 the roots are well conditioned and
+    # the meshes agree to 3e-7, so the tolerance below tests the sharding, not the conditioning.
+    cfg.optimizer.eps = 1e-4
   return cfg
 
 
@@ -46,7 +46,7 @@ def losses(workdir):
           [r["val_loss"] for r in rows if "val_loss" in r])
 
 
-@pytest.mark.parametrize("name", SHARDED)
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_meshes_give_the_losses_of_one_device_and_split_the_state(tmp_path, name):
   got = {}
   meshes = MESHES
@@ -65,9 +65,17 @@ def test_meshes_give_the_losses_of_one_device_and_split_the_state(tmp_path, name
           1.3 * one["params_bytes_per_device"] / mesh[1])
   for mesh_name in meshes:
     # The same math; meshes change only reduction order (float32 sums over 8 shards):
-    # ~1e-7 relative per sum, amplified through 5 optimizer steps to < 1e-5 on the loss.
-    np.testing.assert_allclose(got[mesh_name][0], got["one"][0], rtol=2e-5, err_msg=mesh_name)
-    np.testing.assert_allclose(got[mesh_name][1], got["one"][1], rtol=2e-5, err_msg=mesh_name)
+    # ~1e-7 relative per sum, amplified through 10 optimizer steps to < 1e-5 on the loss.
+    # SOAP amplifies rounding through its eigenbases (eigenvectors move by rounding / eigengap):
+    # on ONE device, accumulating the batch in two halves (`train.grad_accum_steps=2`, the same
+    # math in another order) moves its step-10 loss by 1.2e-3 relative here, and the meshes by
+    # up to 2.6e-3; before the first basis is used (steps 1-3) it agrees to ~1e-7 like the rest.
+    rtol = 1e-2 if name == "soap" else 2e-5
+    assert len(got[mesh_name][0]) == 10 and len(got[mesh_name][1]) == 3  # val at 0, 5, 10
+    np.testing.assert_allclose(got[mesh_name][0][:3], got["one"][0][:3], rtol=2e-5,
+                               err_msg=mesh_name)
+    np.testing.assert_allclose(got[mesh_name][0], got["one"][0], rtol=rtol, err_msg=mesh_name)
+    np.testing.assert_allclose(got[mesh_name][1], got["one"][1], rtol=rtol, err_msg=mesh_name)
 
 
 def test_state_leaves_hold_one_eighth_per_device_on_fsdp8(tmp_path):
@@ -108,14 +116,3 @@ def test_a_checkpoint_moves_between_meshes_and_training_continues_identically(tm
     pa = m1.restore(9, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     pb = m2.restore(9, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   chex.assert_trees_all_close(pa["params"], pb["params"], rtol=1e-4, atol=1e-5)
-
-
-def test_lapack_optimizers_on_cpu_meshes_are_refused_with_what_to_do(tmp_path):
-  from experiments import validate  # pylint: disable=g-import-not-at-top
-  with pytest.raises(validate.ConfigError, match="mesh.data=1 --config.mesh.fsdp=1"):
-    trainer.train_and_evaluate(config(tmp_path, "soap", (8, 1)), str(tmp_path / "w"))
-  cfg = config(tmp_path, "shampoo", (1, 8))
-  cfg.optimizer.root_method = "eigh"
-  with pytest.raises(validate.ConfigError, match="root_method=newton"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
-  assert not (tmp_path / "w").exists()

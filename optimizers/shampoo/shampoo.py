@@ -147,14 +147,13 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
 
     def roots_of(mats):
       if root_method == "eigh":
-        # Every bucket's eigendecomposition in one LAPACK call on CPU: concurrent ones can
-        # deadlock its runtime (see linalg.py).
+        # linalg.py: eigendecompositions that cannot deadlock the CPU runtime.
         return [jax.vmap(functools.partial(eigh_root_fn, p=b[1]))(m, *e)
                 for b, m, e in zip(order, mats, linalg.eigh(mats))]
       return [jax.vmap(functools.partial(root_fn, p=b[1]))(m) for b, m in zip(order, mats)]
 
     # Each device computes the roots of the blocks it owns (owner.py).
-    results = owner.apply_on_owners(roots_of, mats, lapack=root_method == "eigh")
+    results = owner.apply_on_owners(roots_of, mats)
     for b, result in zip(order, results):
       items = buckets[b]
       prev = jnp.concatenate([roots[k][j] for k, j in items])

@@ -118,11 +118,10 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       # The paper's step 1 sets L = G G^T; a later start adds G G^T to the running factors.
       stats = statistics.update_groups(state.stats, g_blocks, layout.dims,
                                        0.0 if start == 1 else sb)
-      # Every factor's eigenvectors in one LAPACK call (see linalg.py), descending.
+      # Every factor's eigenvectors (linalg.py: no CPU deadlock), descending.
       # On a mesh each device decomposes the blocks it owns (owner.py).
       keys = [(k, j) for k, v in stats.items() for j in range(len(v))]
-      eig = dict(zip(keys, owner.apply_on_owners(linalg.eigh, [stats[k][j] for k, j in keys],
-                                                       lapack=True)))
+      eig = dict(zip(keys, owner.apply_on_owners(linalg.eigh, [stats[k][j] for k, j in keys])))
       bases = {k: tuple(jnp.flip(eig[k, j][1], axis=-1) for j in range(len(v)))
                for k, v in stats.items()}
       return [jnp.zeros_like(g) for g in grads], state._replace(stats=stats, bases=bases)
@@ -155,15 +154,13 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
 
         def power_step(pairs):
           ordered = [order_by_estimate(f, q) for f, q in pairs]
-          # Every factor's QR in one LAPACK call on CPU: concurrent ones can deadlock
-          # (linalg.py).
+          # linalg.py: QRs that cannot deadlock the CPU runtime.
           return list(zip(linalg.qr_orthogonal([lq for lq, _ in ordered]),
                           [o for _, o in ordered]))
 
         # On a mesh each device refreshes the blocks it owns (owner.py).
         refreshed = owner.apply_on_owners(power_step,
-                                          [(stats[k][j], bases[k][j]) for k, j in keys],
-                                          lapack=True)
+                                          [(stats[k][j], bases[k][j]) for k, j in keys])
         for (k, j), (_, order) in zip(keys, refreshed):
           d = layout.dims[k][j]
           index = order.reshape(order.shape[:1] + (1,) * d + order.shape[1:]
