@@ -8,6 +8,13 @@ output projections, an untied head and an optional logit soft-cap (Gemma 2).
 Training code never sees the Flax module: `init_params` returns a plain nested dict of arrays
 and `apply` maps (params, tokens) to logits. Every 2-D kernel is stored as (fan_in, fan_out), so
 optimizers that need matrix orientation (Muon, Shampoo) can rely on it.
+
+Tensor parallelism (Megatron-LM, Shoeybi et al. 2019, arXiv 1909.08053): `logical_axes` names
+every parameter's dimensions in one place (q/k/v and the MLP's first matrix split their outputs:
+column-parallel; the two output projections split their inputs: row-parallel); activations are
+constrained by the same names (`_constrain`) when logical-axis rules (`flax.core.spmd`, set by
+`experiments.sharding.context`) map them to an axis of the mesh in context. Without rules or
+mesh the model is the plain one, op for op.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import nnx
+from flax.core import spmd
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,64 @@ def _rotary(x_BxTxNxH, base: float):
   return out.astype(x_BxTxNxH.dtype)
 
 
+# Logical axes of each parameter, by the last keys of its path (a leading "layers" axis is
+# added for stacked blocks).
+_LOGICAL = {
+    ("embed", "embedding"): ("vocab", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+    ("attn", "q", "kernel"): ("embed", "heads"),
+    ("attn", "k", "kernel"): ("embed", "heads"),
+    ("attn", "v", "kernel"): ("embed", "heads"),
+    ("attn", "proj", "kernel"): ("heads", "embed"),
+    ("mlp", "fc", "kernel"): ("embed", "mlp"),
+    ("mlp", "proj", "kernel"): ("mlp", "embed"),
+    ("scale",): ("embed",),  # RMSNorm scales
+}
+
+
+def logical_axes(params: Any) -> Any:
+  """A tuple of logical axis names per parameter (the one place the model declares them).
+
+  vocab, embed, heads (the attention's num_heads x head_dim outputs), mlp (the MLP's hidden
+  units), layers (the leading axis of stacked blocks).
+  """
+
+  def names(path, x):
+    keys = tuple(str(getattr(k, "key", k)) for k in path)
+    for n in (3, 2, 1):
+      if keys[-n:] in _LOGICAL:
+        base = _LOGICAL[keys[-n:]]
+        return ("layers",) * (x.ndim - len(base)) + base
+    raise ValueError(f"no logical axes for parameter {'/'.join(keys)}")
+
+  return jax.tree_util.tree_map_with_path(names, params)
+
+
+def _constrain(x, *names: str):
+  """`x` laid out by logical axis names under the rules and mesh in context (else as is).
+
+  Active only when heads or mlp map to a mesh axis of size > 1 (tensor parallelism); the batch
+  dimension is left to XLA (`P.UNCONSTRAINED`), other unmapped dimensions are whole.
+  """
+  rules = dict(spmd.get_logical_axis_rules())
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  sizes = dict(mesh.shape)
+  if all(sizes.get(rules.get(n), 1) == 1 for n in ("heads", "mlp")):
+    return x
+  spec = []
+  for name, d in zip(names, x.shape):
+    axis = rules.get(name)
+    if name == "batch":
+      spec.append(P.UNCONSTRAINED)
+    elif axis in sizes and sizes[axis] > 1 and d % sizes[axis] == 0:
+      spec.append(axis)
+    else:
+      spec.append(None)
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
@@ -113,11 +180,13 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD):
     b, t, d = x_BxTxD.shape
     shape = (b, t, self.num_heads, d // self.num_heads)
-    q = _rotary(_rms_norm(self.q(x_BxTxD).reshape(shape)), self.rope_base)
-    k = _rotary(_rms_norm(self.k(x_BxTxD).reshape(shape)), self.rope_base)
-    v = self.v(x_BxTxD).reshape(shape)
+    heads = lambda y: _constrain(y.reshape(shape), "batch", "seq", "heads", "head_dim")
+    q = _rotary(_rms_norm(heads(self.q(x_BxTxD))), self.rope_base)
+    k = _rotary(_rms_norm(heads(self.k(x_BxTxD))), self.rope_base)
+    v = heads(self.v(x_BxTxD))
     y_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    return self.proj(y_BxTxNxH.reshape(b, t, d))
+    y_BxTxNxH = _constrain(y_BxTxNxH, "batch", "seq", "heads", "head_dim")
+    return _constrain(self.proj(y_BxTxNxH.reshape(b, t, d)), "batch", "seq", "embed")
 
 
 class MLP(nnx.Module):
@@ -131,7 +200,8 @@ class MLP(nnx.Module):
                            kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.proj(jnp.square(jax.nn.relu(self.fc(x))))
+    h = _constrain(jnp.square(jax.nn.relu(self.fc(x))), "batch", "seq", "mlp")
+    return _constrain(self.proj(h), "batch", "seq", "embed")
 
 
 class Block(nnx.Module):
@@ -168,7 +238,8 @@ class GPT(nnx.Module):
         x = block(x)
       else:
         x = nnx.remat(lambda blk, h: blk(h), policy=_checkpoint_policy(policy))(block, x)
-    logits_BxTxV = self.lm_head(self.final_norm(x)).astype(jnp.float32)
+    logits_BxTxV = _constrain(self.lm_head(self.final_norm(x)).astype(jnp.float32),
+                              "batch", "seq", "vocab")
     if cfg.logit_softcap:
       logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
     return logits_BxTxV
