@@ -36,6 +36,7 @@ from experiments import compression as compression_lib
 from experiments import data as data_lib
 from experiments import distributed
 from experiments import metrics as metrics_lib
+from experiments import pipeline
 from experiments import pmap_step
 from experiments import sharding as sharding_lib
 from experiments import validate as validate_lib
@@ -101,6 +102,10 @@ def make_optimizer(config: ml_collections.ConfigDict):
       hparams[k] = make_schedule(config, float(v) * scale)
       if k == "learning_rate":
         main_schedule = hparams[k]
+  if (int(config.get("mesh", {}).get("stage", 1)) > 1 and "dimension_numbers" not in hparams
+      and "dimension_numbers" in optimizers.hyperparameters(config.optimizer.name)):
+    # The pipeline stacks the blocks' kernels (layers, fan_in, fan_out): one matrix per layer.
+    hparams["dimension_numbers"] = pipeline.stacked_dimension_numbers
   try:
     tx = optimizers.create(config.optimizer.name, **hparams)
   except (ValueError, TypeError) as e:

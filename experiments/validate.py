@@ -142,6 +142,8 @@ def check_model_parallel(config: ml_collections.ConfigDict, model: int, stage: i
   the config; -1 (not yet resolved) passes here and is checked again with the mesh's sizes."""
   for field, value in (("mesh.model", model), ("mesh.stage", stage)):
     _require(value == -1 or value >= 1, field, value, "must be >= 1 (or -1: remaining devices)")
+  _require(stage != -1, "mesh.stage", stage,
+           "must be given explicitly: the stage count fixes the parameters' layout")
   if model <= 1 and stage <= 1:
     return
   field = "mesh.model" if model > 1 else "mesh.stage"

@@ -35,6 +35,7 @@ import numpy as np
 
 from experiments import data as data_lib
 from experiments import memory
+from experiments import pipeline
 from models import gpt
 from models import small
 
@@ -185,7 +186,7 @@ def _gpt_workload(config, workdir: str) -> Workload:
     return [b[rows] for b in global_eval()]
 
   loss = functools.partial(gpt.loss_fn, model_cfg)
-  return Workload(
+  workload = Workload(
       name=config.get("workload", "speedrun"),
       init_params=functools.partial(gpt.init_params, model_cfg),
       loss_fn=loss, train_batch=train_batch, eval_batches=eval_batches, eval_fn=loss,
@@ -196,6 +197,11 @@ def _gpt_workload(config, workdir: str) -> Workload:
                              if k != "remat"}, "data_source": config.data.source,
                    "seq_len": seq_len},
       **common)
+  stages = int((config.get("mesh") or {}).get("stage", 1))
+  if stages > 1:  # GPipe: stacked blocks, the loss pipelined over the stage axis
+    workload = pipeline.pipelined(workload, model_cfg, stages,
+                                  int(config.train.get("microbatches", 1)))
+  return workload
 
 
 # ---------------------------------------------------------------------------------------------

@@ -263,10 +263,64 @@ def apply(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
 def loss_fn(cfg: GPTConfig, params: dict, batch_Bx_T1: jax.Array) -> jax.Array:
   """Mean next-token cross entropy in nats per token; the batch holds T+1 tokens per row."""
   inputs, targets = batch_Bx_T1[:, :-1], batch_Bx_T1[:, 1:]
-  logits = apply(cfg, params, inputs)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return cross_entropy(apply(cfg, params, inputs), targets)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return jnp.mean(nll)
+
+
+# ---- The model in pieces, for pipeline parallelism (experiments/pipeline.py): the embedding,
+# one block, the head; and the blocks' parameters stacked along a leading layer axis.
+
+def _bound(module_fn, params: dict):
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(module_fn))
+  nnx.replace_by_pure_dict(abstract_state, params)
+  return nnx.merge(graphdef, abstract_state)
+
+
+def embed(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
+  """The residual stream's input: token embeddings in the compute dtype."""
+  table = _bound(lambda: nnx.Embed(cfg.vocab_size, cfg.width, rngs=nnx.Rngs(params=0)),
+                 params["embed"])
+  return table(tokens_BxT).astype(jnp.dtype(cfg.dtype))
+
+
+def block(cfg: GPTConfig, block_params: dict, x_BxTxD: jax.Array) -> jax.Array:
+  """One transformer block (with the config's remat policy) on the residual stream."""
+
+  def run(p, x):
+    return _bound(lambda: Block(cfg, rngs=nnx.Rngs(params=0)), p)(x)
+
+  if cfg.remat_policy != "none":
+    run = jax.checkpoint(run, policy=_checkpoint_policy(cfg.remat_policy))
+  return run(block_params, x_BxTxD)
+
+
+def head(cfg: GPTConfig, params: dict, x_BxTxD: jax.Array) -> jax.Array:
+  """Final norm, output head and soft-cap: float32 logits."""
+  norm = _bound(lambda: nnx.RMSNorm(cfg.width, rngs=nnx.Rngs(params=0)), params["final_norm"])
+  lm_head = _bound(lambda: nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False,
+                                      rngs=nnx.Rngs(params=0)), params["lm_head"])
+  logits_BxTxV = _constrain(lm_head(norm(x_BxTxD)).astype(jnp.float32), "batch", "seq", "vocab")
+  if cfg.logit_softcap:
+    logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
+  return logits_BxTxV
+
+
+def stack_blocks(params: dict) -> dict:
+  """`params` with blocks {0: tree, 1: tree, ...} replaced by one tree of (layers, ...) arrays."""
+  blocks = [params["blocks"][i] for i in range(len(params["blocks"]))]
+  return dict(params, blocks=jax.tree.map(lambda *xs: jnp.stack(xs), *blocks))
+
+
+def unstack_blocks(params: dict) -> dict:
+  """Inverse of `stack_blocks`."""
+  n = jax.tree.leaves(params["blocks"])[0].shape[0]
+  return dict(params, blocks={i: jax.tree.map(lambda x: x[i], params["blocks"])
+                              for i in range(n)})
 
 
 def num_params(params: Any) -> int:

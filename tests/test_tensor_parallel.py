@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 import optimizers
 from experiments import configs_util
+from experiments import pipeline
 from experiments import sharding
 from experiments import trainer
 from experiments import validate
@@ -53,22 +54,40 @@ def batches(cfg, n=STEPS, seed=0):
   return [rng.integers(0, cfg.model.vocab_size, (1, rows, t)).astype(np.int32) for _ in range(n)]
 
 
-def run_steps(cfg, mesh_values):
-  """(train losses, final state) of STEPS train steps on the mesh, the step jitted once."""
+@functools.lru_cache(maxsize=None)
+def initial_state(cfg_json, stacked):
+  """The initial train state on the host, computed once per config (and layout)."""
+  cfg = ml_collections.ConfigDict(json.loads(cfg_json))
+  model_cfg = gpt.GPTConfig.from_config(cfg.model)
+  init_params = functools.partial(gpt.init_params, model_cfg)
+  if stacked:
+    init_params = lambda key: gpt.stack_blocks(gpt.init_params(model_cfg, key))
+  tx, _ = trainer.make_optimizer(cfg)
+  return jax.device_get(jax.jit(trainer.make_init_state(init_params, tx), static_argnums=0)(0))
+
+
+def run_steps(cfg, mesh_values, stages=None, microbatches=1):
+  """(train losses, final state) of STEPS train steps on the mesh, the step jitted once.
+
+  `stages`: None for the plain model; else the blocks are stacked and pipelined over that
+  many stages (1: stacked, one device's plain loop).
+  """
   model_cfg = gpt.GPTConfig.from_config(cfg.model)
   tx, schedule = trainer.make_optimizer(cfg)
-  init = trainer.make_init_state(model_cfg, tx)
-  abstract = jax.eval_shape(init, 0)
+  host_state = initial_state(cfg.to_json(), stages is not None)
+  abstract = jax.eval_shape(lambda: host_state)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_values))
   state_sh = sharding.state_shardings(mesh, abstract, logical_axes=gpt.logical_axes)
   batch_sh = sharding.batch_sharding(mesh, 3, batch_axis=1)
+  loss_fn = functools.partial(gpt.loss_fn, model_cfg)
+  if stages is not None:
+    loss_fn = functools.partial(pipeline.loss_fn, model_cfg, stages, microbatches)
   out = []
   with sharding.context(mesh):
-    step = jax.jit(trainer.make_train_step(functools.partial(gpt.loss_fn, model_cfg), tx,
-                                           schedule),
+    step = jax.jit(trainer.make_train_step(loss_fn, tx, schedule),
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                    donate_argnums=(0,))
-    state = jax.jit(init, static_argnums=0, out_shardings=state_sh)(0)
+    state = jax.device_put(host_state, state_sh)
     for b in batches(cfg):
       state, metrics = step(state, jax.device_put(b, batch_sh))
       out.append(metrics["train_loss"])
