@@ -45,10 +45,23 @@ def bubble_fraction(stages: int, microbatches: int) -> float:
   return (stages - 1) / (microbatches + stages - 1)
 
 
+def _stacked(path) -> bool:
+  """Under `blocks` with no layer index: a stacked leaf (blocks/attn/q/kernel)."""
+  names = [routing.key_name(k) for k in path]
+  return len(names) > 1 and names[0] == "blocks" and not names[1].isdigit()
+
+
 def stacked_dimension_numbers(path, leaf) -> routing.DimensionNumbers | None:
   """Muon's matrix view of stacked block kernels (layers, fan_in, fan_out): one per layer."""
-  del path
-  return routing.DimensionNumbers(1, 2) if leaf.ndim == 3 else None
+  return routing.DimensionNumbers(1, 2) if _stacked(path) and leaf.ndim == 3 else None
+
+
+def stacked_labels(path, leaf) -> str:
+  """Muon / AdamW routing by each layer's own shape: stacked norm scales (layers, width) are
+  vectors per layer and stay with AdamW, as in the unstacked model."""
+  if _stacked(path):
+    leaf = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+  return routing.default_label(path, leaf)
 
 
 def _layers(cfg: gpt.GPTConfig, blocks: Any, x: jax.Array) -> jax.Array:

@@ -102,10 +102,14 @@ def make_optimizer(config: ml_collections.ConfigDict):
       hparams[k] = make_schedule(config, float(v) * scale)
       if k == "learning_rate":
         main_schedule = hparams[k]
-  if (int(config.get("mesh", {}).get("stage", 1)) > 1 and "dimension_numbers" not in hparams
-      and "dimension_numbers" in optimizers.hyperparameters(config.optimizer.name)):
-    # The pipeline stacks the blocks' kernels (layers, fan_in, fan_out): one matrix per layer.
-    hparams["dimension_numbers"] = pipeline.stacked_dimension_numbers
+  if int(config.get("mesh", {}).get("stage", 1)) > 1:
+    # The pipeline stacks the blocks' parameters along a layer axis: route and view them per
+    # layer, as the unstacked model's (one Muon matrix per layer, norm scales to AdamW).
+    accepted = optimizers.hyperparameters(config.optimizer.name)
+    for key, rule in (("dimension_numbers", pipeline.stacked_dimension_numbers),
+                      ("labels", pipeline.stacked_labels)):
+      if key in accepted and hparams.get(key) is None:
+        hparams[key] = rule
   try:
     tx = optimizers.create(config.optimizer.name, **hparams)
   except (ValueError, TypeError) as e:
