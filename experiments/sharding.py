@@ -9,7 +9,7 @@ one (data, fsdp) coordinate see the same rows.
   Rule (parameters): the model declares each parameter's logical axes (`models/gpt.py`,
   `logical_axes`); `LOGICAL_RULES` maps them to mesh axes (heads, mlp and vocab -> model:
   Megatron's column- and row-parallel matrices; layers -> stage: a pipeline stage holds its
-  layers only). A dimension the mapped axis size does not divide stays whole. Then the ZeRO-3
+  layers only; vocab -> stage too). A dimension the mapped axis size does not divide stays whole. Then the ZeRO-3
   rule splits the FIRST remaining dimension that the fsdp size divides over `fsdp`; a
   parameter with no such dimension (scalars, odd shapes) stays replicated over fsdp and is
   listed by `param_shardings` so the trainer logs it once.
@@ -60,9 +60,11 @@ STAGE = "stage"
 AXES = (DATA, FSDP, MODEL, STAGE)
 BATCH_AXES = (DATA, FSDP)  # batch rows are split over these
 STATE_AXES = (FSDP, MODEL, STAGE)  # optimizer-state stacks split over these
-# Logical axis -> mesh axis. Logical names not listed (embed, seq, batch) are never split by
-# them: the residual stream stays whole on every model device.
-LOGICAL_RULES = (("heads", MODEL), ("mlp", MODEL), ("vocab", MODEL), ("layers", STAGE))
+# Logical axis -> mesh axis (or axes). Logical names not listed (embed, seq, batch) are never
+# split by them: the residual stream stays whole on every model device. The vocabulary (the
+# embedding and the head, outside the pipeline) also splits over `stage`, so that every
+# parameter but the final norm's scale falls as 1/stage.
+LOGICAL_RULES = (("heads", MODEL), ("mlp", MODEL), ("vocab", (MODEL, STAGE)), ("layers", STAGE))
 
 LogicalAxesFn = Callable[[Any], Any]  # params -> a tuple of logical names per parameter
 
@@ -139,9 +141,10 @@ def logical_dims(names: Sequence[str | None], shape: Sequence[int],
   rules = dict(LOGICAL_RULES)
   out = []
   for name, d in zip(names, shape):
-    axis = rules.get(name)
-    size = sizes.get(axis, 1) if axis else 1
-    out.append(axis if size > 1 and d % size == 0 else None)
+    rule = rules.get(name) or ()
+    axes = tuple(a for a in ((rule,) if isinstance(rule, str) else rule) if sizes.get(a, 1) > 1)
+    size = math.prod(sizes[a] for a in axes)
+    out.append((axes[0] if len(axes) == 1 else axes) if axes and d % size == 0 else None)
   return out
 
 

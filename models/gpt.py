@@ -149,11 +149,13 @@ def _constrain(x, *names: str):
   if not rules or mesh.empty:
     return x
   sizes = dict(mesh.shape)
-  if all(sizes.get(rules.get(n), 1) == 1 for n in ("heads", "mlp")):
+  # A rule names a mesh axis or a tuple of them (the first one is the tensor-parallel one).
+  axis_of = lambda n: rules[n] if isinstance(rules.get(n), str) else (rules.get(n) or (None,))[0]
+  if all(sizes.get(axis_of(n), 1) == 1 for n in ("heads", "mlp")):
     return x
   spec = []
   for name, d in zip(names, x.shape):
-    axis = rules.get(name)
+    axis = axis_of(name)
     if name == "batch":
       spec.append(P.UNCONSTRAINED)
     elif axis in sizes and sizes[axis] > 1 and d % sizes[axis] == 0:
