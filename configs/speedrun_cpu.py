@@ -73,6 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.stop_at_step = FieldReference(None, field_type=int)
   c.train.batch_size = 32  # global batch, in sequences
   c.train.grad_accum_steps = 1
+  # GPipe (mesh.stage > 1): each accumulation step's rows go through the pipeline in this many
+  # micro-batches; bubble fraction (stage - 1) / (microbatches + stage - 1).
+  c.train.microbatches = 1
   c.train.grad_clip_norm = FieldReference(None, field_type=float)
   c.train.eval_every = 100
   # Comparisons: the first eval step at or below this validation loss is logged as
@@ -102,6 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ZeRO-3: params and every optimizer state split over this axis too (experiments/sharding.py);
   # -1 on either axis: every device the other leaves.
   c.mesh.fsdp = 1
+  # Tensor parallel (Megatron): attention heads and MLP units split over this many devices.
+  c.mesh.model = 1
+  # Pipeline parallel (GPipe): the blocks split into this many contiguous stages.
+  c.mesh.stage = 1
 
   # Gradient compression for data parallelism (PowerSGD, top-k, sign; error feedback):
   # experiments/compression.py. "none": the plain all-reduce.

@@ -5,7 +5,9 @@
 The base config's cosine schedule, with a 10-step warmup, shapes both learning rates. Variants:
 `--config.optimizer.gram_ns=True` (Gram Newton–Schulz on the 128x512 MLP kernels),
 `--config.optimizer.ns_coeffs=polar_express`; and `--config=configs/speedrun_cpu_muon.py:optax`,
-the `optax.contrib.muon` baseline (`optax_muon`) with the same routing and hyperparameters.
+the `optax.contrib.muon` baseline (`optax_muon`) with the same routing and hyperparameters;
+`--config=configs/speedrun_cpu_muon.py:split_heads`, each attention head's slice of q, k, v
+and the output projection orthogonalized separately (`num_heads` follows `model.num_heads`).
 """
 
 import ml_collections
@@ -39,7 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.name = "optax_muon"
     # optax.contrib.muon has none of these.
     del o["ns_dtype"], o["gram_ns"], o["momentum_warmup_steps"], o["momentum_start"]
+  elif arg == "split_heads":  # each attention head's block orthogonalized on its own
+    o.split_heads = True
+    o.num_heads = c.model.get_ref("num_heads")
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; the only variant is 'optax'")
+    raise ValueError(f"unknown variant {arg!r}; choose 'optax' or 'split_heads'")
   c.optimizer = o
   return c

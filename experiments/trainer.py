@@ -35,6 +35,7 @@ from experiments import compression as compression_lib
 from experiments import data as data_lib
 from experiments import distributed
 from experiments import metrics as metrics_lib
+from experiments import pipeline
 from experiments import pmap_step
 from experiments import provenance
 from experiments import sharding as sharding_lib
@@ -101,6 +102,14 @@ def make_optimizer(config: ml_collections.ConfigDict):
       hparams[k] = make_schedule(config, float(v) * scale)
       if k == "learning_rate":
         main_schedule = hparams[k]
+  if int(config.get("mesh", {}).get("stage", 1)) > 1:
+    # The pipeline stacks the blocks' parameters along a layer axis: route and view them per
+    # layer, as the unstacked model's (one Muon matrix per layer, norm scales to AdamW).
+    accepted = optimizers.hyperparameters(config.optimizer.name)
+    for key, rule in (("dimension_numbers", pipeline.stacked_dimension_numbers),
+                      ("labels", pipeline.stacked_labels)):
+      if key in accepted and hparams.get(key) is None:
+        hparams[key] = rule
   try:
     tx = optimizers.create(config.optimizer.name, **hparams)
   except (ValueError, TypeError) as e:
@@ -375,9 +384,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if isinstance(e, (data_lib.ShardError, validate_lib.ConfigError)):
       raise
     raise validate_lib.ConfigError(str(e)) from e
+  _check_model_parallel(config, mesh, workload)
   train_cfg = config.train
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
-  batch_devices = mesh.size  # rows split over data x fsdp
+  batch_devices = sharding_lib.batch_size_divisor(mesh)  # rows split over data x fsdp
   if config.get("parallelism", "jit") == "pmap":
     batch_devices = jax.local_device_count() * jax.process_count()
   if (batch // accum) % batch_devices:
@@ -394,10 +404,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # The context mesh lets sharded optimizers give each device whole matrices (owner.py);
     # pmap brings its own mapping (and refuses a different context mesh).
     use_pmap = config.get("parallelism", "jit") == "pmap"
-    with contextlib.nullcontext() if use_pmap else jax.set_mesh(mesh):
+    with contextlib.nullcontext() if use_pmap else sharding_lib.context(mesh):
       return _train(config, workdir, workload, mesh, tx, schedule)
   finally:
     lock.release()
+
+
+def _check_model_parallel(config, mesh, workload) -> None:
+  """Tensor / pipeline sizes (resolved from -1 by the mesh) against the model and config."""
+  model = sharding_lib.axis_size(mesh, sharding_lib.MODEL)
+  stage = sharding_lib.axis_size(mesh, sharding_lib.STAGE)
+  validate_lib.check_model_parallel(config, model, stage)
+  if max(model, stage) > 1 and workload.logical_axes is None:
+    raise validate_lib.ConfigError(
+        f"mesh.model={model} mesh.stage={stage}: workload {workload.name!r} declares no "
+        "logical axes for its parameters; tensor and pipeline parallelism need a GPT workload")
 
 
 def _nonfinite_injection(config) -> tuple[tuple[int, ...], str] | None:
@@ -429,11 +450,11 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
                                          mesh=mesh, axis_name=sharding_lib.DATA, batch_axis=1)
   init_state = make_init_state(workload.init_params, tx, extra_init)
   abstract = jax.eval_shape(init_state, config.seed)
-  state_sh = sharding_lib.state_shardings(mesh, abstract)
+  state_sh = sharding_lib.state_shardings(mesh, abstract, logical_axes=workload.logical_axes)
   if compressor is not None:  # one error-feedback state per device
     state_sh["compression"] = jax.tree.map(
         lambda _: NamedSharding(mesh, P(sharding_lib.DATA)), abstract["compression"])
-  _, unsplit = sharding_lib.param_shardings(mesh, abstract["params"])
+  _, unsplit = sharding_lib.param_shardings(mesh, abstract["params"], workload.logical_axes)
   if sharding_lib.fsdp_size(mesh) > 1 and unsplit:
     logging.info("fsdp=%d: %d parameter(s) have no dimension it divides and stay replicated: %s",
                  sharding_lib.fsdp_size(mesh), len(unsplit), ", ".join(unsplit))

@@ -30,7 +30,7 @@ DATA_SOURCES = ("stdlib", "bin")
 RESUME_SAFE = (
     "train.stop_at_step", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.stall_warning_s", "train.allow_config_change", "train.eval_every",
-    "data.cache_dir", "mesh.", "parallelism", "distributed.", "debug.", "model.remat",
+    "data.cache_dir", "mesh.", "parallelism", "train.microbatches", "distributed.", "debug.", "model.remat",
 )
 
 
@@ -95,6 +95,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     _require(parallelism == "jit", "compression.kind", kind, "needs parallelism='jit'")
     _require(_get(config, "mesh.fsdp", 1) == 1, "compression.kind", kind,
              "compresses data-parallel gradients: it needs mesh.fsdp=1 (replicated params)")
+  check_model_parallel(config, int(_get(config, "mesh.model", 1)),
+                       int(_get(config, "mesh.stage", 1)))
   s = config.schedule
   _require(s.name in SCHEDULES, "schedule.name", s.name, f"choose from {', '.join(SCHEDULES)}")
   scaling = _get(config, "schedule.lr_scaling", "linear")
@@ -133,6 +135,41 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         raise ConfigError(f"{field}={pattern!r}: matches a directory ({dirs[0]}), not a shard "
                           "file; end the glob with *.bin")
   return warnings
+
+
+def check_model_parallel(config: ml_collections.ConfigDict, model: int, stage: int) -> None:
+  """Tensor (`mesh.model`) and pipeline (`mesh.stage`) sizes against the model and the rest of
+  the config; -1 (not yet resolved) passes here and is checked again with the mesh's sizes."""
+  for field, value in (("mesh.model", model), ("mesh.stage", stage)):
+    _require(value == -1 or value >= 1, field, value, "must be >= 1 (or -1: remaining devices)")
+  _require(stage != -1, "mesh.stage", stage,
+           "must be given explicitly: the stage count fixes the parameters' layout")
+  if model <= 1 and stage <= 1:
+    return
+  field = "mesh.model" if model > 1 else "mesh.stage"
+  value = model if model > 1 else stage
+  _require(_get(config, "parallelism", "jit") == "jit", field, value,
+           "needs parallelism='jit' (pmap replicates the whole model on every device)")
+  _require(_get(config, "compression.kind", "none") == "none", field, value,
+           "cannot be combined with gradient compression (compression.kind='none')")
+  _require(_get(config, "model.num_heads") is not None, field, value,
+           "needs a GPT workload (a model with num_heads and num_layers)")
+  _require(model <= 1 or stage <= 1, "mesh.stage", stage,
+           "is not supported together with mesh.model > 1 yet; use one of them")
+  m = config.model
+  if model > 1:
+    # Heads dividing implies the width (heads x head_dim) and the MLP's units divide too.
+    _require(m.num_heads % model == 0, "mesh.model", model,
+             f"must divide model.num_heads={m.num_heads}")
+  if stage > 1:
+    _require(m.num_layers % stage == 0, "mesh.stage", stage,
+             f"must divide model.num_layers={m.num_layers}")
+    micro = _get(config, "train.microbatches", 1)
+    _require(isinstance(micro, int) and micro >= 1, "train.microbatches", micro,
+             "must be an integer >= 1")
+    rows = config.train.batch_size // config.train.grad_accum_steps
+    _require(rows % micro == 0, "train.microbatches", micro,
+             f"must divide the {rows} rows of each accumulation step")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

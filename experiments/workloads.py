@@ -35,6 +35,7 @@ import numpy as np
 
 from experiments import data as data_lib
 from experiments import memory
+from experiments import pipeline
 from models import gpt
 from models import small
 
@@ -58,6 +59,9 @@ class Workload:
   items_per_step: int  # tokens (text) or examples: the throughput unit
   info: dict  # for run.json: data source and content hash
   fingerprint: dict  # what a checkpoint must agree on to be resumed
+  # params -> logical axis names per parameter, for tensor / pipeline parallel shardings
+  # (experiments/sharding.py); None: the workload supports data and fsdp only.
+  logical_axes: Callable[[Params], Any] | None = None
 
   def batches(self, seed: int, position: int = 0, process_index: int = 0,
               process_count: int = 1) -> "BatchStream":
@@ -182,16 +186,22 @@ def _gpt_workload(config, workdir: str) -> Workload:
     return [b[rows] for b in global_eval()]
 
   loss = functools.partial(gpt.loss_fn, model_cfg)
-  return Workload(
+  workload = Workload(
       name=config.get("workload", "speedrun"),
       init_params=functools.partial(gpt.init_params, model_cfg),
       loss_fn=loss, train_batch=train_batch, eval_batches=eval_batches, eval_fn=loss,
       metric="val_loss", items_per_step=common["batch_size"] * seq_len, info=info,
+      logical_axes=gpt.logical_axes,
       # Remat changes memory and time, not the math: not part of what a resume must match.
       fingerprint={"model": {k: v for k, v in dataclasses.asdict(model_cfg).items()
                              if k != "remat"}, "data_source": config.data.source,
                    "seq_len": seq_len},
       **common)
+  stages = int((config.get("mesh") or {}).get("stage", 1))
+  if stages > 1:  # GPipe: stacked blocks, the loss pipelined over the stage axis
+    workload = pipeline.pipelined(workload, model_cfg, stages,
+                                  int(config.train.get("microbatches", 1)))
+  return workload
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ output projections, an untied head and an optional logit soft-cap (Gemma 2).
 Training code never sees the Flax module: `init_params` returns a plain nested dict of arrays
 and `apply` maps (params, tokens) to logits. Every 2-D kernel is stored as (fan_in, fan_out), so
 optimizers that need matrix orientation (Muon, Shampoo) can rely on it.
+
+Tensor parallelism (Megatron-LM, Shoeybi et al. 2019, arXiv 1909.08053): `logical_axes` names
+every parameter's dimensions in one place (q/k/v and the MLP's first matrix split their outputs:
+column-parallel; the two output projections split their inputs: row-parallel); activations are
+constrained by the same names (`_constrain`) when logical-axis rules (`flax.core.spmd`, set by
+`experiments.sharding.context`) map them to an axis of the mesh in context. Without rules or
+mesh the model is the plain one, op for op.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import nnx
+from flax.core import spmd
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,66 @@ def _rotary(x_BxTxNxH, base: float):
   return out.astype(x_BxTxNxH.dtype)
 
 
+# Logical axes of each parameter, by the last keys of its path (a leading "layers" axis is
+# added for stacked blocks).
+_LOGICAL = {
+    ("embed", "embedding"): ("vocab", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+    ("attn", "q", "kernel"): ("embed", "heads"),
+    ("attn", "k", "kernel"): ("embed", "heads"),
+    ("attn", "v", "kernel"): ("embed", "heads"),
+    ("attn", "proj", "kernel"): ("heads", "embed"),
+    ("mlp", "fc", "kernel"): ("embed", "mlp"),
+    ("mlp", "proj", "kernel"): ("mlp", "embed"),
+    ("scale",): ("embed",),  # RMSNorm scales
+}
+
+
+def logical_axes(params: Any) -> Any:
+  """A tuple of logical axis names per parameter (the one place the model declares them).
+
+  vocab, embed, heads (the attention's num_heads x head_dim outputs), mlp (the MLP's hidden
+  units), layers (the leading axis of stacked blocks).
+  """
+
+  def names(path, x):
+    keys = tuple(str(getattr(k, "key", k)) for k in path)
+    for n in (3, 2, 1):
+      if keys[-n:] in _LOGICAL:
+        base = _LOGICAL[keys[-n:]]
+        return ("layers",) * (x.ndim - len(base)) + base
+    raise ValueError(f"no logical axes for parameter {'/'.join(keys)}")
+
+  return jax.tree_util.tree_map_with_path(names, params)
+
+
+def _constrain(x, *names: str):
+  """`x` laid out by logical axis names under the rules and mesh in context (else as is).
+
+  Active only when heads or mlp map to a mesh axis of size > 1 (tensor parallelism); the batch
+  dimension is left to XLA (`P.UNCONSTRAINED`), other unmapped dimensions are whole.
+  """
+  rules = dict(spmd.get_logical_axis_rules())
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  sizes = dict(mesh.shape)
+  # A rule names a mesh axis or a tuple of them (the first one is the tensor-parallel one).
+  axis_of = lambda n: rules[n] if isinstance(rules.get(n), str) else (rules.get(n) or (None,))[0]
+  if all(sizes.get(axis_of(n), 1) == 1 for n in ("heads", "mlp")):
+    return x
+  spec = []
+  for name, d in zip(names, x.shape):
+    axis = axis_of(name)
+    if name == "batch":
+      spec.append(P.UNCONSTRAINED)
+    elif axis in sizes and sizes[axis] > 1 and d % sizes[axis] == 0:
+      spec.append(axis)
+    else:
+      spec.append(None)
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
@@ -113,11 +182,13 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD):
     b, t, d = x_BxTxD.shape
     shape = (b, t, self.num_heads, d // self.num_heads)
-    q = _rotary(_rms_norm(self.q(x_BxTxD).reshape(shape)), self.rope_base)
-    k = _rotary(_rms_norm(self.k(x_BxTxD).reshape(shape)), self.rope_base)
-    v = self.v(x_BxTxD).reshape(shape)
+    heads = lambda y: _constrain(y.reshape(shape), "batch", "seq", "heads", "head_dim")
+    q = _rotary(_rms_norm(heads(self.q(x_BxTxD))), self.rope_base)
+    k = _rotary(_rms_norm(heads(self.k(x_BxTxD))), self.rope_base)
+    v = heads(self.v(x_BxTxD))
     y_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    return self.proj(y_BxTxNxH.reshape(b, t, d))
+    y_BxTxNxH = _constrain(y_BxTxNxH, "batch", "seq", "heads", "head_dim")
+    return _constrain(self.proj(y_BxTxNxH.reshape(b, t, d)), "batch", "seq", "embed")
 
 
 class MLP(nnx.Module):
@@ -131,7 +202,8 @@ class MLP(nnx.Module):
                            kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.proj(jnp.square(jax.nn.relu(self.fc(x))))
+    h = _constrain(jnp.square(jax.nn.relu(self.fc(x))), "batch", "seq", "mlp")
+    return _constrain(self.proj(h), "batch", "seq", "embed")
 
 
 class Block(nnx.Module):
@@ -168,7 +240,8 @@ class GPT(nnx.Module):
         x = block(x)
       else:
         x = nnx.remat(lambda blk, h: blk(h), policy=_checkpoint_policy(policy))(block, x)
-    logits_BxTxV = self.lm_head(self.final_norm(x)).astype(jnp.float32)
+    logits_BxTxV = _constrain(self.lm_head(self.final_norm(x)).astype(jnp.float32),
+                              "batch", "seq", "vocab")
     if cfg.logit_softcap:
       logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
     return logits_BxTxV
@@ -192,10 +265,64 @@ def apply(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
 def loss_fn(cfg: GPTConfig, params: dict, batch_Bx_T1: jax.Array) -> jax.Array:
   """Mean next-token cross entropy in nats per token; the batch holds T+1 tokens per row."""
   inputs, targets = batch_Bx_T1[:, :-1], batch_Bx_T1[:, 1:]
-  logits = apply(cfg, params, inputs)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return cross_entropy(apply(cfg, params, inputs), targets)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return jnp.mean(nll)
+
+
+# ---- The model in pieces, for pipeline parallelism (experiments/pipeline.py): the embedding,
+# one block, the head; and the blocks' parameters stacked along a leading layer axis.
+
+def _bound(module_fn, params: dict):
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(module_fn))
+  nnx.replace_by_pure_dict(abstract_state, params)
+  return nnx.merge(graphdef, abstract_state)
+
+
+def embed(cfg: GPTConfig, params: dict, tokens_BxT: jax.Array) -> jax.Array:
+  """The residual stream's input: token embeddings in the compute dtype."""
+  table = _bound(lambda: nnx.Embed(cfg.vocab_size, cfg.width, rngs=nnx.Rngs(params=0)),
+                 params["embed"])
+  return table(tokens_BxT).astype(jnp.dtype(cfg.dtype))
+
+
+def block(cfg: GPTConfig, block_params: dict, x_BxTxD: jax.Array) -> jax.Array:
+  """One transformer block (with the config's remat policy) on the residual stream."""
+
+  def run(p, x):
+    return _bound(lambda: Block(cfg, rngs=nnx.Rngs(params=0)), p)(x)
+
+  if cfg.remat_policy != "none":
+    run = jax.checkpoint(run, policy=_checkpoint_policy(cfg.remat_policy))
+  return run(block_params, x_BxTxD)
+
+
+def head(cfg: GPTConfig, params: dict, x_BxTxD: jax.Array) -> jax.Array:
+  """Final norm, output head and soft-cap: float32 logits."""
+  norm = _bound(lambda: nnx.RMSNorm(cfg.width, rngs=nnx.Rngs(params=0)), params["final_norm"])
+  lm_head = _bound(lambda: nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False,
+                                      rngs=nnx.Rngs(params=0)), params["lm_head"])
+  logits_BxTxV = _constrain(lm_head(norm(x_BxTxD)).astype(jnp.float32), "batch", "seq", "vocab")
+  if cfg.logit_softcap:
+    logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
+  return logits_BxTxV
+
+
+def stack_blocks(params: dict) -> dict:
+  """`params` with blocks {0: tree, 1: tree, ...} replaced by one tree of (layers, ...) arrays."""
+  blocks = [params["blocks"][i] for i in range(len(params["blocks"]))]
+  return dict(params, blocks=jax.tree.map(lambda *xs: jnp.stack(xs), *blocks))
+
+
+def unstack_blocks(params: dict) -> dict:
+  """Inverse of `stack_blocks`."""
+  n = jax.tree.leaves(params["blocks"])[0].shape[0]
+  return dict(params, blocks={i: jax.tree.map(lambda x: x[i], params["blocks"])
+                              for i in range(n)})
 
 
 def num_params(params: Any) -> int:

@@ -6,6 +6,16 @@ Registry entries:
   optax_muon  `optax.contrib.muon` behind the same routing and hyperparameter names, for
               comparisons "given the same tuning and routing".
 
+Per-head orthogonalization (`split_heads=True`, `num_heads=H`): the attention's q, k, v kernels
+(D, H hd) are H column blocks (D, hd) and its output projection (H hd, D) is H row blocks
+(hd, D); each block is orthogonalized (and shape-scaled) as a matrix of its own, as the NanoGPT
+speedrun's later records and Dion do. Which leaves are attention matrices, and on which side
+their heads lie, is `head_axes` (default: models/gpt.py's attn/{q,k,v,proj}/kernel paths).
+
+Tensor parallel (a `model` mesh axis, Megatron layouts): the Muon leaves arrive split by heads or
+MLP units over `model`; the owner machinery below still gives each device whole matrices (whole
+heads with `split_heads`), so the update is the unsharded one.
+
 Sharded (owner-based, `muon` only): Newton–Schulz needs whole matrices. The Muon leaves' matrices
 are stacked by shape (`newton_schulz.orthogonalize_many`); on the mesh in context
 (`jax.set_mesh`, see optimizers/owner.py) each stack is padded to a multiple of the N devices
@@ -45,10 +55,37 @@ def _shape_scale(scale: str, fan_in: int, fan_out: int) -> float:
   raise ValueError(f"unknown scale {scale!r}; choose from {SCALES}")
 
 
+FAN_IN, FAN_OUT = "fan_in", "fan_out"
+HeadRule = Callable[[Any, Any], "str | None"]
+
+
+def gpt_head_axes(path, leaf) -> str | None:
+  """models/gpt.py's attention matrices: q, k, v hold heads in fan_out, proj in fan_in."""
+  del leaf
+  keys = tuple(routing.key_name(k) for k in path)
+  if len(keys) >= 3 and keys[-3] == "attn" and keys[-1] == "kernel":
+    return {"q": FAN_OUT, "k": FAN_OUT, "v": FAN_OUT, "proj": FAN_IN}.get(keys[-2])
+  return None
+
+
+def split_head_matrices(mats, side: str, num_heads: int):
+  """(B, fan_in, fan_out) -> (B H, ...) per-head blocks along `side`, and the inverse map."""
+  b, fan_in, fan_out = mats.shape
+  if side == FAN_IN:
+    per = (b * num_heads, fan_in // num_heads, fan_out)
+    return mats.reshape(per), lambda y: y.reshape(b, fan_in, fan_out)
+  hd = fan_out // num_heads
+  per_head = mats.reshape(b, fan_in, num_heads, hd).transpose(0, 2, 1, 3)
+  inverse = lambda y: y.reshape(b, num_heads, fan_in, hd).transpose(0, 2, 1, 3).reshape(
+      b, fan_in, fan_out)
+  return per_head.reshape(b * num_heads, fan_in, hd), inverse
+
+
 def scale_by_newton_schulz(
     *, ns_coeffs: str | Sequence[Any] = "quintic", ns_steps: int = 5,
     ns_dtype: Any = "float32", gram_ns: bool = False, scale: str = "original",
-    dimension_numbers: routing.DimNumRule | Any | None = None,
+    dimension_numbers: routing.DimNumRule | Any | None = None, split_heads: bool = False,
+    num_heads: int | None = None, head_axes: HeadRule | None = None,
 ) -> optax.GradientTransformation:
   """Replaces each matrix update by its Newton–Schulz orthogonalization times a shape scale.
 
@@ -62,6 +99,11 @@ def scale_by_newton_schulz(
     gram_ns: use the Gram iteration for matrices with aspect ratio >= 1.5.
     scale: "original" or "match_adamw_rms".
     dimension_numbers: see `routing.dimension_numbers_rule`.
+    split_heads: orthogonalize each attention head's block separately (module docstring);
+      the shape scale is the block's.
+    num_heads: the attention's head count (needed with `split_heads`).
+    head_axes: `(path, leaf) -> "fan_in" | "fan_out" | None`, where a leaf's heads lie
+      (None: not an attention matrix); default `gpt_head_axes`.
 
   Returns:
     A stateless `optax.GradientTransformation`.
@@ -69,6 +111,10 @@ def scale_by_newton_schulz(
   _shape_scale(scale, 1, 1)  # validates `scale` now
   newton_schulz.schedule(ns_coeffs, ns_steps)  # validates the coefficients now
   resolve = routing.dimension_numbers_rule(dimension_numbers)
+  if split_heads and not (isinstance(num_heads, int) and num_heads >= 1):
+    raise ValueError(f"split_heads=True needs num_heads (the attention's head count), got "
+                     f"{num_heads!r}")
+  heads_of = head_axes or gpt_head_axes
 
   def update_fn(updates, state, params=None):
     del params
@@ -77,9 +123,17 @@ def scale_by_newton_schulz(
     for path, u in leaves:
       dn = resolve(path, u)
       mats, inverse = routing.to_matrices(u, dn)
+      side = heads_of(path, u) if split_heads else None
+      if side is not None:
+        fan = mats.shape[1 if side == FAN_IN else 2]
+        if fan % num_heads:
+          raise ValueError(f"split_heads: {routing.path_str(path)} has {side}={fan}, not "
+                           f"divisible by num_heads={num_heads}")
+        mats, unsplit = split_head_matrices(mats, side, num_heads)
+        inverse = (lambda inv, uns: lambda y: inv(uns(y)))(inverse, unsplit)
       stacks.append(mats)
       inverses.append(inverse)
-      factors.append(_shape_scale(scale, *routing.fans(u.shape, dn)))
+      factors.append(_shape_scale(scale, *mats.shape[1:]))
     outs = newton_schulz.orthogonalize_many(
         stacks, gram_min_aspect=1.5 if gram_ns else None, ns_coeffs=ns_coeffs,
         ns_steps=ns_steps, ns_dtype=ns_dtype)
@@ -130,6 +184,8 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
          adam_b2: float = 0.95, adam_eps: float = 1e-8, adam_weight_decay: float = 0.0,
          labels: routing.LabelRule | Any | None = None,
          dimension_numbers: routing.DimNumRule | Any | None = None,
+         split_heads: bool = False, num_heads: int | None = None,
+         head_axes: HeadRule | None = None,
          ) -> optax.GradientTransformation:
   """Muon (Jordan et al., 2024) on hidden matrices, AdamW on the rest.
 
@@ -158,6 +214,9 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
     adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW on the rest.
     labels: routing override (`routing.label_fn`).
     dimension_numbers: matrix view of Muon tensors (`routing.dimension_numbers_rule`).
+    split_heads, num_heads, head_axes: per-head orthogonalization of attention matrices
+      (`scale_by_newton_schulz`); configs pass `num_heads` as a reference to
+      `model.num_heads`.
 
   Returns:
     An `optax.GradientTransformation`.
@@ -167,12 +226,15 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
     https://kellerjordan.github.io/posts/muon/
     Liu et al., "Muon is Scalable for LLM Training", 2025, arXiv 2502.16982.
     Amsel et al., "The Polar Express", 2025, arXiv 2505.16932.
+    Ahn et al., "Dion: Distributed Orthonormalized Updates", 2025, arXiv 2504.05295.
   """
   muon_tx = optax.chain(
       ema_momentum(momentum, nesterov=nesterov, warmup_steps=momentum_warmup_steps,
                    start=momentum_start),
       scale_by_newton_schulz(ns_coeffs=ns_coeffs, ns_steps=ns_steps, ns_dtype=ns_dtype,
-                             gram_ns=gram_ns, scale=scale, dimension_numbers=dimension_numbers),
+                             gram_ns=gram_ns, scale=scale, dimension_numbers=dimension_numbers,
+                             split_heads=split_heads, num_heads=num_heads,
+                             head_axes=head_axes),
       decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

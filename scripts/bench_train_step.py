@@ -15,6 +15,14 @@ Per-device memory on fsdp meshes (nothing is run; the step is compiled for each 
 prints, per optimizer and fsdp size, the parameter and optimizer-state bytes of the fullest
 device (from the state's shardings) and the compiled step's memory analysis (arguments,
 outputs, temporaries per device).
+
+The same for tensor / pipeline meshes, with the GPipe bubble fraction of each (stage, m):
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/python -m \
+      scripts.bench_train_step --config.model.num_heads=8 \
+      --meshes=data8,model8,data2.model4,fsdp2.model2.data2,stage2.data4.m4,stage4.data2.m8
+
+(a mesh is `<axis><size>` joined by dots, `m<n>` the micro-batches; axes not named are 1).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from experiments import configs_util
+from experiments import pipeline
 from experiments import sharding as sharding_lib
 from experiments import trainer
 from models import gpt
@@ -43,6 +52,8 @@ _VARIANTS = flags.DEFINE_list("variants", [], "Optimizer variants to compare (de
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repetition.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repetitions; the median is reported.")
 _FSDP = flags.DEFINE_list("fsdp", [], "Report per-device memory for these fsdp sizes instead.")
+_MESHES = flags.DEFINE_list("meshes", [], "Report per-device memory for these meshes instead "
+                            "(e.g. model8,data2.model4,stage4.data2.m8).")
 
 
 def _variant_config(name: str):
@@ -94,22 +105,43 @@ def bench(cfg) -> tuple[float, float, float]:
   return step_s, batch * cfg.data.seq_len / step_s, compile_s
 
 
+def parse_mesh(text: str) -> tuple[dict[str, int], int]:
+  """'stage4.data2.m8' -> ({"data": 2, "fsdp": 1, "model": 1, "stage": 4}, 8)."""
+  sizes, micro = {"data": 1, "fsdp": 1, "model": 1, "stage": 1}, 1
+  for part in text.split("."):
+    name, value = part.rstrip("0123456789"), int(part[len(part.rstrip("0123456789")):])
+    if name == "m":
+      micro = value
+    elif name in sizes:
+      sizes[name] = value
+    else:
+      raise ValueError(f"mesh {text!r}: unknown axis {name!r}; use data, fsdp, model, stage, m")
+  return sizes, micro
+
+
 def fsdp_memory(cfg, fsdp: int) -> dict:
   """Per-device bytes of the train state and of the compiled step on a (1, fsdp) mesh."""
+  return mesh_memory(cfg, {"data": 1, "fsdp": fsdp})
+
+
+def mesh_memory(cfg, sizes: dict[str, int], microbatches: int = 1) -> dict:
+  """Per-device bytes of the train state and of the compiled step on a mesh of `sizes`."""
   from experiments import workloads  # pylint: disable=g-import-not-at-top
   cfg = cfg.copy_and_resolve_references()
-  cfg.mesh.data, cfg.mesh.fsdp = 1, fsdp
-  mesh = sharding_lib.make_mesh(cfg.mesh, jax.devices()[:fsdp])
+  cfg.mesh.update(sizes)
+  cfg.train.microbatches = microbatches
+  n = int(np.prod(list(sizes.values())))
+  mesh = sharding_lib.make_mesh(cfg.mesh, jax.devices()[:n])
   tx, schedule = trainer.make_optimizer(cfg)
   w = workloads.build(cfg, "/tmp")
   abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
-  state_sh = sharding_lib.state_shardings(mesh, abstract)
+  state_sh = sharding_lib.state_shardings(mesh, abstract, logical_axes=w.logical_axes)
   accum, batch = int(cfg.train.grad_accum_steps), int(cfg.train.batch_size)
   example = w.train_batch(0, 0)
   batch_abs = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct((accum, batch // accum, *a.shape[1:]), a.dtype), example)
   batch_sh = jax.tree.map(lambda a: sharding_lib.batch_sharding(mesh, a.ndim + 1, 1), example)
-  with jax.set_mesh(mesh):
+  with sharding_lib.context(mesh):
     compiled = jax.jit(trainer.make_train_step(w.loss_fn, tx, schedule),
                        in_shardings=(state_sh, batch_sh), donate_argnums=(0,)).lower(
                            abstract, batch_abs).compile()
@@ -123,6 +155,21 @@ def fsdp_memory(cfg, fsdp: int) -> dict:
 
 def main(argv):
   del argv
+  if _MESHES.value:
+    cfg = _CONFIG.value
+    rows, base = [], None
+    for text in _MESHES.value:
+      sizes, micro = parse_mesh(text)
+      m = mesh_memory(cfg, sizes, micro)
+      base = base or m["params"]
+      bubble = pipeline.bubble_fraction(sizes["stage"], micro) if sizes["stage"] > 1 else 0.0
+      rows.append([text, m["params"] / 1024, base / m["params"], m["opt_state"] / 1024,
+                   (m["temps"] or 0) / 1024, bubble])
+    print(f"devices: {jax.device_count()}  optimizer: {cfg.optimizer.name}  "
+          f"batch: {cfg.train.batch_size} x {cfg.data.seq_len}")
+    bench_common.print_table(rows, ["mesh", "params KiB/dev", "params 1/x",
+                                    "opt state KiB/dev", "step temps KiB/dev", "bubble"])
+    return
   if _FSDP.value:
     names = _VARIANTS.value or [_CONFIG.value.optimizer.name]
     rows = []

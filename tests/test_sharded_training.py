@@ -108,11 +108,17 @@ def test_a_checkpoint_moves_between_meshes_and_training_continues_identically(tm
     cfg = config(tmp_path, "muon", mesh, train__steps=9, train__checkpoint_every=3,
                  train__eval_every=3, train__stop_at_step=stop)
     assert trainer.train_and_evaluate(cfg, str(moved))["step"] == stop
+  assert_same_run(moved, straight, 9)
+
+
+def assert_same_run(moved, straight, step):
+  """Two workdirs logged the same losses and hold the same parameters at `step` (reduction
+  order only: rtol 2e-5 on losses, as above)."""
   a, b = losses(moved), losses(straight)
   np.testing.assert_allclose(a[0], b[0], rtol=2e-5)
   np.testing.assert_allclose(a[1], b[1], rtol=2e-5)
   with ocp.CheckpointManager(os.path.join(moved, "checkpoints")) as m1, \
        ocp.CheckpointManager(os.path.join(straight, "checkpoints")) as m2:
-    pa = m1.restore(9, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    pb = m2.restore(9, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    pa = m1.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    pb = m2.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   chex.assert_trees_all_close(pa["params"], pb["params"], rtol=1e-4, atol=1e-5)

@@ -16,7 +16,11 @@ and the same b1, b2 and eps as AdamW, the first steps are exactly AdamW's.
 The roots run inside `lax.cond`, so their cost is paid once per `precondition_every` steps;
 blocks and factors of equal shape are stacked and processed batched. On a mesh (in context,
 see optimizers/owner.py) each device computes the roots of 1/N of the blocks; the state's
-factor stacks are split along the block axis (`_partition_specs`). A root that is not
+factor stacks are split along the block axis (`_partition_specs`). Blocks are cut from the
+whole (logical) gradient, so tensor-parallel layouts (a `model` mesh axis splitting heads or MLP
+units) do not change them: every root is computed on a whole block by its owner device, over
+every axis of the mesh, and the update equals the unsharded one. A block lies within one
+device's shard of a split dimension when `block_size` divides that shard. A root that is not
 finite or whose residual exceeds `failure_threshold` is rejected: the previous one (initially
 the identity) is kept and the failure is counted in `metrics`. The registry entry is wrapped
 in `nonfinite.guard`: a step whose gradient (NaN, Inf, or |g| so large that G G^T overflows
