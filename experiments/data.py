@@ -97,26 +97,25 @@ _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "
 VAL_EVERY = 20  # every 20th file (indices 19, 39, ...) is validation
 
 
-def stdlib_source_files(root: str | None = None) -> list[str]:
-  """Paths of the standard library's own `.py` files, sorted by path relative to `root`."""
+def _stdlib_files(root: str | None, keep) -> list[str]:
+  """Paths of the standard library's files whose name `keep` accepts, sorted by path relative
+  to `root`, outside tests and installed packages."""
   root = root or sysconfig.get_paths()["stdlib"]
   out = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS]
-    out.extend(os.path.relpath(os.path.join(dirpath, f), root)
-               for f in filenames if f.endswith(".py") and not f.startswith("test_"))
+    out.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if keep(f))
   return [os.path.join(root, p) for p in sorted(out)]
+
+
+def stdlib_source_files(root: str | None = None) -> list[str]:
+  """Paths of the standard library's own `.py` files, sorted by path relative to `root`."""
+  return _stdlib_files(root, lambda f: f.endswith(".py") and not f.startswith("test_"))
 
 
 def stdlib_doc_files(root: str | None = None) -> list[str]:
   """Paths of the standard library's `.txt` and `.rst` files (same exclusions), sorted."""
-  root = root or sysconfig.get_paths()["stdlib"]
-  out = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS]
-    out.extend(os.path.relpath(os.path.join(dirpath, f), root)
-               for f in filenames if f.endswith((".txt", ".rst")))
-  return [os.path.join(root, p) for p in sorted(out)]
+  return _stdlib_files(root, lambda f: f.endswith((".txt", ".rst")))
 
 
 @dataclasses.dataclass(frozen=True)
