@@ -36,7 +36,8 @@ def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any, int]:
 
   Raises `validate.ConfigError` when `workdir` holds no run or no checkpoint.
   """
-  from experiments import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
+  # The trainer imports workloads, which import this module.
+  from experiments import trainer  # pylint: disable=g-import-not-at-top
   try:
     with open(os.path.join(workdir, "run.json")) as f:
       config = ml_collections.ConfigDict(json.load(f)["config"])
