@@ -5,12 +5,15 @@
 
 The base model (trained on the stdlib's .py sources) is frozen; rank-8 adapters on every
 attention and MLP matrix train on a different built-in corpus: the stdlib's .txt and .rst files
-outside test directories (IDLE's NEWS/README/HISTORY, LICENSE, ...; about 250 KB of prose,
-none of it in the speedrun's corpus). Any registry optimizer works on the adapters, e.g.
+outside test directories (IDLE's NEWS/README/HISTORY, LICENSE, ...; about 150 KB of prose,
+none of it in the speedrun's corpus; the last tenth of each file is validation). The base is the
+newest intact checkpoint of `lora.base_workdir`; the run's checkpoints hold the adapters and
+their optimizer state only. Any registry optimizer works on the adapters, e.g.
 `--config=configs/lora_cpu.py:muon`.
 
-Fields the trainer reads beyond the speedrun's: `lora.*` (rank, alpha, targets, base_workdir,
-base_step) and `data.source = "stdlib_docs"`; the model section must match the base run's.
+Fields beyond the speedrun's: `lora.*` (rank, alpha, targets, base_workdir) and
+`data.source = "stdlib_docs"`; the model section must match the base run's (experiments/
+finetune.py).
 """
 
 import ml_collections
@@ -28,7 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lora.alpha = 16.0
   c.lora.targets = "attn.q,attn.k,attn.v,attn.proj,mlp.fc,mlp.proj"
   c.lora.base_workdir = FieldReference(None, field_type=str)  # the base run's --workdir
-  c.lora.base_step = FieldReference(None, field_type=int)  # None: its latest checkpoint
   c.data.source = "stdlib_docs"
   c.train.steps = 200
   c.train.eval_every = 50

@@ -6,6 +6,9 @@ Shard format (modded-nanogpt's FineWeb `.bin`): a header of 256 little-endian in
 The built-in corpus needs no download: the bytes of the CPython standard library's own `.py`
 sources (no tests, no site-packages) in sorted path order, every 20th file held out for
 validation, written once as shards with a content hash. Vocabulary: the 256 byte values.
+A second built-in corpus, `stdlib_docs`, holds the standard library's prose instead (its
+`.txt` and `.rst` files: licence, IDLE's news and readme, ...; about 150 KB, none of it in the
+first): the last tenth of every file is validation. It is the new text for LoRA fine-tuning.
 
 Batches are a pure function of (seed, step): the iterator's whole state is its position, which
 the checkpoint stores, so a resumed run sees exactly the batches it would have seen.
@@ -94,15 +97,25 @@ _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "
 VAL_EVERY = 20  # every 20th file (indices 19, 39, ...) is validation
 
 
-def stdlib_source_files(root: str | None = None) -> list[str]:
-  """Paths of the standard library's own `.py` files, sorted by path relative to `root`."""
+def _stdlib_files(root: str | None, keep) -> list[str]:
+  """Paths of the standard library's files whose name `keep` accepts, sorted by path relative
+  to `root`, outside tests and installed packages."""
   root = root or sysconfig.get_paths()["stdlib"]
   out = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS]
-    out.extend(os.path.relpath(os.path.join(dirpath, f), root)
-               for f in filenames if f.endswith(".py") and not f.startswith("test_"))
+    out.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if keep(f))
   return [os.path.join(root, p) for p in sorted(out)]
+
+
+def stdlib_source_files(root: str | None = None) -> list[str]:
+  """Paths of the standard library's own `.py` files, sorted by path relative to `root`."""
+  return _stdlib_files(root, lambda f: f.endswith(".py") and not f.startswith("test_"))
+
+
+def stdlib_doc_files(root: str | None = None) -> list[str]:
+  """Paths of the standard library's `.txt` and `.rst` files (same exclusions), sorted."""
+  return _stdlib_files(root, lambda f: f.endswith((".txt", ".rst")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +144,33 @@ def _split_sources(files: Sequence[str]) -> tuple[list[bytes], list[bytes]]:
   return train, val
 
 
+def _split_tails(files: Sequence[str], fraction: float = 0.1
+                 ) -> tuple[list[bytes], list[bytes]]:
+  """Each file's last `fraction` is validation (too few files to hold whole ones out)."""
+  train, val = [], []
+  for path in files:
+    with open(path, "rb") as f:
+      text = f.read()
+    cut = len(text) - int(len(text) * fraction)
+    train.append(text[:cut])
+    val.append(text[cut:])
+  return train, val
+
+
+# Built-in corpora: name -> (file lister, train/val split).
+KINDS = {"stdlib": (stdlib_source_files, _split_sources),
+         "stdlib_docs": (stdlib_doc_files, _split_tails)}
+
+
+def _files(kind: str, root: str | None) -> list[str]:
+  if kind not in KINDS:
+    raise ValueError(f"unknown built-in corpus {kind!r}; choose from {sorted(KINDS)}")
+  files = KINDS[kind][0](root)
+  if not files:
+    raise FileNotFoundError(f"no files for the {kind!r} corpus under {root!r}")
+  return files
+
+
 def _digest(train: Sequence[bytes], val: Sequence[bytes]) -> str:
   digest = hashlib.sha256()
   for split, chunks in (("train", train), ("val", val)):
@@ -140,23 +180,22 @@ def _digest(train: Sequence[bytes], val: Sequence[bytes]) -> str:
   return digest.hexdigest()
 
 
-def cached_stdlib_corpus(cache_root: str | None = None, root: str | None = None) -> Corpus:
-  """The built-in corpus under `<cache_root>/stdlib_<hash>`: built once, shared by every run.
+def cached_stdlib_corpus(cache_root: str | None = None, root: str | None = None,
+                         kind: str = "stdlib") -> Corpus:
+  """The built-in corpus `kind` under `<cache_root>/<kind>_<hash>`: built once, shared.
 
   The directory is keyed by the content hash of the sources (reading 12 MB takes ~0.1 s), so a
   different Python version gets its own corpus and a damaged cache is never mistaken for it.
   """
-  files = stdlib_source_files(root)
-  if not files:
-    raise FileNotFoundError(f"no standard-library sources found under {root!r}")
-  digest = _digest(*_split_sources(files))
-  out_dir = os.path.join(cache_root or default_cache_root(), f"stdlib_{digest[:16]}")
-  return build_stdlib_corpus(out_dir, root)
+  files = _files(kind, root)
+  digest = _digest(*KINDS[kind][1](files))
+  out_dir = os.path.join(cache_root or default_cache_root(), f"{kind}_{digest[:16]}")
+  return build_stdlib_corpus(out_dir, root, kind)
 
 
-def build_stdlib_corpus(out_dir: str, root: str | None = None) -> Corpus:
-  """Writes the stdlib corpus as shards into `out_dir` once; later calls reuse it."""
-  manifest_path = os.path.join(out_dir, "stdlib_corpus.json")
+def build_stdlib_corpus(out_dir: str, root: str | None = None, kind: str = "stdlib") -> Corpus:
+  """Writes the built-in corpus `kind` as shards into `out_dir` once; later calls reuse it."""
+  manifest_path = os.path.join(out_dir, f"{kind}_corpus.json")  # kinds may share out_dir
   if os.path.exists(manifest_path):
     with open(manifest_path) as f:
       m = json.load(f)
@@ -165,18 +204,16 @@ def build_stdlib_corpus(out_dir: str, root: str | None = None) -> Corpus:
     for path in corpus.train_files + corpus.val_files:
       read_shard(path, 256)  # a damaged cache is an error, not silently different data
     return corpus
+  files = _files(kind, root)
   os.makedirs(out_dir, exist_ok=True)
-  files = stdlib_source_files(root)
-  if not files:
-    raise FileNotFoundError(f"no standard-library sources found under {root!r}")
-  train, val = _split_sources(files)
+  train, val = KINDS[kind][1](files)
   digest = _digest(train, val)
   written = {}
   for split, chunks in (("train", train), ("val", val)):
     data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
     paths = []
     for j, start in enumerate(range(0, max(data.size, 1), MAX_TOKENS_PER_SHARD)):
-      path = os.path.join(out_dir, f"stdlib_{split}_{j:06d}.bin")
+      path = os.path.join(out_dir, f"{kind}_{split}_{j:06d}.bin")
       write_shard(path, data[start:start + MAX_TOKENS_PER_SHARD])
       paths.append(path)
     written[split] = (paths, int(data.size))

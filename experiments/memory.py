@@ -19,8 +19,6 @@ from absl import logging
 import jax
 from jax.extend import core as jex_core
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 # config.precision -> the model's compute dtype. Parameters, gradients and optimizer states stay
 # float32 in both (the master copy); logits, log-softmax and attention softmax run in float32.
@@ -51,23 +49,6 @@ def tree_bytes_per_device(tree: Any, shardings: Any) -> int:
   """Bytes one device holds of `tree` placed with `shardings` (a matching tree of shardings)."""
   return sum(int(math.prod(s.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
              for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)))
-
-
-def fsdp_spec(shape: tuple[int, ...], fsdp: int, axis: str = "fsdp") -> P:
-  """Shards the largest dimension that `fsdp` divides (ties: the first); else replicated."""
-  dims = sorted(range(len(shape)), key=lambda d: (-shape[d], d))
-  for d in dims:
-    if fsdp > 1 and shape[d] % fsdp == 0:
-      spec = [None] * len(shape)
-      spec[d] = axis
-      return P(*spec)
-  return P()
-
-
-def fsdp_shardings(abstract: Any, mesh: Any, axis: str = "fsdp") -> Any:
-  """ZeRO-3 style shardings of `abstract` over `mesh`'s `axis` (see `fsdp_spec`)."""
-  size = dict(mesh.shape).get(axis, 1)
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size, axis)), abstract)
 
 
 def saved_activation_bytes(fn: Callable, *args) -> dict[str, int]:

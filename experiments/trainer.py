@@ -34,6 +34,7 @@ from experiments import checkpoints as ckpt_lib
 from experiments import compression as compression_lib
 from experiments import data as data_lib
 from experiments import distributed
+from experiments import memory as memory_lib
 from experiments import metrics as metrics_lib
 from experiments import pipeline
 from experiments import pmap_step
@@ -165,10 +166,10 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
                     skip_nonfinite: bool = False,
                     inject_nonfinite: tuple[tuple[int, ...], str] | None = None,
                     compressed_grads: Callable | None = None) -> Callable:
-  """(state, batch) -> (state, metrics); gradients averaged over micro-batches.
+  """(state, batch, *frozen) -> (state, metrics); gradients averaged over micro-batches.
 
-  `loss_fn(params, batch)` is the workload's mean loss; every leaf of `batch` is laid out
-  [accum, rows, ...].
+  `loss_fn(params, batch, *frozen)` is the workload's mean loss; every leaf of `batch` is laid
+  out [accum, rows, ...]. `frozen` (LoRA's base weights) gets no gradient and no update.
 
   skip_nonfinite: a step whose loss or update holds NaN/Inf leaves params and optimizer state as
     they were (as `optax.apply_if_finite` does, but the count of consecutive skips is the
@@ -181,31 +182,32 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
     lives in `state["compression"]` and its byte counts are logged under `comm/`.
   """
 
-  def loss_and_grads(params, batch_AxBxT1):
+  def loss_and_grads(params, batch_AxBxT1, *frozen):
+    value_and_grad = jax.value_and_grad(lambda p, b: loss_fn(p, b, *frozen))
     def micro(carry, b):
-      loss, grads = jax.value_and_grad(loss_fn)(params, b)
+      loss, grads = value_and_grad(params, b)
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
     n = jax.tree.leaves(batch_AxBxT1)[0].shape[0]
     # The first micro-batch starts the sum (0 + x == x: the same bits as summing from zeros),
     # so the carry has the types of the computed values (also inside shard_map).
-    first = jax.value_and_grad(loss_fn)(params, jax.tree.map(lambda a: a[0], batch_AxBxT1))
+    first = value_and_grad(params, jax.tree.map(lambda a: a[0], batch_AxBxT1))
     (loss, grads), _ = jax.lax.scan(micro, first, jax.tree.map(lambda a: a[1:], batch_AxBxT1))
     return loss / n, jax.tree.map(lambda g: g / n, grads)
 
   if compressed_grads is not None:
     compressed = compressed_grads(loss_and_grads)
 
-  def train_step(state, batch):
+  def train_step(state, batch, *frozen):
     params, opt_state = state["params"], state["opt_state"]
     comm = {}
     if compressed_grads is not None:
       loss, grads, comm_state, stats = compressed(params, batch, state["compression"])
       comm = {f"comm/{k}": jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     else:
-      loss, grads = loss_and_grads(params, batch)
+      loss, grads = loss_and_grads(params, batch, *frozen)
     if inject_nonfinite:
       grads = _inject(grads, state["step"] + 1, *inject_nonfinite)
-    grad_fn = lambda p: loss_and_grads(p, batch)[1]
+    grad_fn = lambda p: loss_and_grads(p, batch, *frozen)[1]
     updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
     new_params = optax.apply_updates(params, updates)
     metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -268,14 +270,6 @@ def _all_finite(tree) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # Run records.
 
-def _bytes_per_device(abstract, shardings) -> int:
-  """The most bytes any one device holds of `abstract` placed with `shardings`."""
-  per_device: dict[Any, int] = {}
-  for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
-    nbytes = math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-    for d in s.device_set:
-      per_device[d] = per_device.get(d, 0) + nbytes
-  return int(max(per_device.values(), default=0))
 
 
 def write_run_record(workdir, config, data_info, num_params, mesh, resumed_from, memory=None):
@@ -458,9 +452,10 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
   if sharding_lib.fsdp_size(mesh) > 1 and unsplit:
     logging.info("fsdp=%d: %d parameter(s) have no dimension it divides and stay replicated: %s",
                  sharding_lib.fsdp_size(mesh), len(unsplit), ", ".join(unsplit))
-  memory = {"params_bytes_per_device": _bytes_per_device(abstract["params"], state_sh["params"]),
-            "opt_state_bytes_per_device": _bytes_per_device(abstract["opt_state"],
-                                                            state_sh["opt_state"])}
+  memory = {"params_bytes_per_device": memory_lib.tree_bytes_per_device(abstract["params"],
+                                                                        state_sh["params"]),
+            "opt_state_bytes_per_device": memory_lib.tree_bytes_per_device(
+                abstract["opt_state"], state_sh["opt_state"])}
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sh)
   example = workload.train_batch(config.seed, 0, pi, pc)
@@ -468,12 +463,15 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
       lambda a: sharding_lib.batch_sharding(mesh, a.ndim + 1, batch_axis=1), example)
   eval_batch_sh = jax.tree.map(lambda a: sharding_lib.batch_sharding(mesh, a.ndim), example)
   repl = sharding_lib.replicated(mesh)
+  # Frozen inputs (LoRA's base) are sharded like parameters and passed to every step undonated.
+  frozen_sh = tuple(sharding_lib.param_shardings(mesh, f)[0] for f in workload.frozen)
+  frozen = tuple(jax.device_put(f, sh) for f, sh in zip(workload.frozen, frozen_sh))
 
   train_step = jax.jit(
       make_train_step(workload.loss_fn, tx, schedule, skip_nonfinite=skip_nonfinite,
                       inject_nonfinite=_nonfinite_injection(config),
                       compressed_grads=compressed_grads),
-      in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
+      in_shardings=(state_sh, train_batch_sh, *frozen_sh), out_shardings=(state_sh, repl),
       donate_argnums=(0,))
   if use_pmap:  # replicated data parallel; the state lives with a leading device axis
     pmap_train_step = pmap_step.make_pmap_train_step(workload.loss_fn, tx, schedule)
@@ -483,8 +481,8 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
     view = lambda st: st
   # Schedule-Free and other averaging methods are evaluated at their averaged point.
   eval_metric = jax.jit(
-      lambda p, o, b: workload.eval_fn(optimizers.eval_params(p, o), b),
-      in_shardings=(state_sh["params"], state_sh["opt_state"], eval_batch_sh),
+      lambda p, o, b, *f: workload.eval_fn(optimizers.eval_params(p, o), b, *f),
+      in_shardings=(state_sh["params"], state_sh["opt_state"], eval_batch_sh, *frozen_sh),
       out_shardings=repl)
   all_finite = jax.jit(_all_finite, in_shardings=(state_sh,), out_shardings=repl)
 
@@ -558,7 +556,8 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
                    ((b, eval_batch_sh) for b in workload.eval_batches(pi, pc))]
 
     def evaluate(state) -> float:
-      values = [eval_metric(state["params"], state["opt_state"], b) for b in val_batches]
+      values = [eval_metric(state["params"], state["opt_state"], b, *frozen)
+                for b in val_batches]
       return float(np.mean(jax.device_get(values)))
 
     stop_at = min(int(train_cfg.get("stop_at_step") or total_steps), total_steps)
@@ -641,7 +640,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
           state, step_metrics = pmap_train_step(state, jax.tree.map(pmap_step.shard_batch, local))
         else:
           batch_arr = jax.tree.map(sharding_lib.device_batch, local, train_batch_sh)
-          state, step_metrics = train_step(state, batch_arr)
+          state, step_metrics = train_step(state, batch_arr, *frozen)
         step += 1
         stopping = stop_now(step)
         if pending is not None:  # fetch step n-1 while step n runs

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 SCHEDULES = ("warmup_cosine", "wsd", "constant")
 LR_SCALINGS = ("linear", "sqrt", "none")
-DATA_SOURCES = ("stdlib", "bin")
+DATA_SOURCES = ("stdlib", "stdlib_docs", "bin")
 
 # Fields whose change on resume alters neither the trajectory nor the logged numbers: how often
 # to log or checkpoint, where to stop this invocation, the device layout (only reduction order),

@@ -4,10 +4,10 @@ A `Workload` is built from a config (`build(config, workdir)`, keyed by `config.
 gives the trainer everything that depends on the problem:
 
   params = w.init_params(key)                        # plain pytree
-  loss = w.loss_fn(params, batch)                    # mean over the batch's leading axis
+  loss = w.loss_fn(params, batch, *w.frozen)         # mean over the batch's leading axis
   rows = w.train_batch(seed, step, process_index, process_count)   # host pytree, this process's rows
   val = w.eval_batches(process_index, process_count)  # fixed list of host pytrees
-  metric = mean(w.eval_fn(params, b) for b in val)   # lower is better; target: w.target
+  metric = mean(w.eval_fn(params, b, *w.frozen) for b in val)  # lower is better: w.target
 
 Batches are pytrees of NumPy arrays sharing a leading example axis of `batch_size` rows
 (globally), a pure function of (seed, step): a resumed run sees the batches it would have seen,
@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from experiments import data as data_lib
+from experiments import finetune
 from experiments import memory
 from experiments import pipeline
 from models import gpt
@@ -62,6 +63,9 @@ class Workload:
   # params -> logical axis names per parameter, for tensor / pipeline parallel shardings
   # (experiments/sharding.py); None: the workload supports data and fsdp only.
   logical_axes: Callable[[Params], Any] | None = None
+  # Arrays every loss_fn / eval_fn call gets after the batch, never trained nor donated (LoRA's
+  # frozen base weights, experiments/finetune.py).
+  frozen: tuple = ()
 
   def batches(self, seed: int, position: int = 0, process_index: int = 0,
               process_count: int = 1) -> "BatchStream":
@@ -112,7 +116,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Workload:
   name = config.get("workload", "speedrun")
   if name not in _BUILDERS:
     raise ValueError(f"Unknown workload {name!r}; known workloads: {', '.join(names())}")
-  return _BUILDERS[name](config, workdir)
+  workload = _BUILDERS[name](config, workdir)
+  if config.get("lora") is not None:  # adapters on a frozen base run's weights
+    workload = finetune.lora_workload(config, workload)
+  return workload
 
 
 def _budget_and_target(config) -> dict:
@@ -128,15 +135,16 @@ def _budget_and_target(config) -> dict:
 def token_sources(config, workdir: str, vocab_size: int):
   """(train source, val source, description for run.json) from `config.data`."""
   window = config.data.seq_len + 1
-  if config.data.source == "stdlib":
+  kind = config.data.source
+  if kind in data_lib.KINDS:  # built-in: "stdlib" (.py sources) or "stdlib_docs" (prose)
     del workdir  # the corpus is cached once per machine, not copied into every workdir
     cache = config.data.get("cache_dir")
-    corpus = (data_lib.build_stdlib_corpus(cache) if cache else
-              data_lib.cached_stdlib_corpus())
+    corpus = (data_lib.build_stdlib_corpus(cache, kind=kind) if cache else
+              data_lib.cached_stdlib_corpus(kind=kind))
     cache = os.path.dirname(corpus.train_files[0])
     train = data_lib.TokenSource(corpus.train_files, vocab_size, window)
     val = data_lib.TokenSource(corpus.val_files, vocab_size, window)
-    info = {"source": "stdlib", "sha256": corpus.sha256, "train_tokens": corpus.num_train_tokens,
+    info = {"source": kind, "sha256": corpus.sha256, "train_tokens": corpus.num_train_tokens,
             "val_tokens": corpus.num_val_tokens, "dir": cache}
   elif config.data.source == "bin":
     if not config.data.train_glob or not config.data.val_glob:
@@ -150,7 +158,8 @@ def token_sources(config, workdir: str, vocab_size: int):
             "train_tokens": int(sum(len(s) for s in train.shards)),
             "val_files": val_files, "val_sha256": data_lib.shards_hash(val_files)}
   else:
-    raise ValueError(f"Unknown data.source {config.data.source!r}; choose 'stdlib' or 'bin'")
+    raise ValueError(f"Unknown data.source {config.data.source!r}; choose from "
+                     f"{', '.join([*data_lib.KINDS, 'bin'])}")
   return train, val, info
 
 

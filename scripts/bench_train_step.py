@@ -41,6 +41,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from experiments import configs_util
+from experiments import memory
 from experiments import pipeline
 from experiments import sharding as sharding_lib
 from experiments import trainer
@@ -146,8 +147,8 @@ def mesh_memory(cfg, sizes: dict[str, int], microbatches: int = 1) -> dict:
                        in_shardings=(state_sh, batch_sh), donate_argnums=(0,)).lower(
                            abstract, batch_abs).compile()
   mem = compiled.memory_analysis()
-  return {"params": trainer._bytes_per_device(abstract["params"], state_sh["params"]),  # pylint: disable=protected-access
-          "opt_state": trainer._bytes_per_device(abstract["opt_state"], state_sh["opt_state"]),  # pylint: disable=protected-access
+  return {"params": memory.tree_bytes_per_device(abstract["params"], state_sh["params"]),
+          "opt_state": memory.tree_bytes_per_device(abstract["opt_state"], state_sh["opt_state"]),
           "arguments": getattr(mem, "argument_size_in_bytes", None),
           "outputs": getattr(mem, "output_size_in_bytes", None),
           "temps": getattr(mem, "temp_size_in_bytes", None)}

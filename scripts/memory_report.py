@@ -3,7 +3,8 @@ r"""Bytes per device of a train step: parameters, gradients, optimizer state, ac
   python -m scripts.memory_report --config=configs/speedrun_cpu.py --optimizer=adamw_8bit
   python -m scripts.memory_report --model=gpt2-1.5b --optimizer=adamw --precision=mixed \
       --mesh.fsdp=8
-  python -m scripts.memory_report --config=configs/speedrun_cpu.py --time_steps=5
+  python -m scripts.memory_report --config=configs/speedrun_cpu.py --time_steps=5 \
+      --time_repeats=7
 
 Figures come from the state pytrees (built with `jax.eval_shape`, nothing allocated) split over
 the mesh by their shardings, from the residuals autodiff saves under each remat policy, and,
@@ -13,9 +14,13 @@ Beside them, the 16-bytes-per-parameter accounting of ZeRO (Rajbhandari et al. 2
 float32 master copy (4 B) and the optimizer's float32 states (Adam: 8 B). The last line is one
 JSON object with every figure.
 
-Shardings: experiments/sharding.py has no `fsdp` axis yet, so states are sharded here ZeRO-3
-style, each leaf over `fsdp` along its largest dimension that `fsdp` divides (replicated if
-none does); batches split over data x fsdp.
+Shardings are the trainer's (experiments/sharding.py): parameters split over `fsdp` along their
+first dimension it divides, optimizer states as their layouts declare; batches split over
+data x fsdp.
+
+Remat's time cost: `--time_steps=N --time_repeats=R` times N steps per policy, R rounds with the
+policies interleaved (so load on a shared machine hits each alike); reported: the median step
+time per policy and the median over rounds of its ratio to "none" in the same round.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 from typing import Any
 
@@ -47,6 +53,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments import configs_util
 from experiments import memory
+from experiments import sharding as sharding_lib
 from models import gpt
 import optimizers
 
@@ -74,6 +81,8 @@ _COMPILE_MAX = flags.DEFINE_integer(
     "compile_max_params", 20_000_000, "Compile the step (XLA memory analysis) up to this size.")
 _TIME_STEPS = flags.DEFINE_integer(
     "time_steps", 0, "Also time this many steps per remat policy (ratio to 'none').")
+_TIME_REPEATS = flags.DEFINE_integer(
+    "time_repeats", 5, "Interleaved timing rounds over the policies; the median is reported.")
 
 
 def optimizer_hparams(name: str, config: Any | None = None) -> dict:
@@ -115,7 +124,7 @@ def make_step(cfg: gpt.GPTConfig, tx):
 def measure(cfg: gpt.GPTConfig, optimizer: str, hparams: dict, *, precision: str = "fp32",
             mesh_shape: dict | None = None, batch_size: int = 8, seq_len: int | None = None,
             policies=POLICIES, compile_max_params: int = 20_000_000,
-            time_steps: int = 0) -> dict:
+            time_steps: int = 0, time_repeats: int = 5) -> dict:
   """Every figure of the report, as a dict (the JSON line)."""
   mesh_shape = {"data": 1, "fsdp": 1, **(mesh_shape or {})}
   seq_len = seq_len or cfg.max_seq_len
@@ -125,12 +134,12 @@ def measure(cfg: gpt.GPTConfig, optimizer: str, hparams: dict, *, precision: str
   n = gpt.num_params(params)
 
   abstract_mesh = AbstractMesh(tuple(mesh_shape.values()), tuple(mesh_shape))
-  per_device = lambda tree: memory.tree_bytes_per_device(
-      tree, memory.fsdp_shardings(tree, abstract_mesh))
+  sh = sharding_lib.state_shardings(abstract_mesh, {"params": params, "opt_state": opt_state})
   state = {"params": memory.tree_bytes(params), "grads": memory.tree_bytes(params),
            "opt_state": memory.tree_bytes(opt_state)}
-  state_dev = {"params": per_device(params), "grads": per_device(params),
-               "opt_state": per_device(opt_state)}
+  state_dev = {"params": memory.tree_bytes_per_device(params, sh["params"]),
+               "grads": memory.tree_bytes_per_device(params, sh["params"]),
+               "opt_state": memory.tree_bytes_per_device(opt_state, sh["opt_state"])}
   # The notes' accounting: half-precision params and grads plus a float32 master copy.
   half = precision == "mixed"
   notes = {"params": (2 if half else 4) * n, "grads": (2 if half else 4) * n,
@@ -147,7 +156,8 @@ def measure(cfg: gpt.GPTConfig, optimizer: str, hparams: dict, *, precision: str
 
   n_dev = int(np.prod(list(mesh_shape.values())))
   if n <= compile_max_params and n_dev <= len(jax.devices()):
-    _compile(cfg, tx, params, opt_state, batch, mesh_shape, policies, acts, time_steps)
+    _compile(cfg, tx, params, opt_state, batch, mesh_shape, policies, acts, time_steps,
+             time_repeats)
 
   out = {
       "model": dataclasses.asdict(cfg), "optimizer": optimizer, "precision": precision,
@@ -163,18 +173,19 @@ def measure(cfg: gpt.GPTConfig, optimizer: str, hparams: dict, *, precision: str
   return out
 
 
-def _compile(cfg, tx, params, opt_state, batch, mesh_shape, policies, acts, time_steps):
+def _compile(cfg, tx, params, opt_state, batch, mesh_shape, policies, acts, time_steps,
+             time_repeats):
   """XLA's per-device figures of the jitted step, per policy (and its time if asked)."""
   devices = np.array(jax.devices()[:int(np.prod(list(mesh_shape.values())))])
   mesh = Mesh(devices.reshape(tuple(mesh_shape.values())), tuple(mesh_shape))
-  p_sh = memory.fsdp_shardings(params, mesh)
-  o_sh = memory.fsdp_shardings(opt_state, mesh)
+  sh = sharding_lib.state_shardings(mesh, {"params": params, "opt_state": opt_state})
+  p_sh, o_sh = sh["params"], sh["opt_state"]
   b_sh = NamedSharding(mesh, P(tuple(mesh_shape)))
   rows = batch.shape[0]
   if rows % devices.size:
     b_sh = NamedSharding(mesh, P())
   repl = NamedSharding(mesh, P())
-  times = {}
+  runs = {}
   for pol in policies:
     c = dataclasses.replace(cfg, remat=pol)
     step = jax.jit(make_step(c, tx), in_shardings=(p_sh, o_sh, b_sh),
@@ -186,17 +197,25 @@ def _compile(cfg, tx, params, opt_state, batch, mesh_shape, policies, acts, time
       o = jax.jit(tx.init, out_shardings=o_sh)(p)
       b = jax.device_put(
           jax.random.randint(jax.random.key(1), batch.shape, 0, cfg.vocab_size), b_sh)
-      p, o, loss = compiled(p, o, b)
+      p, o, loss = compiled(p, o, b)  # warm-up
       jax.block_until_ready(loss)
+      runs[pol] = [compiled, (p, o), b, []]
+  for _ in range(time_repeats if time_steps else 0):
+    for pol, run in runs.items():  # interleaved: machine load falls on every policy alike
+      compiled, (p, o), b, times = run
       t0 = time.perf_counter()
       for _ in range(time_steps):
         p, o, loss = compiled(p, o, b)
       jax.block_until_ready(loss)
-      times[pol] = (time.perf_counter() - t0) / time_steps
-      acts[pol]["step_s"] = times[pol]
-  if "none" in times:
-    for pol in times:
-      acts[pol]["time_ratio_to_none"] = times[pol] / times["none"]
+      times.append((time.perf_counter() - t0) / time_steps)
+      run[1] = (p, o)
+  for pol, run in runs.items():
+    acts[pol]["step_s"] = statistics.median(run[3])
+    acts[pol]["step_s_all"] = run[3]
+  if "none" in runs:  # paired: each round's ratio, then the median (load varies by round)
+    for pol, run in runs.items():
+      acts[pol]["time_ratio_to_none"] = statistics.median(
+          t / t0 for t, t0 in zip(run[3], runs["none"][3]))
 
 
 def format_report(r: dict) -> list[str]:
@@ -221,7 +240,8 @@ def format_report(r: dict) -> list[str]:
       line += (f"; XLA temp {a['xla']['temp_bytes'] / MiB:.2f} MiB, arguments "
                f"{a['xla']['argument_bytes'] / MiB:.2f} MiB")
     if "time_ratio_to_none" in a:
-      line += f"; step {a['step_s'] * 1e3:.0f} ms ({a['time_ratio_to_none']:.2f}x none)"
+      line += (f"; step {a['step_s'] * 1e3:.0f} ms median of {len(a['step_s_all'])} "
+               f"({a['time_ratio_to_none']:.2f}x none)")
     lines.append(line)
   return lines
 
@@ -239,7 +259,7 @@ def main(argv):
   r = measure(cfg, optimizer, optimizer_hparams(optimizer, config), precision=_PRECISION.value,
               mesh_shape=_MESH.value.to_dict(), batch_size=batch, seq_len=seq,
               policies=_REMAT.value, compile_max_params=_COMPILE_MAX.value,
-              time_steps=_TIME_STEPS.value)
+              time_steps=_TIME_STEPS.value, time_repeats=_TIME_REPEATS.value)
   print("\n".join(format_report(r)))
   print(json.dumps(r))
 

@@ -19,11 +19,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see experiments/train.py
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
-from experiments import checkpoints as ckpt_lib
-from experiments import trainer
+from experiments import finetune
 from experiments import workloads
 from models import gpt
 from models import quantize
@@ -31,24 +29,6 @@ from models import quantize
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
 _BLOCK = flags.DEFINE_integer("block_size", 64, "Values per 4-bit block.")
 _BATCHES = flags.DEFINE_integer("eval_batches", None, "Validation batches (default: the run's).")
-
-
-def load_params(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
-  """(config, params, step) of `workdir`'s newest intact checkpoint."""
-  with open(os.path.join(workdir, "run.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
-  model_cfg = gpt.GPTConfig.from_config(config.model)
-  tx, _ = trainer.make_optimizer(config)
-  abstract = jax.eval_shape(trainer.make_init_state(model_cfg, tx), int(config.seed))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), None)
-  try:
-    restored = checkpointer.restore_latest(abstract, {})  # checksums verified on restore
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise app.UsageError(f"no checkpoint in {workdir}/checkpoints")
-  step, state, _ = restored
-  return config, state["params"], step
 
 
 def evaluate(config, params, batches) -> float:
@@ -59,7 +39,7 @@ def evaluate(config, params, batches) -> float:
 
 def main(argv):
   del argv
-  config, params, step = load_params(_WORKDIR.value)
+  config, params, step = finetune.restore_params(_WORKDIR.value)
   if _BATCHES.value:
     config.train.eval_batches = _BATCHES.value
   batches = workloads.build(config, _WORKDIR.value).eval_batches()  # the trainer's validation set

@@ -90,6 +90,29 @@ def test_stdlib_corpus_split_order_and_cache(tmp_path):
   assert again.sha256 == corpus.sha256
 
 
+def test_docs_corpus_holds_the_prose_with_each_files_last_tenth_for_validation(tmp_path):
+  root = str(tmp_path / "lib")
+  os.makedirs(os.path.join(root, "pkg", "tests"))
+  texts = {"LICENSE.txt": b"a" * 95 + b"B" * 10, "pkg/notes.rst": b"c" * 18 + b"D" * 2,
+           "pkg/tests/skip.txt": b"never", "pkg/mod.py": b"import os\n"}
+  for rel, content in texts.items():
+    with open(os.path.join(root, rel), "wb") as f:
+      f.write(content)
+  out = str(tmp_path / "out")
+  docs = data.build_stdlib_corpus(out, root=root, kind="stdlib_docs")
+  read = lambda paths: bytes(np.concatenate([data.read_shard(p, 256) for p in paths])
+                             .astype(np.uint8))
+  assert read(docs.train_files) == b"a" * 95 + b"c" * 18
+  assert read(docs.val_files) == b"B" * 10 + b"D" * 2
+  # The source corpus can share the cache directory without either reading the other's files.
+  py = data.build_stdlib_corpus(out, root=root)
+  assert py.sha256 != docs.sha256 and read(py.train_files) == b"import os\n"
+  assert data.build_stdlib_corpus(out, root=root, kind="stdlib_docs").sha256 == docs.sha256
+  # The real standard library's prose is none of the speedrun's files.
+  real = data.stdlib_doc_files()
+  assert real and not set(real) & set(data.stdlib_source_files())
+
+
 def test_real_stdlib_has_no_tests_or_site_packages():
   files = data.stdlib_source_files()
   assert len(files) > 300

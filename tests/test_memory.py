@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import memory
+from experiments import sharding as sharding_lib
 
 
 def _mesh():
@@ -78,7 +79,8 @@ def test_report_matches_the_real_pytrees_and_their_shards():
   # Per device: place the real trees on an 8-device fsdp mesh and add one device's shards.
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(1, 8), ("data", "fsdp"))
   for tree, key in ((params, "params"), (state, "opt_state")):
-    placed = jax.device_put(tree, memory.fsdp_shardings(tree, mesh))
+    placed = jax.device_put(tree, sharding_lib.state_shardings(
+        mesh, {"params": params, "opt_state": state})[key])
     dev0 = sum(s.data.nbytes for x in jax.tree.leaves(placed) for s in x.addressable_shards
                if s.device == jax.devices()[0])
     assert r["bytes_per_device"][key] == dev0 < r["bytes_total"][key] / 4
@@ -113,11 +115,16 @@ def test_optimizer_state_bytes_per_parameter_on_the_cpu_speedrun():
   assert 4 <= per_param["muon"] < 8  # momentum only on matrices; Adam's two on the rest
 
 
-def test_compiled_step_memory_analysis_counts_the_state():
+def test_compiled_step_memory_analysis_counts_the_state_and_times_rounds():
   hp = memory_report.optimizer_hparams("adamw")
-  r = memory_report.measure(SMALL, "adamw", hp, batch_size=8, policies=("none",))
+  r = memory_report.measure(SMALL, "adamw", hp, batch_size=8, policies=("none",), time_steps=2,
+                            time_repeats=3)
+  a = r["activations"]["none"]
+  assert len(a["step_s_all"]) == 3 and a["step_s"] == sorted(a["step_s_all"])[1] > 0
+  assert a["time_ratio_to_none"] == 1.0
   xla = r["activations"]["none"]["xla"]
   state = r["bytes_total"]["params"] + r["bytes_total"]["opt_state"]
   batch = 8 * 17 * 4
   assert xla["argument_bytes"] == state + batch
   assert xla["temp_bytes"] > 0
+
