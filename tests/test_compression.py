@@ -72,7 +72,7 @@ def test_powersgd_two_steps_match_a_float64_reference(mesh):
   step = exchange_fn(compressor, mesh)
   leaves = jax.tree.leaves(params)
   w_index = [l.shape for l in leaves].index((12, 10))
-  q = np.asarray(state[w_index]["q"][0], np.float64)
+  q = np.asarray(state["codec"][w_index]["q"][0], np.float64)
   err = np.zeros((N, 12, 10))
   for seed in (1, 2):
     grads = random_grads(shapes, seed)
@@ -85,8 +85,8 @@ def test_powersgd_two_steps_match_a_float64_reference(mesh):
     np.testing.assert_allclose(mean["w"], update, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(mean["b"], grads["b"].mean(0), atol=1e-6)  # sent uncompressed
     for i in range(N):
-      np.testing.assert_allclose(state[w_index]["q"][i], q, atol=1e-5, rtol=1e-5)
-      np.testing.assert_allclose(state[w_index]["error"][i], err[i], atol=1e-5, rtol=1e-5)
+      np.testing.assert_allclose(state["codec"][w_index]["q"][i], q, atol=1e-5, rtol=1e-5)
+      np.testing.assert_allclose(state["codec"][w_index]["error"][i], err[i], atol=1e-5, rtol=1e-5)
   assert np.linalg.norm(err) > 1.0  # rank 3 of 10: the error feedback holds something
 
 
@@ -122,7 +122,7 @@ def test_error_feedback_compressors_match_float64_references(mesh, kind, options
       c = np.stack([compress(p[i]) for i in range(N)])
       err[k] = p - c
       np.testing.assert_allclose(mean[k], c.mean(0), rtol=1e-5, atol=1e-6)
-  for k, s in zip(sorted(shapes), state):  # leaves in jax.tree order: "b", "w"
+  for k, s in zip(sorted(shapes), state["codec"]):  # leaves in jax.tree order: "b", "w"
     np.testing.assert_allclose(s["error"], err[k], rtol=1e-5, atol=1e-6)
 
 
@@ -154,7 +154,7 @@ def test_error_feedback_tracks_the_sum_of_true_mean_gradients(mesh, kind, option
     gaps[t] = residuals[t] / np.sqrt(sum(np.sum(true[k] ** 2) for k in shapes))
   # The bookkeeping identity: what was not applied is exactly the devices' mean error.
   order = [k for k, _ in sorted(shapes.items())]  # jax.tree.leaves order: "b", "w"
-  errors = {k: (np.asarray(s["error"]).mean(0) if s else 0.0) for k, s in zip(order, state)}
+  errors = {k: (np.asarray(s["error"]).mean(0) if s else 0.0) for k, s in zip(order, state["codec"])}
   for k in shapes:
     np.testing.assert_allclose(applied[k] + errors[k], true[k], atol=1e-4)
   assert gaps[80] < 0.5 * gaps[10], gaps
@@ -229,3 +229,74 @@ def test_data_parallel_grads_on_a_sharded_batch(axis_type):
 def test_unknown_kind_lists_the_known_ones():
   with pytest.raises(ValueError, match="powersgd.*sign.*topk"):
     compression.make_compressor("qsgd")
+
+
+def recipe64(grads_T, kind, fraction, warmup, momentum, b2, eps=1e-8):
+  """The recipe in float64 NumPy, per device i at step t (1-based):
+  v <- b2 v + (1 - b2) mean_i(g_i)^2 while t <= warmup (then frozen), v_hat = v / (1 - b2^t'),
+  t' = min(t, warmup); x_i = clip(g_i / (sqrt(v_hat) + eps), +-1/sqrt(1 - b2)); u_i <- mu u_i +
+  x_i; warm-up: applied mean_i u_i; after: p_i = u_i + e_i, c_i = topk(p_i), e_i = p_i - c_i,
+  u_i zeroed where c_i was sent (DGC's momentum factor masking), applied mean_i c_i."""
+  n, shape = grads_T[0].shape[0], grads_T[0].shape[1:]
+  v, u, e = np.zeros(shape), np.zeros((n, *shape)), np.zeros((n, *shape))
+  bound = 1.0 / np.sqrt(1.0 - b2)
+  applied = []
+  for t, g in enumerate(grads_T, start=1):
+    g = g.astype(np.float64)
+    if t <= warmup:
+      v = b2 * v + (1.0 - b2) * g.mean(0) ** 2
+    v_hat = v / (1.0 - b2 ** min(t, warmup))
+    u = momentum * u + np.clip(g / (np.sqrt(v_hat) + eps), -bound, bound)
+    if t <= warmup or kind == "none":
+      applied.append(u.mean(0))
+      continue
+    p = u + e
+    c = np.stack([topk64(p[i], fraction) for i in range(n)])
+    e = p - c
+    u = np.where(c != 0, 0.0, u)
+    applied.append(c.mean(0))
+  return applied, u, e
+
+
+@pytest.mark.parametrize("kind", ["none", "topk"])
+def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, kind):
+  """1-bit Adam's frozen variance (Tang et al. 2021) with DGC's momentum correction and
+  masking (Lin et al. 2018): 2 uncompressed warm-up steps, then 3 compressed ones."""
+  shapes = {"w": (16, 8), "b": (8,)}
+  options = {"fraction": 0.1} if kind == "topk" else {}
+  compressor = compression.make_compressor(kind, warmup_steps=2, momentum=0.9,
+                                           precondition="adam", b2=0.95, **options)
+  params = {k: jnp.zeros(s) for k, s in shapes.items()}
+  state = compression.init_state(compressor, params, mesh, AXIS)
+  step = exchange_fn(compressor, mesh)
+  grads_T = [random_grads(shapes, seed) for seed in range(20, 25)]
+  # Coordinates whose mean gradient is small during the warm-up: frozen v is tiny there and
+  # the clip to Adam's bound is what keeps the step finite.
+  for g in grads_T[:2]:
+    g["w"][:, :, 0] *= 1e-3
+  full, sent = 4 * (16 * 8 + 8), 8 * (13 + 1)
+  got = []
+  for t, grads in enumerate(grads_T, start=1):
+    mean, state, stats = step(grads, state)
+    got.append(mean)
+    want_bytes = full if t <= 2 or kind == "none" else sent
+    assert float(stats["bytes_sent_per_device"]) == want_bytes, t
+  for k, s in sorted(shapes.items()):
+    applied, u, e = recipe64([g[k] for g in grads_T], kind, 0.1, warmup=2, momentum=0.9,
+                             b2=0.95)
+    for t in range(5):
+      np.testing.assert_allclose(got[t][k], applied[t], rtol=1e-5, atol=1e-5, err_msg=f"{k} {t}")
+    leaf = sorted(shapes).index(k)
+    np.testing.assert_allclose(state["velocity"][leaf], u, rtol=1e-5, atol=1e-5)
+    if kind == "topk":
+      np.testing.assert_allclose(state["codec"][leaf]["error"], e, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(state["step"]) == 5)
+  # Column 0's frozen v is ~1e-6 of the others': unclipped, its entries would be ~1000x Adam's
+  # bound of 4.5, so the comparison above checks the clip.
+  v = sum(0.95 ** (2 - t) * 0.05 * g["w"][:, :, 0].mean(0) ** 2 for t, g in enumerate(grads_T[:2], 1))
+  assert np.max(np.abs(grads_T[2]["w"][:, :, 0]) / np.sqrt(v / (1 - 0.95 ** 2))) > 100 * 4.5
+
+
+def test_adam_preconditioning_needs_a_warm_up():
+  with pytest.raises(ValueError, match="warmup_steps >= 1"):
+    compression.make_compressor("topk", precondition="adam")
