@@ -6,10 +6,12 @@
 Arg: "topk" (1%), "powersgd" (rank 4) or "none" (the same recipe uncompressed). The recipe
 (`experiments/compression.py`, `make_compressor`): the first `warmup_steps` steps all-reduce the
 full gradient and estimate Adam's variance v from it (1-bit Adam, Tang et al. 2021, arXiv
-2102.02888); then v is frozen and each device compresses, with error feedback, its local
-velocity u <- b1 u + g / (sqrt(v_hat) + eps) (DGC's momentum correction, Lin et al. 2018, arXiv
-1712.01887). The optimizer is SGD without momentum at AdamW's rate times 1 - b1: with a fixed v
-and no compression this is AdamW (b1 0.9, b2 0.95, no weight decay) with v frozen.
+2102.02888); then v is held, refreshed from one full all-reduce every `variance_refresh_every`
+steps (0/1 Adam, Lu et al. 2022, arXiv 2202.06009; 0: frozen), and each device compresses, with
+error feedback, its local velocity u <- b1 u + g / (sqrt(v_hat) + eps) (DGC's momentum
+correction, Lin et al. 2018, arXiv 1712.01887). The optimizer is SGD without momentum at
+AdamW's rate times 1 - b1: uncompressed, with v updated every step, this is AdamW (b1 0.9,
+b2 0.95, no weight decay) up to where v divides (each gradient, not the momentum).
 """
 
 import ml_collections
@@ -28,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compression.warmup_steps = 100
   c.compression.momentum = adamw.b1
   c.compression.precondition = "adam"
+  c.compression.variance_refresh_every = 10
   c.compression.b2 = adamw.b2
   c.compression.eps = adamw.eps
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -183,7 +183,8 @@ _PRECONDITIONERS = ("none", "adam")
 
 def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
                     momentum_masking: bool = True, precondition: str = "none",
-                    b2: float = 0.95, eps: float = 1e-8, **options) -> Compressor:
+                    variance_refresh_every: int = 0, b2: float = 0.95, eps: float = 1e-8,
+                    **options) -> Compressor:
   """The compressor `kind` ("none", "powersgd", "topk", "sign") with its options.
 
   powersgd: rank=4, min_compression_ratio=1.0, seed=0. topk: fraction=0.01. sign, none: none.
@@ -195,6 +196,9 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
       clipped to Adam's own bound 1 / sqrt(1 - b2) (1-bit Adam,
       Tang et al. 2021, arXiv 2102.02888: Adam's variance settles early, and a frozen
       preconditioner makes Adam momentum SGD on a fixed metric, which compression tolerates).
+      variance_refresh_every=R > 0 updates v again every R steps after the warm-up, from one
+      full all-reduce of the gradient (0/1 Adam, Lu et al. 2022, arXiv 2202.06009, updates its
+      frozen variance at sparse steps; here at a fixed interval), counted in the bytes sent.
     momentum=mu > 0: momentum correction (Lin et al., "Deep Gradient Compression", ICLR 2018,
       arXiv 1712.01887): each device compresses its local velocity u <- mu u + g (error feedback
       accumulates u); with top-k and momentum_masking, u is zeroed where it was sent. The
@@ -218,26 +222,24 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
   def init(params):
     leaves = jax.tree.leaves(params)
     zeros = lambda: tuple(jnp.zeros(p.shape, jnp.float32) for p in leaves)
+    adam = precondition == "adam"
     return {"codec": tuple(codec.init(p) for p in leaves),
             "step": jnp.zeros((), jnp.int32),
             "velocity": zeros() if momentum else (),
-            "nu": zeros() if precondition == "adam" else ()}
+            "nu": zeros() if adam else (),
+            "nu_count": jnp.zeros((), jnp.int32) if adam else ()}
 
-  def scales(nu, step):
-    """Per-leaf factors 1 / (sqrt(v_hat) + eps); v_hat frozen after the warm-up."""
+  def preconditioned(gs, nu, count):
+    """g / (sqrt(v_hat) + eps), v_hat bias-corrected for the `count` updates v has had."""
     if precondition == "none":
-      return None
-    t = jnp.minimum(step + 1, warmup_steps).astype(jnp.float32)
-    return [1.0 / (jnp.sqrt(n / (1.0 - b2 ** t)) + eps) for n in nu]
-
-  def precondition_all(gs, pre):
-    if pre is None:
       return gs
+    correction = 1.0 - b2 ** count.astype(jnp.float32)
     # Adam's v_t >= (1 - b2) g_t^2 bounds |g_t| / sqrt(v_t) by 1 / sqrt(1 - b2); a frozen v
     # loses that bound where the warm-up saw little gradient (rare tokens' embedding rows),
     # which otherwise get g / eps.
     bound = 1.0 / math.sqrt(1.0 - b2)
-    return [jnp.clip(g * s, -bound, bound) for g, s in zip(gs, pre)]
+    return [jnp.clip(g / (jnp.sqrt(n / correction) + eps), -bound, bound)
+            for g, n in zip(gs, nu)]
 
   def accumulate(xs, velocity):
     """DGC's local velocity; without momentum the input itself."""
@@ -246,21 +248,13 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
     velocity = tuple(momentum * u + x for u, x in zip(velocity, xs))
     return list(velocity), velocity
 
-  def uncompressed(gs, state, axis):
-    nu = state["nu"]
-    if precondition == "adam":
-      nu = tuple(b2 * n + (1.0 - b2) * lax.pmean(g, axis) ** 2 for n, g in zip(nu, gs))
-    pre = scales(nu, state["step"])
-    xs = precondition_all(gs, pre)
+  def uncompressed(xs, state, axis):
     xs, velocity = accumulate(xs, state["velocity"])
     # A real implementation all-reduces g once and keeps the mean velocity too (velocities are
     # linear in g until masking starts); here the mean is taken of what each device holds.
-    means = [lax.pmean(x, axis) for x in xs]
-    return means, dict(state, velocity=velocity, nu=nu)
+    return [lax.pmean(x, axis) for x in xs], dict(state, velocity=velocity)
 
-  def compressed(gs, state, axis):
-    pre = scales(state["nu"], state["step"])
-    xs = precondition_all(gs, pre)
+  def compressed(xs, state, axis):
     xs, velocity = accumulate(xs, state["velocity"])
     out = [codec.mean(x, s, axis) for x, s in zip(xs, state["codec"])]
     if momentum and momentum_masking:
@@ -268,21 +262,36 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
                        for u, o in zip(velocity, out))
     return [o[0] for o in out], dict(state, codec=tuple(o[1] for o in out), velocity=velocity)
 
+  def update_variance(gs, nu, count, axis):
+    return tuple(b2 * n + (1.0 - b2) * lax.pmean(g, axis) ** 2 for n, g in zip(nu, gs)), count + 1
+
   def compress_and_mean(grads, state, axis_name):
     leaves, treedef = jax.tree.flatten(grads)
     gs = [g.astype(jnp.float32) for g in leaves]
+    # Every device holds the same step; pmax makes that known to shard_map (an invariant
+    # predicate, so both branches of a cond keep the means replicated).
+    step = lax.pmax(state["step"], axis_name)
+    warm = step < warmup_steps
+    refresh = warm
+    if variance_refresh_every:
+      refresh = warm | ((step - warmup_steps + 1) % variance_refresh_every == 0)
+    state = dict(state)
+    if precondition == "adam":
+      state["nu"], state["nu_count"] = lax.cond(
+          refresh, functools.partial(update_variance, axis=axis_name),
+          lambda gs, nu, count: (nu, count), gs, state["nu"], state["nu_count"])
+    xs = preconditioned(gs, state["nu"], state["nu_count"])
     if warmup_steps:
-      # Every device holds the same step; pmax makes that known to shard_map (an invariant
-      # predicate, so both branches' means stay replicated).
-      warm = lax.pmax(state["step"], axis_name) < warmup_steps
       means, new_state = lax.cond(warm, functools.partial(uncompressed, axis=axis_name),
-                                  functools.partial(compressed, axis=axis_name), gs, state)
+                                  functools.partial(compressed, axis=axis_name), xs, state)
     else:
-      warm, (means, new_state) = False, compressed(gs, state, axis_name)
+      means, new_state = compressed(xs, state, axis_name)
     new_state["step"] = state["step"] + 1
     mean_grads = jax.tree.unflatten(treedef, [m.astype(g.dtype) for m, g in zip(means, leaves)])
     full = sum(_full_bytes(g.shape) for g in leaves)
-    sent = jnp.where(warm, full, bytes_sent(grads)).astype(jnp.float32)
+    # A variance refresh after the warm-up all-reduces the full gradient besides the message.
+    extra = jnp.where(refresh, full, 0) if precondition == "adam" else 0
+    sent = jnp.where(warm, full, bytes_sent(grads) + extra).astype(jnp.float32)
     stats = {"bytes_sent_per_device": sent, "compression_ratio": full / sent}
     return mean_grads, new_state, stats
 
@@ -302,6 +311,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.momentum = 0.0  # > 0: DGC momentum correction; then an optimizer without momentum
   c.momentum_masking = True  # DGC: top-k zeroes the velocity it sent
   c.precondition = "none"  # "adam": divide by sqrt(v) frozen after warmup (1-bit Adam)
+  c.variance_refresh_every = 0  # precondition="adam": > 0 updates v every so many steps
   c.b2 = 0.95  # precondition="adam": the variance EMA
   c.eps = 1e-8
   return c
@@ -319,6 +329,7 @@ def from_config(c: ml_collections.ConfigDict) -> Compressor:
              "topk": {"fraction": float(c.fraction)}}.get(c.kind, {})
   recipe = {k: c.get(k, d) for k, d in (("warmup_steps", 0), ("momentum", 0.0),
                                          ("momentum_masking", True), ("precondition", "none"),
+                                         ("variance_refresh_every", 0),
                                          ("b2", 0.95), ("eps", 1e-8))}
   return make_compressor(c.kind, **recipe, **options)
 

@@ -236,21 +236,22 @@ def test_unknown_kind_lists_the_known_ones():
     compression.make_compressor("qsgd")
 
 
-def recipe64(grads_T, kind, fraction, warmup, momentum, b2, eps=1e-8):
+def recipe64(grads_T, kind, fraction, warmup, refresh, momentum, b2, eps=1e-8):
   """The recipe in float64 NumPy, per device i at step t (1-based):
-  v <- b2 v + (1 - b2) mean_i(g_i)^2 while t <= warmup (then frozen), v_hat = v / (1 - b2^t'),
-  t' = min(t, warmup); x_i = clip(g_i / (sqrt(v_hat) + eps), +-1/sqrt(1 - b2)); u_i <- mu u_i +
+  v <- b2 v + (1 - b2) mean_i(g_i)^2 while t <= warmup and when (t - warmup) % refresh == 0,
+  v_hat = v / (1 - b2^(number of v updates)); x_i = clip(g_i / (sqrt(v_hat) + eps), +-1/sqrt(1 - b2)); u_i <- mu u_i +
   x_i; warm-up: applied mean_i u_i; after: p_i = u_i + e_i, c_i = topk(p_i), e_i = p_i - c_i,
   u_i zeroed where c_i was sent (DGC's momentum factor masking), applied mean_i c_i."""
   n, shape = grads_T[0].shape[0], grads_T[0].shape[1:]
   v, u, e = np.zeros(shape), np.zeros((n, *shape)), np.zeros((n, *shape))
+  count = 0
   bound = 1.0 / np.sqrt(1.0 - b2)
   applied = []
   for t, g in enumerate(grads_T, start=1):
     g = g.astype(np.float64)
-    if t <= warmup:
-      v = b2 * v + (1.0 - b2) * g.mean(0) ** 2
-    v_hat = v / (1.0 - b2 ** min(t, warmup))
+    if t <= warmup or (refresh and (t - warmup) % refresh == 0):
+      v, count = b2 * v + (1.0 - b2) * g.mean(0) ** 2, count + 1
+    v_hat = v / (1.0 - b2 ** count)
     u = momentum * u + np.clip(g / (np.sqrt(v_hat) + eps), -bound, bound)
     if t <= warmup or kind == "none":
       applied.append(u.mean(0))
@@ -263,14 +264,16 @@ def recipe64(grads_T, kind, fraction, warmup, momentum, b2, eps=1e-8):
   return applied, u, e
 
 
-@pytest.mark.parametrize("kind", ["none", "topk"])
-def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, kind):
-  """1-bit Adam's frozen variance (Tang et al. 2021) with DGC's momentum correction and
-  masking (Lin et al. 2018): 2 uncompressed warm-up steps, then 3 compressed ones."""
+@pytest.mark.parametrize("kind,refresh", [("none", 0), ("topk", 0), ("topk", 2)])
+def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, kind, refresh):
+  """1-bit Adam's frozen variance (Tang et al. 2021; refreshed every 2 steps as 0/1 Adam does
+  at intervals) with DGC's momentum correction and masking (Lin et al. 2018): 2 uncompressed
+  warm-up steps, then 3 compressed ones."""
   shapes = {"w": (16, 8), "b": (8,)}
   options = {"fraction": 0.1} if kind == "topk" else {}
   compressor = compression.make_compressor(kind, warmup_steps=2, momentum=0.9,
-                                           precondition="adam", b2=0.95, **options)
+                                           precondition="adam", b2=0.95,
+                                           variance_refresh_every=refresh, **options)
   params = {k: jnp.zeros(s) for k, s in shapes.items()}
   state = compression.init_state(compressor, params, mesh, AXIS)
   step = exchange_fn(compressor, mesh)
@@ -285,10 +288,12 @@ def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, k
     mean, state, stats = step(grads, state)
     got.append(mean)
     want_bytes = full if t <= 2 or kind == "none" else sent
+    if t > 2 and refresh and (t - 2) % refresh == 0:
+      want_bytes += full  # the all-reduce that refreshes v
     assert float(stats["bytes_sent_per_device"]) == want_bytes, t
   for k, s in sorted(shapes.items()):
-    applied, u, e = recipe64([g[k] for g in grads_T], kind, 0.1, warmup=2, momentum=0.9,
-                             b2=0.95)
+    applied, u, e = recipe64([g[k] for g in grads_T], kind, 0.1, warmup=2, refresh=refresh,
+                             momentum=0.9, b2=0.95)
     for t in range(5):
       np.testing.assert_allclose(got[t][k], applied[t], rtol=1e-5, atol=1e-5, err_msg=f"{k} {t}")
     leaf = sorted(shapes).index(k)
