@@ -123,7 +123,9 @@ def _powersgd(rank: int = 4, min_compression_ratio: float = 1.0, seed: int = 0) 
     q = lax.pmean(m_NxM.T @ p, axis)
     approx = p @ q.T
     return (approx.reshape(g.shape).astype(g.dtype),
-            {"q": q, "error": (m_NxM - approx).reshape(g.shape)}, None)
+            # Q is the same on every device, but it is state each device holds ("varying").
+            {"q": lax.pcast(q, axis, to="varying"), "error": (m_NxM - approx).reshape(g.shape)},
+            None)
 
   def nbytes(shape):
     r = compressed(shape)

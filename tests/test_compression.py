@@ -307,6 +307,23 @@ def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, k
   assert np.max(np.abs(grads_T[2]["w"][:, :, 0]) / np.sqrt(v / (1 - 0.95 ** 2))) > 100 * 4.5
 
 
+@pytest.mark.parametrize("kind", ["powersgd", "topk", "sign"])
+def test_every_kind_goes_from_the_warm_up_to_compression(mesh, kind):
+  """Step 1 is the plain mean (full bytes), step 2 compressed; the warm-up and compressed
+  branches of the switch must agree on every state leaf's type (PowerSGD's Q included)."""
+  compressor = compression.make_compressor(kind, warmup_steps=1)
+  params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
+  state = compression.init_state(compressor, params, mesh, AXIS)
+  step = exchange_fn(compressor, mesh)
+  grads = random_grads(SHAPES, seed=30)
+  mean, state, stats = step(grads, state)
+  chex.assert_trees_all_close(mean, {k: g.mean(0) for k, g in grads.items()}, atol=2e-6)
+  assert float(stats["compression_ratio"]) == 1.0
+  mean, state, stats = step(random_grads(SHAPES, seed=31), state)
+  chex.assert_tree_all_finite(mean)
+  assert float(stats["bytes_sent_per_device"]) == compressor.bytes_sent(params)
+
+
 def test_adam_preconditioning_needs_a_warm_up():
   with pytest.raises(ValueError, match="warmup_steps >= 1"):
     compression.make_compressor("topk", precondition="adam")
