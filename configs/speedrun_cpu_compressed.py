@@ -8,10 +8,12 @@ Arg: "topk" (1%), "powersgd" (rank 4) or "none" (the same recipe uncompressed). 
 full gradient and estimate Adam's variance v from it (1-bit Adam, Tang et al. 2021, arXiv
 2102.02888); then v is held, refreshed from one full all-reduce every `variance_refresh_every`
 steps (0/1 Adam, Lu et al. 2022, arXiv 2202.06009; 0: frozen), and each device compresses, with
-error feedback, its local velocity u <- b1 u + g / (sqrt(v_hat) + eps) (DGC's momentum
-correction, Lin et al. 2018, arXiv 1712.01887). The optimizer is SGD without momentum at
-AdamW's rate times 1 - b1: uncompressed, with v updated every step, this is AdamW (b1 0.9,
-b2 0.95, no weight decay) up to where v divides (each gradient, not the momentum).
+error feedback, its local velocity u <- b1 u + g / (sqrt(v_hat) + eps) (top-k: DGC's momentum
+correction with masking, Lin et al. 2018, arXiv 1712.01887) or, for PowerSGD, the preconditioned
+gradient, with heavy-ball momentum b1 after the exchange (Vogels et al. 2019, arXiv 1905.13727).
+The optimizer is SGD at AdamW's rate times 1 - b1: uncompressed, with v updated every step, this
+is AdamW (b1 0.9, b2 0.95, no weight decay) up to where v divides (each gradient, not the
+momentum).
 """
 
 import ml_collections
@@ -36,4 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", learning_rate=adamw.learning_rate * (1.0 - adamw.b1), momentum=None,
       nesterov=False, weight_decay=0.0))
+  if kind == "powersgd":
+    # Vogels et al.'s Algorithm 2: error feedback on the gradient, heavy-ball momentum after
+    # the exchange. Momentum correction without masking let PowerSGD's residual keep stale
+    # velocity: the applied norm grew 4x within 30 steps of the warm-up and the loss rose.
+    c.compression.momentum = 0.0
+    c.optimizer.momentum = adamw.b1
   return c
