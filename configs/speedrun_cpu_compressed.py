@@ -44,4 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # velocity: the applied norm grew 4x within 30 steps of the warm-up and the loss rose.
     c.compression.momentum = 0.0
     c.optimizer.momentum = adamw.b1
+    # Rank 4 of Adam-normalized (flat-spectrum) gradients kept little: train loss 2.10 against
+    # 1.80 uncompressed at steps 150-200. Raw gradients are compressed, the mean preconditioned.
+    c.compression.precondition_after = True
   return c

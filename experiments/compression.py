@@ -185,8 +185,8 @@ _PRECONDITIONERS = ("none", "adam")
 
 def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
                     momentum_masking: bool = True, precondition: str = "none",
-                    variance_refresh_every: int = 0, b2: float = 0.95, eps: float = 1e-8,
-                    **options) -> Compressor:
+                    variance_refresh_every: int = 0, precondition_after: bool = False,
+                    b2: float = 0.95, eps: float = 1e-8, **options) -> Compressor:
   """The compressor `kind` ("none", "powersgd", "topk", "sign") with its options.
 
   powersgd: rank=4, min_compression_ratio=1.0, seed=0. topk: fraction=0.01. sign, none: none.
@@ -201,6 +201,10 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
       variance_refresh_every=R > 0 updates v again every R steps after the warm-up, from one
       full all-reduce of the gradient (0/1 Adam, Lu et al. 2022, arXiv 2202.06009, updates its
       frozen variance at sparse steps; here at a fixed interval), counted in the bytes sent.
+      precondition_after=True divides the exchanged mean instead (v is shared, so between
+      refreshes this is linear and error feedback still sums to the preconditioned mean):
+      raw gradients keep the low-rank structure PowerSGD needs, which Adam's per-coordinate
+      normalization flattens.
     momentum=mu > 0: momentum correction (Lin et al., "Deep Gradient Compression", ICLR 2018,
       arXiv 1712.01887): each device compresses its local velocity u <- mu u + g (error feedback
       accumulates u); with top-k and momentum_masking, u is zeroed where it was sent. The
@@ -282,12 +286,17 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
       state["nu"], state["nu_count"] = lax.cond(
           refresh, functools.partial(update_variance, axis=axis_name),
           lambda gs, nu, count: (nu, count), gs, state["nu"], state["nu_count"])
-    xs = preconditioned(gs, state["nu"], state["nu_count"])
+    xs = gs if precondition_after else preconditioned(gs, state["nu"], state["nu_count"])
     if warmup_steps:
       means, new_state = lax.cond(warm, functools.partial(uncompressed, axis=axis_name),
                                   functools.partial(compressed, axis=axis_name), xs, state)
     else:
       means, new_state = compressed(xs, state, axis_name)
+    if precondition_after:
+      # v is the same on every device, but it is per-device state: pmax (a no-op on the values)
+      # tells shard_map the result is replicated; a real implementation keeps v replicated.
+      means = [lax.pmax(m, axis_name)
+               for m in preconditioned(means, state["nu"], state["nu_count"])]
     new_state["step"] = state["step"] + 1
     mean_grads = jax.tree.unflatten(treedef, [m.astype(g.dtype) for m, g in zip(means, leaves)])
     full = sum(_full_bytes(g.shape) for g in leaves)
@@ -314,6 +323,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.momentum_masking = True  # DGC: top-k zeroes the velocity it sent
   c.precondition = "none"  # "adam": divide by sqrt(v) frozen after warmup (1-bit Adam)
   c.variance_refresh_every = 0  # precondition="adam": > 0 updates v every so many steps
+  c.precondition_after = False  # precondition the exchanged mean, not each device's gradient
   c.b2 = 0.95  # precondition="adam": the variance EMA
   c.eps = 1e-8
   return c
@@ -332,6 +342,7 @@ def from_config(c: ml_collections.ConfigDict) -> Compressor:
   recipe = {k: c.get(k, d) for k, d in (("warmup_steps", 0), ("momentum", 0.0),
                                          ("momentum_masking", True), ("precondition", "none"),
                                          ("variance_refresh_every", 0),
+                                         ("precondition_after", False),
                                          ("b2", 0.95), ("eps", 1e-8))}
   return make_compressor(c.kind, **recipe, **options)
 

@@ -236,12 +236,13 @@ def test_unknown_kind_lists_the_known_ones():
     compression.make_compressor("qsgd")
 
 
-def recipe64(grads_T, kind, fraction, warmup, refresh, momentum, b2, eps=1e-8):
+def recipe64(grads_T, kind, fraction, warmup, refresh, momentum, b2, after=False, eps=1e-8):
   """The recipe in float64 NumPy, per device i at step t (1-based):
   v <- b2 v + (1 - b2) mean_i(g_i)^2 while t <= warmup and when (t - warmup) % refresh == 0,
   v_hat = v / (1 - b2^(number of v updates)); x_i = clip(g_i / (sqrt(v_hat) + eps), +-1/sqrt(1 - b2)); u_i <- mu u_i +
   x_i; warm-up: applied mean_i u_i; after: p_i = u_i + e_i, c_i = topk(p_i), e_i = p_i - c_i,
-  u_i zeroed where c_i was sent (DGC's momentum factor masking), applied mean_i c_i."""
+  u_i zeroed where c_i was sent (DGC's momentum factor masking), applied mean_i c_i. after:
+  x_i = g_i and the applied mean is preconditioned (and clipped) instead."""
   n, shape = grads_T[0].shape[0], grads_T[0].shape[1:]
   v, u, e = np.zeros(shape), np.zeros((n, *shape)), np.zeros((n, *shape))
   count = 0
@@ -252,20 +253,24 @@ def recipe64(grads_T, kind, fraction, warmup, refresh, momentum, b2, eps=1e-8):
     if t <= warmup or (refresh and (t - warmup) % refresh == 0):
       v, count = b2 * v + (1.0 - b2) * g.mean(0) ** 2, count + 1
     v_hat = v / (1.0 - b2 ** count)
-    u = momentum * u + np.clip(g / (np.sqrt(v_hat) + eps), -bound, bound)
+    pre = lambda x: np.clip(x / (np.sqrt(v_hat) + eps), -bound, bound)
+    u = momentum * u + (g if after else pre(g))
+    post = pre if after else lambda x: x
     if t <= warmup or kind == "none":
-      applied.append(u.mean(0))
+      applied.append(post(u.mean(0)))
       continue
     p = u + e
     c = np.stack([topk64(p[i], fraction) for i in range(n)])
     e = p - c
     u = np.where(c != 0, 0.0, u)
-    applied.append(c.mean(0))
+    applied.append(post(c.mean(0)))
   return applied, u, e
 
 
-@pytest.mark.parametrize("kind,refresh", [("none", 0), ("topk", 0), ("topk", 2)])
-def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, kind, refresh):
+@pytest.mark.parametrize("kind,refresh,after", [
+    ("none", 0, False), ("topk", 0, False), ("topk", 2, False), ("topk", 2, True)])
+def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, kind, refresh,
+                                                                         after):
   """1-bit Adam's frozen variance (Tang et al. 2021; refreshed every 2 steps as 0/1 Adam does
   at intervals) with DGC's momentum correction and masking (Lin et al. 2018): 2 uncompressed
   warm-up steps, then 3 compressed ones."""
@@ -273,7 +278,8 @@ def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, k
   options = {"fraction": 0.1} if kind == "topk" else {}
   compressor = compression.make_compressor(kind, warmup_steps=2, momentum=0.9,
                                            precondition="adam", b2=0.95,
-                                           variance_refresh_every=refresh, **options)
+                                           variance_refresh_every=refresh,
+                                           precondition_after=after, **options)
   params = {k: jnp.zeros(s) for k, s in shapes.items()}
   state = compression.init_state(compressor, params, mesh, AXIS)
   step = exchange_fn(compressor, mesh)
@@ -293,7 +299,7 @@ def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, k
     assert float(stats["bytes_sent_per_device"]) == want_bytes, t
   for k, s in sorted(shapes.items()):
     applied, u, e = recipe64([g[k] for g in grads_T], kind, 0.1, warmup=2, refresh=refresh,
-                             momentum=0.9, b2=0.95)
+                             momentum=0.9, b2=0.95, after=after)
     for t in range(5):
       np.testing.assert_allclose(got[t][k], applied[t], rtol=1e-5, atol=1e-5, err_msg=f"{k} {t}")
     leaf = sorted(shapes).index(k)
