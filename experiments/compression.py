@@ -32,6 +32,7 @@ sharded over the data axis (`init_state`), and `data_parallel_grads` wires it al
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -56,9 +57,10 @@ class Compressor(NamedTuple):
 
 
 class _Codec(NamedTuple):
-  """One leaf's compression: state of the leaf, the exchange, the bytes it sends."""
+  """One leaf's compression: state of the leaf, the exchange (-> mean, new state, and for
+  sparsifiers the mask of coordinates left unsent, else None), the bytes it sends."""
   init: Callable[[jax.Array], Any]
-  mean: Callable[[jax.Array, Any, str], tuple[jax.Array, Any]]
+  mean: Callable[[jax.Array, Any, str], tuple[jax.Array, Any, jax.Array | None]]
   nbytes: Callable[[tuple[int, ...]], int]
 
 
@@ -67,7 +69,7 @@ def _full_bytes(shape) -> int:
 
 
 def _none() -> _Codec:
-  return _Codec(lambda p: (), lambda g, s, axis: (lax.pmean(g, axis), s), _full_bytes)
+  return _Codec(lambda p: (), lambda g, s, axis: (lax.pmean(g, axis), s, None), _full_bytes)
 
 
 def gram_schmidt(p_NxR: jax.Array, eps: float = 1e-8, passes: int = 2) -> jax.Array:
@@ -115,13 +117,15 @@ def _powersgd(rank: int = 4, min_compression_ratio: float = 1.0, seed: int = 0) 
 
   def mean(g, s, axis):
     if not s:
-      return lax.pmean(g, axis), s
+      return lax.pmean(g, axis), s, None
     m_NxM = (g.astype(jnp.float32) + s["error"]).reshape(_matrix_shape(g.shape))
     p = gram_schmidt(lax.pmean(m_NxM @ s["q"], axis))
     q = lax.pmean(m_NxM.T @ p, axis)
     approx = p @ q.T
     return (approx.reshape(g.shape).astype(g.dtype),
-            {"q": q, "error": (m_NxM - approx).reshape(g.shape)})
+            # Q is the same on every device, but it is state each device holds ("varying").
+            {"q": lax.pcast(q, axis, to="varying"), "error": (m_NxM - approx).reshape(g.shape)},
+            None)
 
   def nbytes(shape):
     r = compressed(shape)
@@ -150,8 +154,9 @@ def _topk(fraction: float = 0.01) -> _Codec:
                             lax.all_gather(idx, axis, to="invarying"))
     total = jnp.zeros(m.shape, m.dtype).at[all_idx.reshape(-1)].add(all_values.reshape(-1))
     mean_g = total / all_values.shape[0]
+    unsent = jnp.ones(m.shape, bool).at[idx].set(False).reshape(g.shape)
     return (mean_g.reshape(g.shape).astype(g.dtype),
-            {"error": m.at[idx].set(0.0).reshape(g.shape)})
+            {"error": jnp.where(unsent, m.reshape(g.shape), 0.0)}, unsent)
 
   nbytes = lambda shape: (FLOAT32_BYTES + 4) * k_of(math.prod(shape))  # value + int32 index
   return _Codec(_error_feedback_init, mean, nbytes)
@@ -167,58 +172,179 @@ def _sign() -> _Codec:
     signs = 2.0 * jnp.unpackbits(all_bits, axis=-1, count=m.size).astype(jnp.float32) - 1.0
     mean_g = jnp.mean(all_scales[:, None] * signs, axis=0)
     sent = scale * (2.0 * (m >= 0) - 1.0)
-    return mean_g.reshape(g.shape).astype(g.dtype), {"error": (m - sent).reshape(g.shape)}
+    return (mean_g.reshape(g.shape).astype(g.dtype), {"error": (m - sent).reshape(g.shape)},
+            None)
 
   nbytes = lambda shape: math.ceil(math.prod(shape) / 8) + FLOAT32_BYTES
   return _Codec(_error_feedback_init, mean, nbytes)
 
 
 _KINDS = {"none": _none, "powersgd": _powersgd, "topk": _topk, "sign": _sign}
+_PRECONDITIONERS = ("none", "adam")
 
 
-def make_compressor(kind: str, **options) -> Compressor:
+def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
+                    momentum_masking: bool = True, precondition: str = "none",
+                    variance_refresh_every: int = 0, precondition_after: bool = False,
+                    b2: float = 0.95, eps: float = 1e-8, **options) -> Compressor:
   """The compressor `kind` ("none", "powersgd", "topk", "sign") with its options.
 
   powersgd: rank=4, min_compression_ratio=1.0, seed=0. topk: fraction=0.01. sign, none: none.
+  With the defaults each device compresses its raw gradient (the papers' reference, for SGD
+  with momentum applied after the exchange). The recipe options, applied per device in order:
+
+    precondition="adam": g <- g / (sqrt(v_hat) + eps), v an EMA (b2) of the squared mean
+      gradient, bias-corrected, updated during the warm-up only and frozen after it, each entry
+      clipped to Adam's own bound 1 / sqrt(1 - b2) (1-bit Adam,
+      Tang et al. 2021, arXiv 2102.02888: Adam's variance settles early, and a frozen
+      preconditioner makes Adam momentum SGD on a fixed metric, which compression tolerates).
+      variance_refresh_every=R > 0 updates v again every R steps after the warm-up, from one
+      full all-reduce of the gradient (0/1 Adam, Lu et al. 2022, arXiv 2202.06009, updates its
+      frozen variance at sparse steps; here at a fixed interval), counted in the bytes sent.
+      precondition_after=True divides the exchanged mean instead (v is shared, so between
+      refreshes this is linear and error feedback still sums to the preconditioned mean):
+      raw gradients keep the low-rank structure PowerSGD needs, which Adam's per-coordinate
+      normalization flattens.
+    momentum=mu > 0: momentum correction (Lin et al., "Deep Gradient Compression", ICLR 2018,
+      arXiv 1712.01887): each device compresses its local velocity u <- mu u + g (error feedback
+      accumulates u); with top-k and momentum_masking, u is zeroed where it was sent. The
+      optimizer must then add no momentum of its own (SGD without momentum, lr scaled by 1 - mu
+      to match Adam's normalized EMA).
+    warmup_steps: the first steps use the plain all-reduce (uncompressed; error feedback stays
+      zero), as 1-bit Adam's warm-up stage and DGC's warm-up.
   """
   if kind not in _KINDS:
     raise ValueError(f"Unknown compression {kind!r}; choose from {sorted(_KINDS)}")
+  if precondition not in _PRECONDITIONERS:
+    raise ValueError(f"Unknown precondition {precondition!r}; choose from {_PRECONDITIONERS}")
+  if precondition == "adam" and warmup_steps < 1:
+    raise ValueError("precondition='adam' estimates the variance during the uncompressed "
+                     "warm-up: set warmup_steps >= 1")
   codec = _KINDS[kind](**options)
 
   def bytes_sent(params) -> int:
     return sum(codec.nbytes(tuple(p.shape)) for p in jax.tree.leaves(params))
 
   def init(params):
-    return tuple(codec.init(p) for p in jax.tree.leaves(params))
+    leaves = jax.tree.leaves(params)
+    zeros = lambda: tuple(jnp.zeros(p.shape, jnp.float32) for p in leaves)
+    adam = precondition == "adam"
+    return {"codec": tuple(codec.init(p) for p in leaves),
+            "step": jnp.zeros((), jnp.int32),
+            "velocity": zeros() if momentum else (),
+            "nu": zeros() if adam else (),
+            "nu_count": jnp.zeros((), jnp.int32) if adam else ()}
+
+  def preconditioned(gs, nu, count):
+    """g / (sqrt(v_hat) + eps), v_hat bias-corrected for the `count` updates v has had."""
+    if precondition == "none":
+      return gs
+    correction = 1.0 - b2 ** count.astype(jnp.float32)
+    # Adam's v_t >= (1 - b2) g_t^2 bounds |g_t| / sqrt(v_t) by 1 / sqrt(1 - b2); a frozen v
+    # loses that bound where the warm-up saw little gradient (rare tokens' embedding rows),
+    # which otherwise get g / eps.
+    bound = 1.0 / math.sqrt(1.0 - b2)
+    return [jnp.clip(g / (jnp.sqrt(n / correction) + eps), -bound, bound)
+            for g, n in zip(gs, nu)]
+
+  def accumulate(xs, velocity):
+    """DGC's local velocity; without momentum the input itself."""
+    if not momentum:
+      return xs, velocity
+    velocity = tuple(momentum * u + x for u, x in zip(velocity, xs))
+    return list(velocity), velocity
+
+  def uncompressed(xs, state, axis):
+    xs, velocity = accumulate(xs, state["velocity"])
+    # A real implementation all-reduces g once and keeps the mean velocity too (velocities are
+    # linear in g until masking starts); here the mean is taken of what each device holds.
+    return [lax.pmean(x, axis) for x in xs], dict(state, velocity=velocity)
+
+  def compressed(xs, state, axis):
+    xs, velocity = accumulate(xs, state["velocity"])
+    out = [codec.mean(x, s, axis) for x, s in zip(xs, state["codec"])]
+    if momentum and momentum_masking:
+      velocity = tuple(u if o[2] is None else jnp.where(o[2], u, 0.0)
+                       for u, o in zip(velocity, out))
+    return [o[0] for o in out], dict(state, codec=tuple(o[1] for o in out), velocity=velocity)
+
+  def update_variance(gs, nu, count, axis):
+    return tuple(b2 * n + (1.0 - b2) * lax.pmean(g, axis) ** 2 for n, g in zip(nu, gs)), count + 1
 
   def compress_and_mean(grads, state, axis_name):
     leaves, treedef = jax.tree.flatten(grads)
-    out = [codec.mean(g, s, axis_name) for g, s in zip(leaves, state)]
-    mean_grads = jax.tree.unflatten(treedef, [o[0] for o in out])
-    sent = bytes_sent(grads)
+    gs = [g.astype(jnp.float32) for g in leaves]
+    # Every device holds the same step; pmax makes that known to shard_map (an invariant
+    # predicate, so both branches of a cond keep the means replicated).
+    step = lax.pmax(state["step"], axis_name)
+    warm = step < warmup_steps
+    refresh = warm
+    if variance_refresh_every:
+      refresh = warm | ((step - warmup_steps + 1) % variance_refresh_every == 0)
+    state = dict(state)
+    if precondition == "adam":
+      state["nu"], state["nu_count"] = lax.cond(
+          refresh, functools.partial(update_variance, axis=axis_name),
+          lambda gs, nu, count: (nu, count), gs, state["nu"], state["nu_count"])
+    xs = gs if precondition_after else preconditioned(gs, state["nu"], state["nu_count"])
+    if warmup_steps:
+      means, new_state = lax.cond(warm, functools.partial(uncompressed, axis=axis_name),
+                                  functools.partial(compressed, axis=axis_name), xs, state)
+    else:
+      means, new_state = compressed(xs, state, axis_name)
+    if precondition_after:
+      # v is the same on every device, but it is per-device state: pmax (a no-op on the values)
+      # tells shard_map the result is replicated; a real implementation keeps v replicated.
+      means = [lax.pmax(m, axis_name)
+               for m in preconditioned(means, state["nu"], state["nu_count"])]
+    new_state["step"] = state["step"] + 1
+    mean_grads = jax.tree.unflatten(treedef, [m.astype(g.dtype) for m, g in zip(means, leaves)])
     full = sum(_full_bytes(g.shape) for g in leaves)
-    stats = {"bytes_sent_per_device": jnp.asarray(sent, jnp.float32),
-             "compression_ratio": jnp.asarray(full / sent, jnp.float32)}
-    return mean_grads, tuple(o[1] for o in out), stats
+    # A variance refresh after the warm-up all-reduces the full gradient besides the message.
+    extra = jnp.where(refresh, full, 0) if precondition == "adam" else 0
+    sent = jnp.where(warm, full, bytes_sent(grads) + extra).astype(jnp.float32)
+    stats = {"bytes_sent_per_device": sent, "compression_ratio": full / sent}
+    return mean_grads, new_state, stats
 
   return Compressor(init, compress_and_mean, bytes_sent)
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `config.compression` section (kind "none": plain all-reduce)."""
+  """The `config.compression` section (kind "none": plain all-reduce). The recipe fields
+  (warmup_steps, momentum, precondition) are described in `make_compressor`."""
   c = ml_collections.ConfigDict()
   c.kind = "none"  # "none", "powersgd", "topk" or "sign"
   c.rank = 4  # powersgd
   c.min_compression_ratio = 1.0  # powersgd: smaller matrices are sent uncompressed
   c.fraction = 0.01  # topk: share of each leaf's elements sent
+  # Recipes (defaults: the raw gradient compressed from step 1, the papers' reference).
+  c.warmup_steps = 0  # plain all-reduce for the first steps (1-bit Adam, DGC)
+  c.momentum = 0.0  # > 0: DGC momentum correction; then an optimizer without momentum
+  c.momentum_masking = True  # DGC: top-k zeroes the velocity it sent
+  c.precondition = "none"  # "adam": divide by sqrt(v) frozen after warmup (1-bit Adam)
+  c.variance_refresh_every = 0  # precondition="adam": > 0 updates v every so many steps
+  c.precondition_after = False  # precondition the exchanged mean, not each device's gradient
+  c.b2 = 0.95  # precondition="adam": the variance EMA
+  c.eps = 1e-8
   return c
+
+
+def is_active(c: ml_collections.ConfigDict | None) -> bool:
+  """Whether `config.compression` asks for anything beyond the plain all-reduce."""
+  return c is not None and (c.get("kind", "none") != "none" or c.get("momentum", 0.0) > 0
+                            or c.get("precondition", "none") != "none")
 
 
 def from_config(c: ml_collections.ConfigDict) -> Compressor:
   options = {"powersgd": {"rank": int(c.rank),
                           "min_compression_ratio": float(c.min_compression_ratio)},
              "topk": {"fraction": float(c.fraction)}}.get(c.kind, {})
-  return make_compressor(c.kind, **options)
+  recipe = {k: c.get(k, d) for k, d in (("warmup_steps", 0), ("momentum", 0.0),
+                                         ("momentum_masking", True), ("precondition", "none"),
+                                         ("variance_refresh_every", 0),
+                                         ("precondition_after", False),
+                                         ("b2", 0.95), ("eps", 1e-8))}
+  return make_compressor(c.kind, **recipe, **options)
 
 
 def init_state(compressor: Compressor, params, mesh, axis_name: str):

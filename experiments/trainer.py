@@ -433,7 +433,7 @@ def _train(config, workdir, workload, mesh, tx, schedule) -> dict:
 
   compressor, compressed_grads, extra_init = None, None, None
   comp_cfg = config.get("compression")
-  if comp_cfg is not None and comp_cfg.get("kind", "none") != "none":
+  if compression_lib.is_active(comp_cfg):
     # Gradient compression for data parallelism: per-device gradients compressed (with error
     # feedback) before they are averaged over the `data` axis.
     compressor = compression_lib.from_config(comp_cfg)

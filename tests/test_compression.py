@@ -2,6 +2,7 @@
 error feedback, and the bytes each device sends."""
 
 import math
+import os
 
 import chex
 import jax
@@ -11,6 +12,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments import compression
+from experiments import configs_util
+from experiments import metrics as metrics_lib
+from experiments import trainer
+from tests.test_train import ROOT, TINY, restore_params
 
 N = 8
 AXIS = "data"
@@ -72,7 +77,7 @@ def test_powersgd_two_steps_match_a_float64_reference(mesh):
   step = exchange_fn(compressor, mesh)
   leaves = jax.tree.leaves(params)
   w_index = [l.shape for l in leaves].index((12, 10))
-  q = np.asarray(state[w_index]["q"][0], np.float64)
+  q = np.asarray(state["codec"][w_index]["q"][0], np.float64)
   err = np.zeros((N, 12, 10))
   for seed in (1, 2):
     grads = random_grads(shapes, seed)
@@ -85,8 +90,8 @@ def test_powersgd_two_steps_match_a_float64_reference(mesh):
     np.testing.assert_allclose(mean["w"], update, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(mean["b"], grads["b"].mean(0), atol=1e-6)  # sent uncompressed
     for i in range(N):
-      np.testing.assert_allclose(state[w_index]["q"][i], q, atol=1e-5, rtol=1e-5)
-      np.testing.assert_allclose(state[w_index]["error"][i], err[i], atol=1e-5, rtol=1e-5)
+      np.testing.assert_allclose(state["codec"][w_index]["q"][i], q, atol=1e-5, rtol=1e-5)
+      np.testing.assert_allclose(state["codec"][w_index]["error"][i], err[i], atol=1e-5, rtol=1e-5)
   assert np.linalg.norm(err) > 1.0  # rank 3 of 10: the error feedback holds something
 
 
@@ -122,7 +127,7 @@ def test_error_feedback_compressors_match_float64_references(mesh, kind, options
       c = np.stack([compress(p[i]) for i in range(N)])
       err[k] = p - c
       np.testing.assert_allclose(mean[k], c.mean(0), rtol=1e-5, atol=1e-6)
-  for k, s in zip(sorted(shapes), state):  # leaves in jax.tree order: "b", "w"
+  for k, s in zip(sorted(shapes), state["codec"]):  # leaves in jax.tree order: "b", "w"
     np.testing.assert_allclose(s["error"], err[k], rtol=1e-5, atol=1e-6)
 
 
@@ -154,7 +159,7 @@ def test_error_feedback_tracks_the_sum_of_true_mean_gradients(mesh, kind, option
     gaps[t] = residuals[t] / np.sqrt(sum(np.sum(true[k] ** 2) for k in shapes))
   # The bookkeeping identity: what was not applied is exactly the devices' mean error.
   order = [k for k, _ in sorted(shapes.items())]  # jax.tree.leaves order: "b", "w"
-  errors = {k: (np.asarray(s["error"]).mean(0) if s else 0.0) for k, s in zip(order, state)}
+  errors = {k: (np.asarray(s["error"]).mean(0) if s else 0.0) for k, s in zip(order, state["codec"])}
   for k in shapes:
     np.testing.assert_allclose(applied[k] + errors[k], true[k], atol=1e-4)
   assert gaps[80] < 0.5 * gaps[10], gaps
@@ -229,3 +234,127 @@ def test_data_parallel_grads_on_a_sharded_batch(axis_type):
 def test_unknown_kind_lists_the_known_ones():
   with pytest.raises(ValueError, match="powersgd.*sign.*topk"):
     compression.make_compressor("qsgd")
+
+
+def recipe64(grads_T, kind, fraction, warmup, refresh, momentum, b2, after=False, eps=1e-8):
+  """The recipe in float64 NumPy, per device i at step t (1-based):
+  v <- b2 v + (1 - b2) mean_i(g_i)^2 while t <= warmup and when (t - warmup) % refresh == 0,
+  v_hat = v / (1 - b2^(number of v updates)); x_i = clip(g_i / (sqrt(v_hat) + eps), +-1/sqrt(1 - b2)); u_i <- mu u_i +
+  x_i; warm-up: applied mean_i u_i; after: p_i = u_i + e_i, c_i = topk(p_i), e_i = p_i - c_i,
+  u_i zeroed where c_i was sent (DGC's momentum factor masking), applied mean_i c_i. after:
+  x_i = g_i and the applied mean is preconditioned (and clipped) instead."""
+  n, shape = grads_T[0].shape[0], grads_T[0].shape[1:]
+  v, u, e = np.zeros(shape), np.zeros((n, *shape)), np.zeros((n, *shape))
+  count = 0
+  bound = 1.0 / np.sqrt(1.0 - b2)
+  applied = []
+  for t, g in enumerate(grads_T, start=1):
+    g = g.astype(np.float64)
+    if t <= warmup or (refresh and (t - warmup) % refresh == 0):
+      v, count = b2 * v + (1.0 - b2) * g.mean(0) ** 2, count + 1
+    v_hat = v / (1.0 - b2 ** count)
+    pre = lambda x: np.clip(x / (np.sqrt(v_hat) + eps), -bound, bound)
+    u = momentum * u + (g if after else pre(g))
+    post = pre if after else lambda x: x
+    if t <= warmup or kind == "none":
+      applied.append(post(u.mean(0)))
+      continue
+    p = u + e
+    c = np.stack([topk64(p[i], fraction) for i in range(n)])
+    e = p - c
+    u = np.where(c != 0, 0.0, u)
+    applied.append(post(c.mean(0)))
+  return applied, u, e
+
+
+@pytest.mark.parametrize("kind,refresh,after", [
+    ("none", 0, False), ("topk", 0, False), ("topk", 2, False), ("topk", 2, True)])
+def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, kind, refresh,
+                                                                         after):
+  """1-bit Adam's frozen variance (Tang et al. 2021; refreshed every 2 steps as 0/1 Adam does
+  at intervals) with DGC's momentum correction and masking (Lin et al. 2018): 2 uncompressed
+  warm-up steps, then 3 compressed ones."""
+  shapes = {"w": (16, 8), "b": (8,)}
+  options = {"fraction": 0.1} if kind == "topk" else {}
+  compressor = compression.make_compressor(kind, warmup_steps=2, momentum=0.9,
+                                           precondition="adam", b2=0.95,
+                                           variance_refresh_every=refresh,
+                                           precondition_after=after, **options)
+  params = {k: jnp.zeros(s) for k, s in shapes.items()}
+  state = compression.init_state(compressor, params, mesh, AXIS)
+  step = exchange_fn(compressor, mesh)
+  grads_T = [random_grads(shapes, seed) for seed in range(20, 25)]
+  # Coordinates whose mean gradient is small during the warm-up: frozen v is tiny there and
+  # the clip to Adam's bound is what keeps the step finite.
+  for g in grads_T[:2]:
+    g["w"][:, :, 0] *= 1e-3
+  full, sent = 4 * (16 * 8 + 8), 8 * (13 + 1)
+  got = []
+  for t, grads in enumerate(grads_T, start=1):
+    mean, state, stats = step(grads, state)
+    got.append(mean)
+    want_bytes = full if t <= 2 or kind == "none" else sent
+    if t > 2 and refresh and (t - 2) % refresh == 0:
+      want_bytes += full  # the all-reduce that refreshes v
+    assert float(stats["bytes_sent_per_device"]) == want_bytes, t
+  for k, s in sorted(shapes.items()):
+    applied, u, e = recipe64([g[k] for g in grads_T], kind, 0.1, warmup=2, refresh=refresh,
+                             momentum=0.9, b2=0.95, after=after)
+    for t in range(5):
+      np.testing.assert_allclose(got[t][k], applied[t], rtol=1e-5, atol=1e-5, err_msg=f"{k} {t}")
+    leaf = sorted(shapes).index(k)
+    np.testing.assert_allclose(state["velocity"][leaf], u, rtol=1e-5, atol=1e-5)
+    if kind == "topk":
+      np.testing.assert_allclose(state["codec"][leaf]["error"], e, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(state["step"]) == 5)
+  # Column 0's frozen v is ~1e-6 of the others': unclipped, its entries would be ~1000x Adam's
+  # bound of 4.5, so the comparison above checks the clip.
+  v = sum(0.95 ** (2 - t) * 0.05 * g["w"][:, :, 0].mean(0) ** 2 for t, g in enumerate(grads_T[:2], 1))
+  assert np.max(np.abs(grads_T[2]["w"][:, :, 0]) / np.sqrt(v / (1 - 0.95 ** 2))) > 100 * 4.5
+
+
+@pytest.mark.parametrize("kind", ["powersgd", "topk", "sign"])
+def test_every_kind_goes_from_the_warm_up_to_compression(mesh, kind):
+  """Step 1 is the plain mean (full bytes), step 2 compressed; the warm-up and compressed
+  branches of the switch must agree on every state leaf's type (PowerSGD's Q included)."""
+  compressor = compression.make_compressor(kind, warmup_steps=1)
+  params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
+  state = compression.init_state(compressor, params, mesh, AXIS)
+  step = exchange_fn(compressor, mesh)
+  grads = random_grads(SHAPES, seed=30)
+  mean, state, stats = step(grads, state)
+  chex.assert_trees_all_close(mean, {k: g.mean(0) for k, g in grads.items()}, atol=2e-6)
+  assert float(stats["compression_ratio"]) == 1.0
+  mean, state, stats = step(random_grads(SHAPES, seed=31), state)
+  chex.assert_tree_all_finite(mean)
+  assert float(stats["bytes_sent_per_device"]) == compressor.bytes_sent(params)
+
+
+def test_adam_preconditioning_needs_a_warm_up():
+  with pytest.raises(ValueError, match="warmup_steps >= 1"):
+    compression.make_compressor("topk", precondition="adam")
+
+
+def test_the_trainer_runs_the_recipe_on_8_devices(tmp_path):
+  """configs/speedrun_cpu_compressed.py (top-k) on a tiny GPT: 2 uncompressed steps then
+  compressed ones (logged bytes), one state per device in the checkpoint."""
+  values = dict(TINY, **{"data.cache_dir": str(tmp_path / "corpus"), "mesh.data": N,
+                         "train.steps": 6, "train.eval_every": 6,
+                         "compression.warmup_steps": 2})
+  cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_compressed.py:topk"),
+                          values)
+  trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  _, state = restore_params(tmp_path / "w")
+  comp = state["compression"]
+  assert np.all(np.asarray(comp["step"]) == 6)
+  for leaf in jax.tree.leaves(comp):
+    assert leaf.shape[0] == N
+  # Devices saw different rows: their error-feedback memories differ.
+  errors = np.asarray(comp["codec"][0]["error"])
+  assert not np.allclose(errors[0], errors[1])
+  rows = [r for r in metrics_lib.read_metrics(str(tmp_path / "w"))
+          if "comm/bytes_sent_per_device" in r]
+  sent = {r["step"]: r["comm/bytes_sent_per_device"] for r in rows}
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  assert sent[1] == sent[2] == 4 * n_params
+  assert 30 < 4 * n_params / sent[6] < 60  # 8 bytes per sent element, 1% of each leaf
