@@ -108,6 +108,9 @@ def lora_workload(config: ml_collections.ConfigDict, workload):
       workload,
       init_params=lambda key: lora.init_adapters(base, lcfg, key),  # reads shapes only
       loss_fn=loss_fn, eval_fn=eval_fn, frozen=(base,),
+      # The adapters declare no logical axes: LoRA runs on data and fsdp meshes only (the trainer
+      # refuses mesh.model / mesh.stage > 1 for a workload without them).
+      logical_axes=None,
       info=dict(workload.info, lora=lora_info),
       fingerprint=dict(workload.fingerprint,
                        lora={"rank": lcfg.rank, "alpha": lcfg.alpha,

@@ -111,8 +111,9 @@ def context(mesh: Mesh) -> Iterator[None]:
     yield
 
 
-def axis_size(mesh: Mesh | Mapping[str, int], axis: str) -> int:
-  return int(dict(mesh.shape if isinstance(mesh, Mesh) else mesh).get(axis, 1))
+def axis_size(mesh: Mesh | jax.sharding.AbstractMesh | Mapping[str, int], axis: str) -> int:
+  """The size of `axis` in a mesh, an abstract mesh or a {name: size} mapping (1 if absent)."""
+  return int(dict(mesh if isinstance(mesh, Mapping) else mesh.shape).get(axis, 1))
 
 
 def fsdp_size(mesh: Mesh) -> int:
