@@ -13,23 +13,16 @@ import numpy as np
 import psutil
 
 from experiments import metrics as metrics_lib
-from tests.test_train import CONFIG, ROOT, TINY
+from tests.test_train import CONFIG, ROOT, TINY, start
 
 ARGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in TINY.items()
                                  if k != "mesh.data"] + ["--config.mesh.data=-1"]
 
 
 def launch(workdir, corpus, *flags, wait=True):
-  cmd = [sys.executable, "-m", "scripts.launch_local", "--num_processes=2",
-         "--devices_per_process=4", "--", *ARGS, f"--workdir={workdir}",
-         f"--config.data.cache_dir={corpus}", *flags]
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  if not wait:
-    return proc
-  out, _ = proc.communicate(timeout=600)
-  return proc.returncode, out
+  return start([sys.executable, "-m", "scripts.launch_local", "--num_processes=2",
+                "--devices_per_process=4", "--", *ARGS, f"--workdir={workdir}",
+                f"--config.data.cache_dir={corpus}", *flags], wait)
 
 
 def single(workdir, corpus, *flags):

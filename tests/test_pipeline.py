@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments import configs_util
+from experiments import memory
 from experiments import pipeline
 from experiments import sharding
 from experiments import trainer
@@ -98,7 +99,7 @@ def test_param_bytes_per_device_fall_as_one_over_stage():
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, stage=stage)),
                               jax.devices()[:stage])
     sh, _ = sharding.param_shardings(mesh, params, gpt.logical_axes)
-    assert trainer._bytes_per_device(params, sh) == (total - norm) // stage + norm  # pylint: disable=protected-access
+    assert memory.tree_bytes_per_device(params, sh) == (total - norm) // stage + norm
 
 
 def test_trainer_runs_a_pipelined_config_like_one_device(tmp_path):

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import optimizers
 from experiments import configs_util
+from experiments import memory
 from experiments import pipeline
 from experiments import sharding
 from experiments import trainer
@@ -143,7 +144,7 @@ def test_param_bytes_per_device_fall_as_one_over_model():
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, model=model)),
                               jax.devices()[:model])
     sh, _ = sharding.param_shardings(mesh, params, gpt.logical_axes)
-    assert trainer._bytes_per_device(params, sh) == (total - norms) // model + norms  # pylint: disable=protected-access
+    assert memory.tree_bytes_per_device(params, sh) == (total - norms) // model + norms
 
 
 def test_checkpoint_moves_from_model2_to_fsdp2_and_training_continues_identically(tmp_path):

@@ -36,10 +36,9 @@ def tiny_config(tmp_path, **overrides):
   return configs_util.load(CONFIG, values)
 
 
-def run_cli(workdir, corpus_dir, *flags, wait=True):
-  args = [f"--config.{k}={v}" for k, v in TINY.items()] + [f"--config.data.cache_dir={corpus_dir}"]
-  cmd = [sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={workdir}",
-         *args, *flags]
+def start(cmd, wait=True):
+  """Runs `cmd` from the repository root on one plain CPU device (no fake devices): the
+  process, or (exit code, stdout and stderr) once it ends (wait=True)."""
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -47,6 +46,12 @@ def run_cli(workdir, corpus_dir, *flags, wait=True):
     return proc
   out, _ = proc.communicate(timeout=600)
   return proc.returncode, out
+
+
+def run_cli(workdir, corpus_dir, *flags, wait=True):
+  args = [f"--config.{k}={v}" for k, v in TINY.items()] + [f"--config.data.cache_dir={corpus_dir}"]
+  return start([sys.executable, "-m", "experiments.train", f"--config={CONFIG}",
+                f"--workdir={workdir}", *args, *flags], wait)
 
 
 def restore_params(workdir, step=None):
