@@ -56,6 +56,12 @@ def stacked_dimension_numbers(path, leaf) -> routing.DimensionNumbers | None:
   return routing.DimensionNumbers(1, 2) if _stacked(path) and leaf.ndim == 3 else None
 
 
+def stacked_batch_axes(path, leaf) -> int:
+  """Shampoo / SOAP view of stacked block leaves: the layer axis is a batch (one tensor per
+  layer, blocked as in the unstacked model; stacked norm scales are vectors per layer)."""
+  return 1 if _stacked(path) else 0
+
+
 def stacked_labels(path, leaf) -> str:
   """Muon / AdamW routing by each layer's own shape: stacked norm scales (layers, width) are
   vectors per layer and stay with AdamW, as in the unstacked model."""

@@ -105,10 +105,12 @@ def make_optimizer(config: ml_collections.ConfigDict):
         main_schedule = hparams[k]
   if int(config.get("mesh", {}).get("stage", 1)) > 1:
     # The pipeline stacks the blocks' parameters along a layer axis: route and view them per
-    # layer, as the unstacked model's (one Muon matrix per layer, norm scales to AdamW).
+    # layer, as the unstacked model's (one Muon matrix per layer, norm scales to AdamW, one
+    # Shampoo / SOAP tensor per layer).
     accepted = optimizers.hyperparameters(config.optimizer.name)
     for key, rule in (("dimension_numbers", pipeline.stacked_dimension_numbers),
-                      ("labels", pipeline.stacked_labels)):
+                      ("labels", pipeline.stacked_labels),
+                      ("batch_axes", pipeline.stacked_batch_axes)):
       if key in accepted and hparams.get(key) is None:
         hparams[key] = rule
   try:

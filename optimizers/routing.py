@@ -55,7 +55,7 @@ def default_label(path: Path, leaf: Any) -> str:
   return MUON
 
 
-def _as_rule(spec: Any, is_leaf: Callable[[Any], bool]) -> Callable[[Path, Any], Any]:
+def as_rule(spec: Any, is_leaf: Callable[[Any], bool]) -> Callable[[Path, Any], Any]:
   """A `(path, leaf) -> value` function from a function or a pytree of values."""
   if callable(spec):
     return spec
@@ -74,7 +74,7 @@ def dimension_numbers_rule(spec: DimNumRule | Any | None = None) -> DimNumRule:
   Returns:
     The resolving function; 2-D leaves without an explicit entry get (fan_in, fan_out) = (0, 1).
   """
-  given = (lambda path, leaf: None) if spec is None else _as_rule(
+  given = (lambda path, leaf: None) if spec is None else as_rule(
       spec, lambda x: x is None or isinstance(x, DimensionNumbers))
 
   def resolve(path: Path, leaf: Any) -> DimensionNumbers:
@@ -103,7 +103,7 @@ def label_fn(labels: LabelRule | Any | None = None,
   Returns:
     A function of the parameters (or updates, or abstract shapes) returning the labels.
   """
-  rule = default_label if labels is None else _as_rule(labels, lambda x: isinstance(x, str))
+  rule = default_label if labels is None else as_rule(labels, lambda x: isinstance(x, str))
   resolve = dimension_numbers_rule(dimension_numbers)
 
   def label(path: Path, leaf: Any) -> str:

@@ -64,10 +64,10 @@ def test_pipelined_gradients_equal_the_unpipelined_models(mesh_name):
 
 @functools.lru_cache(maxsize=None)
 def one_device(name):
-  # The plain (unstacked) model: with stacked blocks routed and viewed per layer (trainer),
-  # AdamW and Muon are bitwise the same on one device. Shampoo blocks a stacked kernel as one
-  # (layers, fan_in, fan_out) tensor, not per layer: its reference is the stacked model.
-  return run_steps(pp_config(name), dict(data=1), stages=1 if name == "shampoo" else None)[0]
+  # The plain (unstacked) model: the trainer gives the optimizer dimension numbers that make
+  # the stacked kernels' layer axis a batch (Muon: one matrix per layer; Shampoo: one tensor
+  # per layer, blocked as the unstacked layer), so every optimizer is the unstacked model's.
+  return run_steps(pp_config(name), dict(data=1))[0]
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -43,7 +43,7 @@ MESHES = {"model8": dict(data=1, model=8), "data2_model4": dict(data=2, model=4)
 
 def tiny_config(name, **kw):
   cfg = configs_util.load(os.path.join(ROOT, "configs", CONFIGS[name]), dict(TINY_TP, **kw))
-  if name == "shampoo":  # roots inside the 10 steps; Newton roots (eigh on CPU meshes hangs)
+  if name == "shampoo":  # roots inside the 10 steps (Newton roots)
     cfg.optimizer.update(start_preconditioning_step=2, precondition_every=3,
                          root_method="newton", block_size=32)
   return cfg

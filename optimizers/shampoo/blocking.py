@@ -12,6 +12,11 @@ Per leaf (all static, from its shape):
 Blocks of equal shape (and equal factored dimensions) from every leaf are stacked into one
 group, so that statistics, roots and preconditioning run batched (vmap) per group.
 
+A leaf may have leading batch axes (`batch_axes`: a stack of layers, (layers, fan_in, fan_out)
+kernels and (layers, width) scales, as the pipeline holds them): each index along them is a
+tensor of its own, blocked and preconditioned exactly as the unstacked layer would be (a stack
+of vectors gets no factor), so that stacking a model's layers does not change the optimizer.
+
 References:
   Anil et al., "Scalable Second Order Optimization for Deep Learning", arXiv 2002.09018, 2020
   (blocking, merging of small dimensions).
@@ -22,11 +27,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optimizers import routing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +42,11 @@ class LeafPlan:
   merged: tuple[int, ...]  # after dropping size-1 dims and merging small ones
   preconditioned: tuple[bool, ...]  # per merged dim: whether it gets a factor
   splits: tuple[tuple[int, ...], ...]  # per merged dim: the sizes of its blocks
+  batch: tuple[int, ...] = ()  # the leading batch axes' sizes (each index its own tensor)
 
   def block_shapes(self) -> list[tuple[int, ...]]:
-    return list(itertools.product(*self.splits))
+    """Every block's shape, batch index major (the batch axes are not part of a block)."""
+    return list(itertools.product(*self.splits)) * math.prod(self.batch)
 
 
 def merge_dims(shape: Sequence[int], limit: float) -> tuple[int, ...]:
@@ -55,14 +64,19 @@ def merge_dims(shape: Sequence[int], limit: float) -> tuple[int, ...]:
 
 def plan_leaf(shape: Sequence[int], *, block_size: int | None = 1024,
               max_preconditioner_dim: int | None = 4096, graft_only_dim: int = 1_000_000,
-              merge_small_dims: bool = True) -> LeafPlan | None:
-  """How a leaf of `shape` is blocked; None when it gets no factor (grafting only)."""
+              merge_small_dims: bool = True, batch_axes: int = 0) -> LeafPlan | None:
+  """How a leaf of `shape` is blocked; None when it gets no factor (grafting only).
+
+  The first `batch_axes` axes are a batch: the rest of the shape is planned as a leaf of its
+  own, once for every batch index.
+  """
   shape = tuple(int(d) for d in shape)
-  if len(shape) <= 1 or max(shape) >= graft_only_dim:
+  batch, inner = shape[:batch_axes], shape[batch_axes:]
+  if len(inner) <= 1 or max(inner) >= graft_only_dim:
     return None
   block = block_size or math.inf
   max_dim = max_preconditioner_dim or math.inf
-  merged = merge_dims(shape, min(block, max_dim)) if merge_small_dims else shape
+  merged = merge_dims(inner, min(block, max_dim)) if merge_small_dims else inner
   preconditioned = tuple(d <= max_dim for d in merged)
   if not any(preconditioned):
     return None
@@ -72,11 +86,10 @@ def plan_leaf(shape: Sequence[int], *, block_size: int | None = 1024,
       splits.append((block_size,) * (d // block_size) + ((d % block_size,) if d % block_size else ()))
     else:
       splits.append((d,))
-  return LeafPlan(shape, merged, preconditioned, tuple(splits))
+  return LeafPlan(shape, merged, preconditioned, tuple(splits), batch)
 
 
-def split(x: jax.Array, plan: LeafPlan) -> list[jax.Array]:
-  """The blocks of `x`, in C order over the per-dimension splits."""
+def _split_one(x: jax.Array, plan: LeafPlan) -> list[jax.Array]:
   blocks = [x.reshape(plan.merged)]
   for axis, sizes in enumerate(plan.splits):
     if len(sizes) > 1:
@@ -85,15 +98,53 @@ def split(x: jax.Array, plan: LeafPlan) -> list[jax.Array]:
   return blocks
 
 
-def join(blocks: Sequence[jax.Array], plan: LeafPlan) -> jax.Array:
-  """Inverse of `split`: reassembles the blocks into an array of `plan.shape`."""
+def split(x: jax.Array, plan: LeafPlan) -> list[jax.Array]:
+  """The blocks of `x`, batch index major, then in C order over the per-dimension splits."""
+  if not plan.batch:
+    return _split_one(x, plan)
+  stack = x.reshape((math.prod(plan.batch),) + plan.merged)
+  return [b for i in range(stack.shape[0]) for b in _split_one(stack[i], plan)]
+
+
+def _join_one(blocks: Sequence[jax.Array], plan: LeafPlan) -> jax.Array:
   blocks = list(blocks)
   for axis in reversed(range(len(plan.splits))):
     n = len(plan.splits[axis])
     if n > 1:
       blocks = [jnp.concatenate(blocks[i:i + n], axis=axis) for i in range(0, len(blocks), n)]
   (whole,) = blocks
-  return whole.reshape(plan.shape)
+  return whole
+
+
+def join(blocks: Sequence[jax.Array], plan: LeafPlan) -> jax.Array:
+  """Inverse of `split`: reassembles the blocks into an array of `plan.shape`."""
+  if not plan.batch:
+    return _join_one(blocks, plan).reshape(plan.shape)
+  per = math.prod(len(s) for s in plan.splits)
+  mats = [_join_one(blocks[i:i + per], plan) for i in range(0, len(blocks), per)]
+  return jnp.stack(mats).reshape(plan.shape)
+
+
+def resolve_batch_axes(params: Any, batch_axes: Any | None) -> list[int]:
+  """Per leaf of `params`, its number of leading batch axes.
+
+  Args:
+    params: the parameters (or updates, or their shapes).
+    batch_axes: None (no leaf has any), a function `(path, leaf) -> int`, or a pytree of ints
+      (missing leaves: 0).
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  if batch_axes is None:
+    return [0] * len(flat)
+  rule = routing.as_rule(batch_axes, lambda x: x is None or isinstance(x, int))
+  out = []
+  for path, leaf in flat:
+    n = int(rule(path, leaf) or 0)
+    if not 0 <= n <= len(leaf.shape):
+      raise ValueError(f"{routing.path_str(path)!r} of shape {tuple(leaf.shape)} cannot have "
+                       f"{n} batch axes")
+    out.append(n)
+  return out
 
 
 def group_key(block_shape: Sequence[int], preconditioned: Sequence[bool]) -> str:
@@ -111,8 +162,10 @@ class Layout:
     dims: per group key, the dimensions that have factors.
   """
 
-  def __init__(self, shapes: Sequence[Sequence[int]], **options):
-    self.plans = [plan_leaf(s, **options) for s in shapes]
+  def __init__(self, shapes: Sequence[Sequence[int]],
+               batch_axes: Sequence[int] | None = None, **options):
+    batch_axes = batch_axes or [0] * len(shapes)
+    self.plans = [plan_leaf(s, batch_axes=b, **options) for s, b in zip(shapes, batch_axes)]
     members: dict[str, list[tuple[int, int]]] = {}
     self.shapes: dict[str, tuple[int, ...]] = {}
     self.dims: dict[str, tuple[int, ...]] = {}

@@ -100,8 +100,8 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
                      start_preconditioning_step: int = 25, grafting: str = "adam",
                      graft_eps: float = 1e-8, root_method: str = "newton",
                      root_override: int | None = None, newton_iters: int = 100,
-                     newton_tol: float = 1e-6,
-                     failure_threshold: float = 0.1) -> optax.GradientTransformation:
+                     newton_tol: float = 1e-6, failure_threshold: float = 0.1,
+                     batch_axes: Any | None = None) -> optax.GradientTransformation:
   """The Shampoo direction of the module docstring (no learning rate, no weight decay).
 
   Args: as `shampoo`.
@@ -122,12 +122,12 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
   eigh_root_fn = functools.partial(matrix_roots.root_from_eigh, eps=eps,
                                    relative_eps=relative_eps)
 
-  def layout_of(leaves) -> blocking.Layout:
-    return blocking.Layout([x.shape for x in leaves], **layout_options)
+  def layout_of(tree) -> blocking.Layout:
+    return blocking.Layout([x.shape for x in jax.tree.leaves(tree)],
+                           blocking.resolve_batch_axes(tree, batch_axes), **layout_options)
 
   def init_fn(params):
-    leaves = jax.tree.leaves(params)
-    layout = layout_of(leaves)
+    layout = layout_of(params)
     zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return ShampooState(
         count=jnp.zeros([], jnp.int32),
@@ -175,7 +175,7 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    layout = layout_of(leaves)
+    layout = layout_of(updates)
     count = optax.safe_increment(state.count)
     grads = [g.astype(jnp.float32) for g in leaves]
 
@@ -231,7 +231,8 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
             start_preconditioning_step: int = 25, grafting: str = "adam",
             graft_eps: float = 1e-8, root_method: str = "newton",
             root_override: int | None = None, newton_iters: int = 100, newton_tol: float = 1e-6,
-            failure_threshold: float = 0.1) -> optax.GradientTransformation:
+            failure_threshold: float = 0.1,
+            batch_axes: Any | None = None) -> optax.GradientTransformation:
   """Shampoo with grafting, momentum and decoupled weight decay.
 
   update = -lr * (shampoo_direction + weight_decay * theta)   (see the module docstring)
@@ -259,6 +260,10 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
     newton_iters: Newton iteration limit.
     newton_tol: Newton stopping tolerance on max|X^p A - I|.
     failure_threshold: a root whose residual exceeds this is rejected (previous one kept).
+    batch_axes: per leaf, its number of leading batch axes (a function `(path, leaf) -> int`
+      or a pytree of ints; None: 0 everywhere): each index along them is preconditioned as a
+      tensor of its own (`blocking.py`). The trainer sets it for the pipeline's stacked
+      layers, so that stacking them does not change the optimizer.
 
   Returns:
     optax.GradientTransformation (state: ShampooState, weight decay, learning rate and
@@ -276,7 +281,8 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
           start_preconditioning_step=start_preconditioning_step, grafting=grafting,
           graft_eps=graft_eps, root_method=root_method, root_override=root_override,
           newton_iters=newton_iters,
-          newton_tol=newton_tol, failure_threshold=failure_threshold),
+          newton_tol=newton_tol, failure_threshold=failure_threshold,
+          batch_axes=batch_axes),
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.scale_by_learning_rate(learning_rate),
   )

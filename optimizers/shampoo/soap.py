@@ -81,7 +81,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
                   block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
                   graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
                   precondition_every: int = 10, statistics_every: int = 1,
-                  start_preconditioning_step: int = 1) -> optax.GradientTransformation:
+                  start_preconditioning_step: int = 1,
+                  batch_axes: Any | None = None) -> optax.GradientTransformation:
   """The SOAP direction of the module docstring (no learning rate, no weight decay).
 
   Args: as `soap`.
@@ -97,11 +98,12 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
   layout_options = dict(block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
                         graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
 
-  def layout_of(leaves) -> blocking.Layout:
-    return blocking.Layout([x.shape for x in leaves], **layout_options)
+  def layout_of(tree) -> blocking.Layout:
+    return blocking.Layout([x.shape for x in jax.tree.leaves(tree)],
+                           blocking.resolve_batch_axes(tree, batch_axes), **layout_options)
 
   def init_fn(params):
-    layout = layout_of(jax.tree.leaves(params))
+    layout = layout_of(params)
     zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return SoapState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(),
                      stats=layout.zero_factors(), bases=layout.identity_factors())
@@ -109,7 +111,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    layout = layout_of(leaves)
+    layout = layout_of(updates)
     count = optax.safe_increment(state.count)
     grads = [g.astype(jnp.float32) for g in leaves]
     g_blocks = layout.gather(grads)
@@ -193,7 +195,8 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
          block_size: int | None = 1024, max_preconditioner_dim: int | None = 4096,
          graft_only_dim: int = 1_000_000, merge_small_dims: bool = True,
          precondition_every: int = 10, statistics_every: int = 1,
-         start_preconditioning_step: int = 1) -> optax.GradientTransformation:
+         start_preconditioning_step: int = 1,
+         batch_axes: Any | None = None) -> optax.GradientTransformation:
   """SOAP (Adam in Shampoo's eigenbasis) with decoupled weight decay.
 
   update = -lr * (soap_direction + weight_decay * theta)   (see the module docstring)
@@ -214,6 +217,8 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
     statistics_every: the factors are updated at steps 1, 1 + k, 1 + 2k, ...
     start_preconditioning_step: the step that computes the first eigenbasis and does not move
       (the paper: 1); before it, Adam (identity basis) while the factors accumulate.
+    batch_axes: leading batch axes of stacked tensors, as in `shampoo` (each index rotated
+      as a tensor of its own); None: every leaf is one tensor.
 
   Returns:
     optax.GradientTransformation (state: SoapState, weight decay, learning rate and
@@ -227,7 +232,8 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
                     block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
                     graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims,
                     precondition_every=precondition_every, statistics_every=statistics_every,
-                    start_preconditioning_step=start_preconditioning_step),
+                    start_preconditioning_step=start_preconditioning_step,
+                    batch_axes=batch_axes),
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
       optax.scale_by_learning_rate(learning_rate),
   )
