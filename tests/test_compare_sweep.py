@@ -128,6 +128,28 @@ def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
   assert "100 [98, 102] (3)" not in ws.read_text() and "Keep me." in ws.read_text()
 
 
+def test_versus_tuned_adamw_and_muon_by_hand():
+  # w1 as in _claims_records plus muon at 80/81/79; w2: only fast reaches (at 30, 31, 29).
+  r = _claims_records()
+  r += [_rec("w1", "muon", st, 0, s / 10, steps=s) for st, s in enumerate([80, 81, 79])]
+  r += [_rec("w2", "muon", st, 0, INF) for st in range(3)]
+  r = [x for x in r if not (x["workload"] == "w2" and x["optimizer"] == "fast")]
+  r += [_rec("w2", "fast", st, 0, s / 10, steps=s) for st, s in enumerate([30, 31, 29])]
+  lines = update_workspace.versus(r, ("adamw", "muon"), 0.01)
+  table = {l.split(" | ")[0][2:]: l for l in lines if l.startswith("| ") and "---" not in l}
+  # fast: 50 / 100 = 0.50 and 50 / 80 = 0.62, both significant; w2: the baselines never.
+  assert table["fast"] == "| fast | 0.50* / 0.62* | adamw never / muon never |"
+  # noisy: median 90, 0.90 of adamw's (within noise), 1.12 of muon's.
+  assert table["noisy"] == "| noisy | 0.90 / 1.12 | never / never |"
+  assert "optimizer" in table and "adamw" not in table and "muon" not in table
+  fast = next(l for l in lines if l.startswith("- **fast**"))
+  assert "fewer steps than adamw on 2/2 workloads (w1*, w2)" in fast
+  assert fast.endswith("fewer median steps than every baseline on w1, w2.")
+  noisy = next(l for l in lines if l.startswith("- **noisy**"))
+  assert "fewer steps than muon on 0/2 workloads" in noisy
+  assert noisy.endswith("fewer median steps than every baseline on no workload.")
+
+
 def test_workspace_without_records_and_with_markers():
   text = f"# A\n\n{update_workspace.BEGIN}\nold\n{update_workspace.END}\n\n## B\n"
   out = update_workspace.replace_section(text, update_workspace.section([]))
