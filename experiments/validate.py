@@ -154,8 +154,6 @@ def check_model_parallel(config: ml_collections.ConfigDict, model: int, stage: i
            "cannot be combined with gradient compression (compression.kind='none')")
   _require(_get(config, "model.num_heads") is not None, field, value,
            "needs a GPT workload (a model with num_heads and num_layers)")
-  _require(model <= 1 or stage <= 1, "mesh.stage", stage,
-           "is not supported together with mesh.model > 1 yet; use one of them")
   m = config.model
   if model > 1:
     # Heads dividing implies the width (heads x head_dim) and the MLP's units divide too.

@@ -23,8 +23,10 @@ from tests.test_sharded_training import losses
 from tests.test_tensor_parallel import CONFIGS, ROOT, TINY_TP, run_steps, tiny_config
 
 LAYERS = 4  # so that 4 stages hold one layer each
-# (mesh, microbatches): the acceptance's (stage 2, data 4) and (stage 4, microbatches 8).
-MESHES = {"stage2_data4": (dict(data=4, stage=2), 4), "stage4_data2": (dict(data=2, stage=4), 8)}
+# (mesh, microbatches): the acceptance's (stage 2, data 4) and (stage 4, microbatches 8), and
+# tensor parallel inside each stage (model 2 x stage 2 x data 2).
+MESHES = {"stage2_data4": (dict(data=4, stage=2), 4), "stage4_data2": (dict(data=2, stage=4), 8),
+          "stage2_model2_data2": (dict(data=2, model=2, stage=2), 2)}
 
 
 def pp_config(name, **kw):
@@ -59,7 +61,8 @@ def test_pipelined_gradients_equal_the_unpipelined_models(mesh_name):
   # summed in the same order: float32 rounding only (observed ~1e-7 relative).
   np.testing.assert_allclose(loss, want[0], rtol=1e-6)
   chex.assert_trees_all_close(gpt.unstack_blocks(grads), want[1], rtol=1e-5, atol=1e-7)
-  assert grads["blocks"]["mlp"]["fc"]["kernel"].sharding.spec == P("stage")
+  want = P("stage", None, "model") if mesh_values.get("model", 1) > 1 else P("stage")
+  assert grads["blocks"]["mlp"]["fc"]["kernel"].sharding.spec == want
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,10 +84,19 @@ def test_pipeline_meshes_give_the_losses_of_one_device(name):
     # amplified through 10 optimizer steps to a few 1e-6 on the loss.
     np.testing.assert_allclose(got, ref, rtol=2e-5, err_msg=f"{name} {mesh_name}")
     stages = mesh_values["stage"]
-    for x in jax.tree.leaves(state["params"]["blocks"]):  # stage s holds its layers only
-      assert x.sharding.spec == P("stage"), x.sharding.spec
+    model = mesh_values.get("model", 1)
+    blocks = state["params"]["blocks"]
+    for x in jax.tree.leaves(blocks):  # stage s holds its layers only
+      assert x.sharding.spec[0] == "stage", x.sharding.spec
       assert x.addressable_shards[0].data.shape[0] == LAYERS // stages
-    assert state["params"]["embed"]["embedding"].sharding.spec == P("stage")  # vocab split
+    # Inside a stage, Megatron's layouts (tests/test_tensor_parallel.py) when model > 1.
+    fc, proj = blocks["mlp"]["fc"]["kernel"], blocks["mlp"]["proj"]["kernel"]
+    want_fc, want_proj = ((P("stage", None, "model"), P("stage", "model")) if model > 1
+                          else (P("stage"), P("stage")))
+    assert (fc.sharding.spec, proj.sharding.spec) == (want_fc, want_proj)
+    assert fc.addressable_shards[0].data.shape[2] == fc.shape[2] // model
+    vocab = P(("model", "stage")) if model > 1 else P("stage")  # vocab split
+    assert state["params"]["embed"]["embedding"].sharding.spec == vocab
 
 
 def test_param_bytes_per_device_fall_as_one_over_stage():
@@ -109,10 +121,10 @@ def test_trainer_runs_a_pipelined_config_like_one_device(tmp_path):
   load = lambda **kw: configs_util.load(os.path.join(ROOT, "configs", CONFIGS["muon"]),
                                         dict(common, **kw))
   trainer.train_and_evaluate(load(), str(tmp_path / "one"))
-  trainer.train_and_evaluate(load(**{"mesh.data": 4, "mesh.stage": 2,
+  trainer.train_and_evaluate(load(**{"mesh.data": 2, "mesh.model": 2, "mesh.stage": 2,
                                      "train.microbatches": 2}), str(tmp_path / "pp"))
-  assert json.load(open(tmp_path / "pp" / "run.json"))["mesh"] == {"data": 4, "fsdp": 1,
-                                                                    "stage": 2}
+  assert json.load(open(tmp_path / "pp" / "run.json"))["mesh"] == {"data": 2, "fsdp": 1,
+                                                                    "model": 2, "stage": 2}
   a, b = losses(tmp_path / "pp"), losses(tmp_path / "one")
   # Muon on stacked kernels (one matrix per layer) is Muon on the separate kernels.
   np.testing.assert_allclose(a[0], b[0], rtol=2e-5)

@@ -178,7 +178,6 @@ def test_checkpoint_moves_from_model2_to_fsdp2_and_training_continues_identicall
     ({"mesh.model": 2, "parallelism": "pmap"}, "needs parallelism='jit'"),
     ({"mesh.stage": 3}, "mesh.stage=3: must divide model.num_layers=2"),
     ({"mesh.stage": 2, "train.microbatches": 3}, "train.microbatches=3: must divide the 16"),
-    ({"mesh.stage": 2, "mesh.model": 2}, "not supported together with mesh.model"),
 ])
 def test_config_errors_name_the_field(overrides, match):
   with pytest.raises(validate.ConfigError, match=match):
