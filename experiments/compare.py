@@ -324,8 +324,22 @@ def run_config(spec: RunSpec):
   return cfg
 
 
+class SweepInterrupted(Exception):
+  """A run stopped by a signal (SIGTERM, SIGINT): not a result, so it is not recorded; its
+  checkpoint lets the rerun of the sweep resume it."""
+
+  def __init__(self, spec: "RunSpec", signum: int):
+    super().__init__(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
+                     f"stopped by signal {signum}")
+    self.signum = signum
+
+
 def train_run(spec: RunSpec, runs_dir: str) -> dict:
-  """Trains `spec` with the trainer (in this process) and returns `make_record`'s result."""
+  """Trains `spec` with the trainer (in this process) and returns `make_record`'s result.
+
+  Raises:
+    SweepInterrupted: the trainer stopped on a signal before the run's end.
+  """
   from experiments import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from experiments import trainer  # pylint: disable=g-import-not-at-top
   cfg = run_config(spec)
@@ -334,6 +348,8 @@ def train_run(spec: RunSpec, runs_dir: str) -> dict:
   try:
     summary = trainer.train_and_evaluate(cfg, workdir)
     diverged = False
+    if summary.get("stopped_by_signal"):
+      raise SweepInterrupted(spec, int(summary["stopped_by_signal"]))
   except trainer.TrainingDivergedError as e:
     summary, diverged = None, True
     print(f"{spec.workload}/{spec.optimizer} study {spec.study} trial {spec.trial}: {e}")
@@ -607,7 +623,13 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
           f"{eta / 60:.1f} min)", flush=True)
     return train_run(spec, runs_dir)
 
-  new = sweep(specs, records_dir, run_fn)
+  try:
+    new = sweep(specs, records_dir, run_fn)
+  except SweepInterrupted as e:
+    # The trainer took the signal (and saved a checkpoint); the sweep stops too, recording
+    # nothing for the unfinished run.
+    print(f"sweep stopped: {e}; rerun the same command to resume it")
+    sys.exit(128 + e.signum)
   print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
   return new
 

@@ -181,3 +181,28 @@ def test_plots_write_pngs(tmp_path):
     with open(p, "rb") as f:
       head = f.read(8)
     assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(p) > 10_000
+
+
+def test_a_run_stopped_by_a_signal_is_not_recorded_and_stops_the_sweep(tmp_path, monkeypatch,
+                                                                       capsys):
+  # The trainer takes SIGTERM, saves a checkpoint and returns early; before this check the
+  # sweep recorded that half run as a result and went on to the next one.
+  records_dir, runs_dir = str(tmp_path / "records"), str(tmp_path / "runs")
+  real = trainer.train_and_evaluate
+  calls = []
+
+  def stopped_second(cfg, workdir):
+    calls.append(workdir)
+    summary = real(cfg, workdir)
+    return dict(summary, stopped_by_signal=15) if len(calls) == 2 else summary
+
+  monkeypatch.setattr(trainer, "train_and_evaluate", stopped_second)
+  with pytest.raises(SystemExit) as e:
+    compare.run_sweep(records_dir, ["mds"], ["adamw", "sgd"], 1, 1, runs_dir)
+  assert e.value.code == 128 + 15 and len(calls) == 2
+  assert "stopped by signal 15; rerun the same command to resume it" in capsys.readouterr().out
+  (only,) = compare.read_records(records_dir)
+  assert only["optimizer"] == "adamw"
+  monkeypatch.setattr(trainer, "train_and_evaluate", real)
+  compare.run_sweep(records_dir, ["mds"], ["adamw", "sgd"], 1, 1, runs_dir)
+  assert [r["optimizer"] for r in compare.read_records(records_dir)] == ["adamw", "sgd"]
