@@ -469,7 +469,13 @@ def welch(steps_a: Sequence[float], steps_b: Sequence[float], alpha: float = 0.0
     return {"holds": None, "why": "a run never reached the target"}
   if len(a) < 2 or len(b) < 2:
     return {"holds": None, "why": "needs at least 2 seeds each"}
-  t, p = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+  if a.var() == 0 and b.var() == 0:
+    return {"holds": None, "why": "no spread in either sample"}
+  with warnings.catch_warnings():
+    # scipy warns of precision loss when one sample's values are all equal (two studies that
+    # reached the target at the same evaluation); Welch's t is still defined by the other's.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    t, p = stats.ttest_ind(a, b, equal_var=False, alternative="less")
   return {"t": float(t), "p": float(p), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
           "holds": bool(p < alpha)}
 

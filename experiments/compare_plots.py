@@ -129,7 +129,7 @@ def plot_workload(records: Sequence[dict], workload: str, path: str) -> str:
   fig.suptitle(f"{workload}: {METRIC_LABELS.get(metric, metric)}; best trial per study, "
                "median over studies, band = min-max over studies")
   fig.tight_layout(rect=(0, 0, 0.82, 1))
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")  # long legends and titles stay whole
   plt.close(fig)
   return path
 
@@ -159,7 +159,7 @@ def plot_profiles(records: Sequence[dict], path: str, r_max: float = 4.0,
                f"best trial's {what}); B = score")
   ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")  # long legends and titles stay whole
   plt.close(fig)
   return path
 

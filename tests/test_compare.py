@@ -166,3 +166,8 @@ def test_welch_by_hand():
   assert res["holds"] is bool(stats.t.cdf(t, df) < 0.01)
   assert compare.welch([400.0, INF], b)["holds"] is None
   assert not compare.welch(b, a)["holds"]
+  # Two studies that reached at the same evaluation: Welch's t from the other sample alone.
+  res = compare.welch([150.0, 150.0], [300.0, 340.0])
+  assert res["t"] == pytest.approx((150.0 - 320.0) / math.sqrt(800.0 / 2))
+  assert compare.welch([150.0, 150.0], [300.0, 300.0]) == {
+      "holds": None, "why": "no spread in either sample"}
