@@ -3,6 +3,12 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.train \
       --config=configs/speedrun_cpu_compressed.py:topk --workdir=runs/comp_topk
 
+Args "sgd_topk", "sgd_powersgd", "sgd_none": the SGD-momentum speedrun
+(`speedrun_cpu_sgd.py`: Nesterov 0.9, lr 1.0, global-norm clipping 1.0) on 8 devices with the
+papers' own setting, the raw gradient compressed with error feedback and momentum applied after
+the exchange (Vogels et al. 2019, Algorithm 2; Stich et al. 2018 for top-k), after an
+uncompressed warm-up as long as the learning-rate warmup (50 steps).
+
 Arg: "topk" (1%), "powersgd" (rank 4) or "none" (the same recipe uncompressed). The recipe
 (`experiments/compression.py`, `make_compressor`): the first `warmup_steps` steps all-reduce the
 full gradient and estimate Adam's variance v from it (1-bit Adam, Tang et al. 2021, arXiv
@@ -19,10 +25,19 @@ momentum).
 import ml_collections
 
 from configs import speedrun_cpu
+from configs import speedrun_cpu_sgd
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   kind = arg or "topk"
+  if kind.startswith("sgd_"):
+    c = speedrun_cpu_sgd.get_config()
+    c.mesh.data = 8
+    c.compression.kind = kind[len("sgd_"):]
+    c.compression.rank = 4
+    c.compression.fraction = 0.01
+    c.compression.warmup_steps = c.schedule.warmup_steps
+    return c
   c = speedrun_cpu.get_config()
   adamw = c.optimizer
   c.mesh.data = 8
