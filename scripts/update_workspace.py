@@ -118,48 +118,40 @@ def versus(records: Sequence[dict], baselines: Sequence[str] = ("adamw", "muon")
   others = sorted({o for w in workloads for o in medians[w]} - set(base))
   if not base or not others:
     return []
-  steps = lambda w, o: [compare._value(r, "steps_to_target")  # pylint: disable=protected-access
-                        for r in results.get((w, o), [])]
 
-  def cell(w, o, b):
+  def cell(w, o, b) -> tuple[str, bool]:
+    """(the cell's text, whether o needs fewer median steps than b)."""
     mo, mb = medians[w].get(o, math.inf), medians[w].get(b, math.inf)
     if not math.isfinite(mo):
       return "never", False
     if not math.isfinite(mb):
       return f"{b} never", True
-    t = compare.welch(steps(w, o), steps(w, b), alpha)
-    return f"{mo / mb:.2f}{'*' if t.get('holds') else ''}", mo < mb
+    steps = [[compare._value(r, "steps_to_target")  # pylint: disable=protected-access
+              for r in results[(w, x)]] for x in (o, b)]
+    significant = compare.welch(*steps, alpha).get("holds")
+    return f"{mo / mb:.2f}{'*' if significant else ''}", mo < mb
 
-  names = " / ".join(base)
   lines = [f"**Against tuned {' and '.join(base)}**: median steps to target as a ratio to "
-           f"{names} (below 1: fewer steps; `*`: Welch p < {alpha:g} over the studies' best "
-           "trials; `never`: not reached; `<baseline> never`: reached where the baseline did "
-           "not, counted as fewer steps).", "",
-           "| optimizer | " + " | ".join(workloads) + " |",
-           "|---|" + "---|" * len(workloads)]
+           f"{' / '.join(base)} (below 1: fewer steps; `*`: Welch p < {alpha:g} over the "
+           "studies' best trials; `never`: not reached; `<baseline> never`: reached where the "
+           "baseline did not, counted as fewer steps).", "",
+           "| optimizer | " + " | ".join(workloads) + " |", "|---|" + "---|" * len(workloads)]
   summary = []
   for o in others:
-    row, wins = [], {b: [] for b in base}
-    for w in workloads:
-      parts = []
-      for b in base:
-        text, better = cell(w, o, b)
-        parts.append(text)
-        if better:
-          wins[b].append(w + ("*" if text.endswith("*") else ""))
-      row.append(" / ".join(parts))
-    lines.append(f"| {o} | " + " | ".join(row) + " |")
-    both = sorted(set(w.rstrip("*") for w in wins[base[0]]).intersection(
-        *[set(w.rstrip("*") for w in wins[b]) for b in base[1:]]))
+    cells = {(w, b): cell(w, o, b) for w in workloads for b in base}
+    lines.append(f"| {o} | " + " | ".join(" / ".join(cells[w, b][0] for b in base)
+                                          for w in workloads) + " |")
+    wins = {b: [cells[w, b][0].endswith("*") and w + "*" or w for w in workloads
+                if cells[w, b][1]] for b in base}
+    everywhere = [w for w in workloads if all(cells[w, b][1] for b in base)]
     said = "; ".join(f"fewer steps than {b} on {len(wins[b])}/{len(workloads)} workloads"
                      + (f" ({', '.join(wins[b])})" if wins[b] else "") for b in base)
     summary.append(f"- **{o}**: {said}; fewer median steps than "
                    + ("every baseline" if len(base) > 1 else base[0]) + " on "
-                   + (f"{', '.join(both)}." if both else "no workload."))
-  lines += ["", *summary,
-            "", "A ratio without `*` is not a finding: with two studies per optimizer only a "
-            "large, consistent gap passes the test."]
-  return lines
+                   + (f"{', '.join(everywhere)}." if everywhere else "no workload."))
+  studies = max(len(v) for v in results.values())
+  return lines + ["", *summary, "", f"A ratio without `*` is not a finding: with {studies} "
+                  "studies per optimizer only a large, consistent gap passes the test."]
 
 
 def section(records: Sequence[dict], records_dir: str = "records", plots_dir: str = "results",
