@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -44,6 +45,8 @@ import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from optimizers import routing
 
 FLOAT32_BYTES = 4
 
@@ -97,7 +100,11 @@ def _matrix_shape(shape) -> tuple[int, int]:
   return math.prod(shape[:-1]), shape[-1]
 
 
-def _powersgd(rank: int = 4, min_compression_ratio: float = 1.0, seed: int = 0) -> _Codec:
+def _powersgd(rank: int = 4, min_compression_ratio: float = 1.0, seed: int = 0,
+              alternating: int = 0) -> _Codec:
+  if alternating < 0:
+    raise ValueError(f"powersgd: alternating={alternating} must be >= 0")
+
   def compressed(shape) -> int:
     """The rank used for a leaf of this shape; 0 = sent uncompressed."""
     if len(shape) < 2:
@@ -112,24 +119,61 @@ def _powersgd(rank: int = 4, min_compression_ratio: float = 1.0, seed: int = 0) 
       return ()
     # The same seed on every device: the all-reduce of M_i Q needs one shared Q.
     key = jax.random.fold_in(jax.random.key(seed), math.prod(p.shape))
-    q = jax.random.normal(key, (p.shape[-1], r), jnp.float32)
-    return {"q": q, "error": jnp.zeros(p.shape, jnp.float32)}
+    n, m = _matrix_shape(p.shape)
+    key_p, key_q = jax.random.split(key)
+    state = {"q": jax.random.normal(key_q, (m, r), jnp.float32),
+             "error": jnp.zeros(p.shape, jnp.float32)}
+    if alternating:
+      state["p"] = jax.random.normal(key_p, (n, r), jnp.float32)
+      state["turn"] = jnp.zeros((), jnp.int32)
+    return state
+
+  def half_step(m_NxM, p, q, right, axis):
+    """One all-reduce: right: Q = mean(M^T orth(P)); else P = mean(M orth(Q))."""
+    if right:
+      p = gram_schmidt(p)
+      q = lax.pmean(m_NxM.T @ p, axis)
+    else:
+      q = gram_schmidt(q)
+      p = lax.pmean(m_NxM @ q, axis)
+    return p, q, p @ q.T
 
   def mean(g, s, axis):
     if not s:
       return lax.pmean(g, axis), s, None
     m_NxM = (g.astype(jnp.float32) + s["error"]).reshape(_matrix_shape(g.shape))
-    p = gram_schmidt(lax.pmean(m_NxM @ s["q"], axis))
-    q = lax.pmean(m_NxM.T @ p, axis)
-    approx = p @ q.T
-    return (approx.reshape(g.shape).astype(g.dtype),
-            # Q is the same on every device, but it is state each device holds ("varying").
-            {"q": lax.pcast(q, axis, to="varying"), "error": (m_NxM - approx).reshape(g.shape)},
-            None)
+    varying = lambda x: lax.pcast(x, axis, to="varying")
+    if not alternating:
+      p = gram_schmidt(lax.pmean(m_NxM @ s["q"], axis))
+      q = lax.pmean(m_NxM.T @ p, axis)
+      approx = p @ q.T
+      # Q is the same on every device, but it is state each device holds ("varying").
+      new_state = {"q": varying(q), "error": m_NxM - approx}
+    else:
+      # The factors are the same on every device; pmax (of r-column factors, cheap) makes them
+      # invariant for shard_map, so the approximation is too.
+      p, q = lax.pmax(s["p"], axis), lax.pmax(s["q"], axis)
+      turn = lax.pmax(s["turn"], axis)
+      approx = jnp.zeros(m_NxM.shape, m_NxM.dtype)
+      for it in range(alternating):
+        p, q, part = lax.cond((turn * alternating + it) % 2 == 0,
+                              functools.partial(half_step, right=True, axis=axis),
+                              functools.partial(half_step, right=False, axis=axis),
+                              m_NxM - approx, p, q)
+        approx = approx + part
+      new_state = {"p": varying(p), "q": varying(q), "turn": s["turn"] + 1,
+                   "error": m_NxM - approx}
+    new_state["error"] = new_state["error"].reshape(g.shape)
+    return approx.reshape(g.shape).astype(g.dtype), new_state, None
 
   def nbytes(shape):
     r = compressed(shape)
-    return FLOAT32_BYTES * r * sum(_matrix_shape(shape)) if r else _full_bytes(shape)
+    if not r:
+      return _full_bytes(shape)
+    if not alternating:
+      return FLOAT32_BYTES * r * sum(_matrix_shape(shape))
+    # Half-steps alternate Q (m rows) and P (n rows); the average over a step pair for odd k.
+    return FLOAT32_BYTES * r * alternating * sum(_matrix_shape(shape)) // 2
 
   return _Codec(init, mean, nbytes)
 
@@ -138,28 +182,44 @@ def _error_feedback_init(p):
   return {"error": jnp.zeros(p.shape, jnp.float32)}
 
 
-def _topk(fraction: float = 0.01) -> _Codec:
+def _topk(fraction: float = 0.01, shared_indices: bool = False) -> _Codec:
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"topk: fraction={fraction} must be in (0, 1]")
 
   def k_of(size: int) -> int:
     return min(max(math.ceil(fraction * size), 1), size)
 
+  def init(p):
+    state = _error_feedback_init(p)
+    if shared_indices:
+      state["turn"] = jnp.zeros((), jnp.int32)  # whose top-k the devices share this step
+    return state
+
   def mean(g, s, axis):
     m = (g.astype(jnp.float32) + s["error"]).reshape(-1)
     _, idx = lax.top_k(jnp.abs(m), k_of(m.size))
-    values = m[idx]
-    # "invarying": every device holds the same gathered messages, hence the same mean.
-    all_values, all_idx = (lax.all_gather(values, axis, to="invarying"),
-                            lax.all_gather(idx, axis, to="invarying"))
-    total = jnp.zeros(m.shape, m.dtype).at[all_idx.reshape(-1)].add(all_values.reshape(-1))
-    mean_g = total / all_values.shape[0]
+    new_state = {}
+    if shared_indices:
+      # Cyclic local top-k: the leader's indices are broadcast (a psum with zeros elsewhere),
+      # every device sends its values there, and the values are all-reduced in place.
+      leader = s["turn"] % lax.psum(1, axis)
+      idx = lax.psum(jnp.where(lax.axis_index(axis) == leader, idx, 0), axis)
+      mean_g = jnp.zeros(m.shape, m.dtype).at[idx].set(lax.pmean(m[idx], axis))
+      new_state["turn"] = s["turn"] + 1
+    else:
+      values = m[idx]
+      # "invarying": every device holds the same gathered messages, hence the same mean.
+      all_values, all_idx = (lax.all_gather(values, axis, to="invarying"),
+                              lax.all_gather(idx, axis, to="invarying"))
+      total = jnp.zeros(m.shape, m.dtype).at[all_idx.reshape(-1)].add(all_values.reshape(-1))
+      mean_g = total / all_values.shape[0]
     unsent = jnp.ones(m.shape, bool).at[idx].set(False).reshape(g.shape)
-    return (mean_g.reshape(g.shape).astype(g.dtype),
-            {"error": jnp.where(unsent, m.reshape(g.shape), 0.0)}, unsent)
+    new_state["error"] = jnp.where(unsent, m.reshape(g.shape), 0.0)
+    return mean_g.reshape(g.shape).astype(g.dtype), new_state, unsent
 
-  nbytes = lambda shape: (FLOAT32_BYTES + 4) * k_of(math.prod(shape))  # value + int32 index
-  return _Codec(_error_feedback_init, mean, nbytes)
+  # value + int32 index; shared indices: the leader's k indices broadcast, k values all-reduced.
+  nbytes = lambda shape: (FLOAT32_BYTES + 4) * k_of(math.prod(shape))
+  return _Codec(init, mean, nbytes)
 
 
 def _sign() -> _Codec:
@@ -181,12 +241,15 @@ def _sign() -> _Codec:
 
 _KINDS = {"none": _none, "powersgd": _powersgd, "topk": _topk, "sign": _sign}
 _PRECONDITIONERS = ("none", "adam")
+_ERROR_FEEDBACK = ("ef", "ef21")
 
 
 def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
                     momentum_masking: bool = True, precondition: str = "none",
                     variance_refresh_every: int = 0, precondition_after: bool = False,
-                    b2: float = 0.95, eps: float = 1e-8, **options) -> Compressor:
+                    b2: float = 0.95, eps: float = 1e-8, error_feedback: str = "ef",
+                    uncompressed: str = "", error_decay: float = 1.0,
+                    **options) -> Compressor:
   """The compressor `kind` ("none", "powersgd", "topk", "sign") with its options.
 
   powersgd: rank=4, min_compression_ratio=1.0, seed=0. topk: fraction=0.01. sign, none: none.
@@ -212,6 +275,14 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
       to match Adam's normalized EMA).
     warmup_steps: the first steps use the plain all-reduce (uncompressed; error feedback stays
       zero), as 1-bit Adam's warm-up stage and DGC's warm-up.
+    error_feedback: "ef" (default) compresses x_i + e_i and keeps what was not sent in e_i
+      (Stich et al. 2018, Karimireddy et al. 2019). "ef21" (Richtarik, Sokolov & Fatkhullin,
+      "EF21: A New, Simpler, Theoretically Better, and Practically Faster Error Feedback",
+      NeurIPS 2021, arXiv 2106.05203; with momentum=mu this is EF21-SGDM, Fatkhullin et al.
+      2023, arXiv 2302.00999) keeps an estimate h_i of x_i on each device and their mean H on
+      all: c_i = C(x_i - h_i), h_i <- h_i + c_i, H <- H + mean_i c_i, and H is applied. The
+      message is a change of the estimate, so nothing piles up to be released in a burst; the
+      warm-up sets h_i = x_i. Momentum masking does not apply (x_i is never zeroed).
   """
   if kind not in _KINDS:
     raise ValueError(f"Unknown compression {kind!r}; choose from {sorted(_KINDS)}")
@@ -220,20 +291,33 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
   if precondition == "adam" and warmup_steps < 1:
     raise ValueError("precondition='adam' estimates the variance during the uncompressed "
                      "warm-up: set warmup_steps >= 1")
-  codec = _KINDS[kind](**options)
+  if not 0.0 <= error_decay <= 1.0:
+    raise ValueError(f"error_decay={error_decay} must be in [0, 1]")
+  if error_feedback not in _ERROR_FEEDBACK:
+    raise ValueError(f"Unknown error_feedback {error_feedback!r}; choose from {_ERROR_FEEDBACK}")
+  ef21 = error_feedback == "ef21"
+  codec, plain = _KINDS[kind](**options), _none()
+
+  def codecs(tree) -> list[_Codec]:
+    """Each leaf's codec: the plain all-reduce where its path matches `uncompressed`."""
+    paths = [routing.path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [plain if uncompressed and re.search(uncompressed, path) else codec for path in paths]
 
   def bytes_sent(params) -> int:
-    return sum(codec.nbytes(tuple(p.shape)) for p in jax.tree.leaves(params))
+    return sum(c.nbytes(tuple(p.shape)) for c, p in zip(codecs(params), jax.tree.leaves(params)))
 
   def init(params):
     leaves = jax.tree.leaves(params)
     zeros = lambda: tuple(jnp.zeros(p.shape, jnp.float32) for p in leaves)
     adam = precondition == "adam"
-    return {"codec": tuple(codec.init(p) for p in leaves),
+    return {"codec": tuple(c.init(p) for c, p in zip(codecs(params), leaves)),
             "step": jnp.zeros((), jnp.int32),
             "velocity": zeros() if momentum else (),
             "nu": zeros() if adam else (),
-            "nu_count": jnp.zeros((), jnp.int32) if adam else ()}
+            "nu_count": jnp.zeros((), jnp.int32) if adam else (),
+            # EF21: this device's estimate h_i of x_i and the devices' mean estimate H.
+            "estimate": zeros() if ef21 else (),
+            "mean_estimate": zeros() if ef21 else ()}
 
   def preconditioned(gs, nu, count):
     """g / (sqrt(v_hat) + eps), v_hat bias-corrected for the `count` updates v has had."""
@@ -254,15 +338,47 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
     velocity = tuple(momentum * u + x for u, x in zip(velocity, xs))
     return list(velocity), velocity
 
-  def uncompressed(xs, state, axis):
+  def exchange_all(xs, state, axis):
     xs, velocity = accumulate(xs, state["velocity"])
     # A real implementation all-reduces g once and keeps the mean velocity too (velocities are
     # linear in g until masking starts); here the mean is taken of what each device holds.
-    return [lax.pmean(x, axis) for x in xs], dict(state, velocity=velocity)
+    means = [lax.pmean(x, axis) for x in xs]
+    state = dict(state, velocity=velocity)
+    if ef21:
+      state["estimate"] = tuple(xs)
+      # H is the same on every device but per-device state ("varying"), as PowerSGD's Q.
+      state["mean_estimate"] = tuple(lax.pcast(m, axis, to="varying") for m in means)
+    return means, state
 
-  def compressed(xs, state, axis):
+  def compressed_ef21(xs, state, axis, leaf_codecs):
     xs, velocity = accumulate(xs, state["velocity"])
-    out = [codec.mean(x, s, axis) for x, s in zip(xs, state["codec"])]
+    means, estimates, mean_estimates, codec_states = [], [], [], []
+    for x, h, big_h, s, codec in zip(xs, state["estimate"], state["mean_estimate"],
+                                     state["codec"], leaf_codecs):
+      has_error = isinstance(s, dict) and "error" in s
+      # The codec's own error memory stays zero: it compresses the change x_i - h_i.
+      s_in = dict(s, error=jnp.zeros_like(s["error"])) if has_error else s
+      mean_c, s_out, _ = codec.mean(x - h, s_in, axis)
+      if has_error:  # c_i = (x_i - h_i) - unsent, so h_i + c_i = x_i - unsent
+        estimates.append(x - s_out["error"])
+        s_out = dict(s_out, error=jnp.zeros_like(s_out["error"]))
+      else:  # sent whole (PowerSGD's vectors): the estimate becomes exact
+        estimates.append(x)
+      big_h = big_h + mean_c
+      means.append(lax.pmax(big_h, axis))  # the same on every device: say so to shard_map
+      mean_estimates.append(big_h)
+      codec_states.append(s_out)
+    return means, dict(state, velocity=velocity, codec=tuple(codec_states),
+                       estimate=tuple(estimates), mean_estimate=tuple(mean_estimates))
+
+  def compressed(xs, state, axis, leaf_codecs):
+    if ef21:
+      return compressed_ef21(xs, state, axis, leaf_codecs)
+    xs, velocity = accumulate(xs, state["velocity"])
+    out = [c.mean(x, s, axis) for x, s, c in zip(xs, state["codec"], leaf_codecs)]
+    if error_decay != 1.0:
+      out = [(o[0], dict(o[1], error=error_decay * o[1]["error"]), o[2])
+             if isinstance(o[1], dict) and "error" in o[1] else o for o in out]
     if momentum and momentum_masking:
       velocity = tuple(u if o[2] is None else jnp.where(o[2], u, 0.0)
                        for u, o in zip(velocity, out))
@@ -287,11 +403,12 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
           refresh, functools.partial(update_variance, axis=axis_name),
           lambda gs, nu, count: (nu, count), gs, state["nu"], state["nu_count"])
     xs = gs if precondition_after else preconditioned(gs, state["nu"], state["nu_count"])
+    send = functools.partial(compressed, axis=axis_name, leaf_codecs=codecs(grads))
     if warmup_steps:
-      means, new_state = lax.cond(warm, functools.partial(uncompressed, axis=axis_name),
-                                  functools.partial(compressed, axis=axis_name), xs, state)
+      means, new_state = lax.cond(warm, functools.partial(exchange_all, axis=axis_name), send,
+                                  xs, state)
     else:
-      means, new_state = compressed(xs, state, axis_name)
+      means, new_state = send(xs, state)
     if precondition_after:
       # v is the same on every device, but it is per-device state: pmax (a no-op on the values)
       # tells shard_map the result is replicated; a real implementation keeps v replicated.
@@ -316,7 +433,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.kind = "none"  # "none", "powersgd", "topk" or "sign"
   c.rank = 4  # powersgd
   c.min_compression_ratio = 1.0  # powersgd: smaller matrices are sent uncompressed
+  c.alternating = 0  # powersgd: > 0: that many alternating half-steps (epfml/powersgd)
   c.fraction = 0.01  # topk: share of each leaf's elements sent
+  c.shared_indices = False  # topk: every device sends at one device's top-k (cyclic; CLT-k)
+  c.error_decay = 1.0  # < 1: the unsent error is multiplied by this each step (leaky EF)
+  c.uncompressed = ""  # regex on parameter paths ("embed|lm_head"): those leaves sent whole
   # Recipes (defaults: the raw gradient compressed from step 1, the papers' reference).
   c.warmup_steps = 0  # plain all-reduce for the first steps (1-bit Adam, DGC)
   c.momentum = 0.0  # > 0: DGC momentum correction; then an optimizer without momentum
@@ -326,6 +447,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.precondition_after = False  # precondition the exchanged mean, not each device's gradient
   c.b2 = 0.95  # precondition="adam": the variance EMA
   c.eps = 1e-8
+  c.error_feedback = "ef"  # "ef" (residual memory) or "ef21" (compress the estimate's change)
   return c
 
 
@@ -337,13 +459,17 @@ def is_active(c: ml_collections.ConfigDict | None) -> bool:
 
 def from_config(c: ml_collections.ConfigDict) -> Compressor:
   options = {"powersgd": {"rank": int(c.rank),
-                          "min_compression_ratio": float(c.min_compression_ratio)},
-             "topk": {"fraction": float(c.fraction)}}.get(c.kind, {})
+                          "min_compression_ratio": float(c.min_compression_ratio),
+                          "alternating": int(c.get("alternating", 0))},
+             "topk": {"fraction": float(c.fraction),
+                      "shared_indices": bool(c.get("shared_indices", False))}}.get(c.kind, {})
   recipe = {k: c.get(k, d) for k, d in (("warmup_steps", 0), ("momentum", 0.0),
                                          ("momentum_masking", True), ("precondition", "none"),
                                          ("variance_refresh_every", 0),
                                          ("precondition_after", False),
-                                         ("b2", 0.95), ("eps", 1e-8))}
+                                         ("b2", 0.95), ("eps", 1e-8),
+                                         ("error_feedback", "ef"), ("uncompressed", ""),
+                                         ("error_decay", 1.0))}
   return make_compressor(c.kind, **recipe, **options)
 
 
