@@ -9,6 +9,11 @@ papers' own setting, the raw gradient compressed with error feedback and momentu
 the exchange (Vogels et al. 2019, Algorithm 2; Stich et al. 2018 for top-k), after an
 uncompressed warm-up as long as the learning-rate warmup (50 steps).
 
+Args "muon_topk", "muon_powersgd", "muon_none": the Muon speedrun (`speedrun_cpu_muon.py`) on 8
+devices, the raw gradient compressed with error feedback, Muon's momentum and orthogonalization
+(and AdamW on embeddings and head) after the exchange, 50 uncompressed steps first. Override
+`--config.compression.alternating=2` for PowerSGD's alternating half-steps (same bytes).
+
 Arg: "topk" (1%), "powersgd" (rank 4) or "none" (the same recipe uncompressed). The recipe
 (`experiments/compression.py`, `make_compressor`): the first `warmup_steps` steps all-reduce the
 full gradient and estimate Adam's variance v from it (1-bit Adam, Tang et al. 2021, arXiv
@@ -25,19 +30,21 @@ momentum).
 import ml_collections
 
 from configs import speedrun_cpu
+from configs import speedrun_cpu_muon
 from configs import speedrun_cpu_sgd
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   kind = arg or "topk"
-  if kind.startswith("sgd_"):
-    c = speedrun_cpu_sgd.get_config()
-    c.mesh.data = 8
-    c.compression.kind = kind[len("sgd_"):]
-    c.compression.rank = 4
-    c.compression.fraction = 0.01
-    c.compression.warmup_steps = c.schedule.warmup_steps
-    return c
+  for prefix, base in (("sgd_", speedrun_cpu_sgd), ("muon_", speedrun_cpu_muon)):
+    if kind.startswith(prefix):
+      c = base.get_config()
+      c.mesh.data = 8
+      c.compression.kind = kind[len(prefix):]
+      c.compression.rank = 4
+      c.compression.fraction = 0.01
+      c.compression.warmup_steps = 50
+      return c
   c = speedrun_cpu.get_config()
   adamw = c.optimizer
   c.mesh.data = 8

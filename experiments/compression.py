@@ -13,16 +13,25 @@ applied updates tracks the sum of true mean gradients (Karimireddy et al. 2019).
               warm-start the next step. Both means are all-reduces: 4 r (n + m) bytes per
               matrix. Vectors and scalars, and matrices too small to gain
               (n m / (r (n + m)) < min_compression_ratio), are sent uncompressed.
+              alternating=k > 0: the authors' later scheme (github.com/epfml/powersgd,
+              `num_iters_per_step`): k half-steps, each all-reducing one factor against the
+              other, orthonormalized (Q = mean(M^T orth(P)), then P = mean(M orth(Q)), ...,
+              sides alternating across steps too), each applying P Q^T and removing it from M
+              before the next. k = 2 sends Algorithm 1's bytes and applies up to rank 2r.
   "topk"      the k = ceil(fraction * size) largest |g + e| of each leaf, as (value, int32
               index) pairs: 8 k bytes. Messages with different supports cannot be summed in
               place, so they are all-gathered (each device receives N - 1 messages).
+              shared_indices=True: cyclic local top-k (Chen et al., "ScaleCom", NeurIPS 2020):
+              at step t every device sends its values at device (t mod N)'s top-k indices
+              (broadcast), which are all-reduced in place (the same bytes are counted).
   "sign"      EF-signSGD (Karimireddy, Rebjock, Stich & Jaggi, "Error Feedback Fixes SignSGD
               and other Gradient Compression Schemes", ICML 2019, arXiv 1901.09847): one bit
               per element, sign(g + e) (0 counts as +), scaled by mean |g + e|; all-gathered:
               ceil(size / 8) + 4 bytes per leaf. Here the learning rate is applied after
               compression (by the optimizer), not inside it as in the paper's SGD.
 
-`bytes_sent_per_device` counts the payload each device contributes per step; the
+`uncompressed` (a regex on parameter paths, e.g. "embed|lm_head") sends the matching leaves
+whole. `bytes_sent_per_device` counts the payload each device contributes per step; the
 `compression_ratio` is the float32 all-reduce payload of the full gradient divided by it.
 
 Every function here runs inside a `jax.shard_map` over the data axis: its gradients are one
@@ -241,14 +250,12 @@ def _sign() -> _Codec:
 
 _KINDS = {"none": _none, "powersgd": _powersgd, "topk": _topk, "sign": _sign}
 _PRECONDITIONERS = ("none", "adam")
-_ERROR_FEEDBACK = ("ef", "ef21")
 
 
 def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
                     momentum_masking: bool = True, precondition: str = "none",
                     variance_refresh_every: int = 0, precondition_after: bool = False,
-                    b2: float = 0.95, eps: float = 1e-8, error_feedback: str = "ef",
-                    uncompressed: str = "", error_decay: float = 1.0,
+                    b2: float = 0.95, eps: float = 1e-8, uncompressed: str = "",
                     **options) -> Compressor:
   """The compressor `kind` ("none", "powersgd", "topk", "sign") with its options.
 
@@ -275,14 +282,6 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
       to match Adam's normalized EMA).
     warmup_steps: the first steps use the plain all-reduce (uncompressed; error feedback stays
       zero), as 1-bit Adam's warm-up stage and DGC's warm-up.
-    error_feedback: "ef" (default) compresses x_i + e_i and keeps what was not sent in e_i
-      (Stich et al. 2018, Karimireddy et al. 2019). "ef21" (Richtarik, Sokolov & Fatkhullin,
-      "EF21: A New, Simpler, Theoretically Better, and Practically Faster Error Feedback",
-      NeurIPS 2021, arXiv 2106.05203; with momentum=mu this is EF21-SGDM, Fatkhullin et al.
-      2023, arXiv 2302.00999) keeps an estimate h_i of x_i on each device and their mean H on
-      all: c_i = C(x_i - h_i), h_i <- h_i + c_i, H <- H + mean_i c_i, and H is applied. The
-      message is a change of the estimate, so nothing piles up to be released in a burst; the
-      warm-up sets h_i = x_i. Momentum masking does not apply (x_i is never zeroed).
   """
   if kind not in _KINDS:
     raise ValueError(f"Unknown compression {kind!r}; choose from {sorted(_KINDS)}")
@@ -291,11 +290,6 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
   if precondition == "adam" and warmup_steps < 1:
     raise ValueError("precondition='adam' estimates the variance during the uncompressed "
                      "warm-up: set warmup_steps >= 1")
-  if not 0.0 <= error_decay <= 1.0:
-    raise ValueError(f"error_decay={error_decay} must be in [0, 1]")
-  if error_feedback not in _ERROR_FEEDBACK:
-    raise ValueError(f"Unknown error_feedback {error_feedback!r}; choose from {_ERROR_FEEDBACK}")
-  ef21 = error_feedback == "ef21"
   codec, plain = _KINDS[kind](**options), _none()
 
   def codecs(tree) -> list[_Codec]:
@@ -314,10 +308,7 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
             "step": jnp.zeros((), jnp.int32),
             "velocity": zeros() if momentum else (),
             "nu": zeros() if adam else (),
-            "nu_count": jnp.zeros((), jnp.int32) if adam else (),
-            # EF21: this device's estimate h_i of x_i and the devices' mean estimate H.
-            "estimate": zeros() if ef21 else (),
-            "mean_estimate": zeros() if ef21 else ()}
+            "nu_count": jnp.zeros((), jnp.int32) if adam else ()}
 
   def preconditioned(gs, nu, count):
     """g / (sqrt(v_hat) + eps), v_hat bias-corrected for the `count` updates v has had."""
@@ -342,43 +333,11 @@ def make_compressor(kind: str, *, warmup_steps: int = 0, momentum: float = 0.0,
     xs, velocity = accumulate(xs, state["velocity"])
     # A real implementation all-reduces g once and keeps the mean velocity too (velocities are
     # linear in g until masking starts); here the mean is taken of what each device holds.
-    means = [lax.pmean(x, axis) for x in xs]
-    state = dict(state, velocity=velocity)
-    if ef21:
-      state["estimate"] = tuple(xs)
-      # H is the same on every device but per-device state ("varying"), as PowerSGD's Q.
-      state["mean_estimate"] = tuple(lax.pcast(m, axis, to="varying") for m in means)
-    return means, state
-
-  def compressed_ef21(xs, state, axis, leaf_codecs):
-    xs, velocity = accumulate(xs, state["velocity"])
-    means, estimates, mean_estimates, codec_states = [], [], [], []
-    for x, h, big_h, s, codec in zip(xs, state["estimate"], state["mean_estimate"],
-                                     state["codec"], leaf_codecs):
-      has_error = isinstance(s, dict) and "error" in s
-      # The codec's own error memory stays zero: it compresses the change x_i - h_i.
-      s_in = dict(s, error=jnp.zeros_like(s["error"])) if has_error else s
-      mean_c, s_out, _ = codec.mean(x - h, s_in, axis)
-      if has_error:  # c_i = (x_i - h_i) - unsent, so h_i + c_i = x_i - unsent
-        estimates.append(x - s_out["error"])
-        s_out = dict(s_out, error=jnp.zeros_like(s_out["error"]))
-      else:  # sent whole (PowerSGD's vectors): the estimate becomes exact
-        estimates.append(x)
-      big_h = big_h + mean_c
-      means.append(lax.pmax(big_h, axis))  # the same on every device: say so to shard_map
-      mean_estimates.append(big_h)
-      codec_states.append(s_out)
-    return means, dict(state, velocity=velocity, codec=tuple(codec_states),
-                       estimate=tuple(estimates), mean_estimate=tuple(mean_estimates))
+    return [lax.pmean(x, axis) for x in xs], dict(state, velocity=velocity)
 
   def compressed(xs, state, axis, leaf_codecs):
-    if ef21:
-      return compressed_ef21(xs, state, axis, leaf_codecs)
     xs, velocity = accumulate(xs, state["velocity"])
     out = [c.mean(x, s, axis) for x, s, c in zip(xs, state["codec"], leaf_codecs)]
-    if error_decay != 1.0:
-      out = [(o[0], dict(o[1], error=error_decay * o[1]["error"]), o[2])
-             if isinstance(o[1], dict) and "error" in o[1] else o for o in out]
     if momentum and momentum_masking:
       velocity = tuple(u if o[2] is None else jnp.where(o[2], u, 0.0)
                        for u, o in zip(velocity, out))
@@ -436,7 +395,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.alternating = 0  # powersgd: > 0: that many alternating half-steps (epfml/powersgd)
   c.fraction = 0.01  # topk: share of each leaf's elements sent
   c.shared_indices = False  # topk: every device sends at one device's top-k (cyclic; CLT-k)
-  c.error_decay = 1.0  # < 1: the unsent error is multiplied by this each step (leaky EF)
   c.uncompressed = ""  # regex on parameter paths ("embed|lm_head"): those leaves sent whole
   # Recipes (defaults: the raw gradient compressed from step 1, the papers' reference).
   c.warmup_steps = 0  # plain all-reduce for the first steps (1-bit Adam, DGC)
@@ -447,7 +405,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.precondition_after = False  # precondition the exchanged mean, not each device's gradient
   c.b2 = 0.95  # precondition="adam": the variance EMA
   c.eps = 1e-8
-  c.error_feedback = "ef"  # "ef" (residual memory) or "ef21" (compress the estimate's change)
   return c
 
 
@@ -468,8 +425,7 @@ def from_config(c: ml_collections.ConfigDict) -> Compressor:
                                          ("variance_refresh_every", 0),
                                          ("precondition_after", False),
                                          ("b2", 0.95), ("eps", 1e-8),
-                                         ("error_feedback", "ef"), ("uncompressed", ""),
-                                         ("error_decay", 1.0))}
+                                         ("uncompressed", ""))}
   return make_compressor(c.kind, **recipe, **options)
 
 

@@ -11,6 +11,7 @@ import difflib
 import glob as glob_lib
 import math
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -95,6 +96,14 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     _require(parallelism == "jit", "compression.kind", kind, "needs parallelism='jit'")
     _require(_get(config, "mesh.fsdp", 1) == 1, "compression.kind", kind,
              "compresses data-parallel gradients: it needs mesh.fsdp=1 (replicated params)")
+    alternating = _get(config, "compression.alternating", 0)
+    _require(alternating >= 0, "compression.alternating", alternating,
+             "must be >= 0 (0: PowerSGD's Algorithm 1; k: k alternating half-steps)")
+    pattern = _get(config, "compression.uncompressed", "") or ""
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      _require(False, "compression.uncompressed", pattern, f"is not a valid regex ({e})")
   check_model_parallel(config, int(_get(config, "mesh.model", 1)),
                        int(_get(config, "mesh.stage", 1)))
   s = config.schedule

@@ -360,67 +360,6 @@ def test_the_trainer_runs_the_recipe_on_8_devices(tmp_path):
   assert 30 < 4 * n_params / sent[6] < 60  # 8 bytes per sent element, 1% of each leaf
 
 
-def ef21_64(grads_T, fraction, momentum, warmup):
-  """EF21(-SGDM) in float64 NumPy, per device i at step t (1-based): u_i <- mu u_i + g_i
-  (u_i = g_i without momentum); warm-up: h_i = u_i, H = mean_i u_i; after: c_i = topk(u_i -
-  h_i), h_i <- h_i + c_i, H <- H + mean_i c_i. H is applied."""
-  n, shape = grads_T[0].shape[0], grads_T[0].shape[1:]
-  u, h, big_h = np.zeros((n, *shape)), np.zeros((n, *shape)), np.zeros(shape)
-  applied = []
-  for t, g in enumerate(grads_T, start=1):
-    u = momentum * u + g.astype(np.float64)
-    if t <= warmup:
-      h, big_h = u.copy(), u.mean(0)
-    else:
-      c = np.stack([topk64(u[i] - h[i], fraction) for i in range(n)])
-      h, big_h = h + c, big_h + c.mean(0)
-    applied.append(big_h.copy())
-  return applied, h
-
-
-@pytest.mark.parametrize("momentum,warmup", [(0.0, 0), (0.9, 2)])
-def test_ef21_matches_a_float64_reference(mesh, momentum, warmup):
-  """EF21 (Richtarik et al. 2021) and EF21-SGDM (Fatkhullin et al. 2023) with top-k 10%."""
-  shapes = {"w": (16, 8), "b": (8,)}
-  compressor = compression.make_compressor("topk", fraction=0.1, momentum=momentum,
-                                           warmup_steps=warmup, error_feedback="ef21")
-  params = {k: jnp.zeros(s) for k, s in shapes.items()}
-  state = compression.init_state(compressor, params, mesh, AXIS)
-  step = exchange_fn(compressor, mesh)
-  grads_T = [random_grads(shapes, seed) for seed in range(40, 46)]
-  got = []
-  for grads in grads_T:
-    mean, state, _ = step(grads, state)
-    got.append(mean)
-  for k in shapes:
-    applied, h = ef21_64([g[k] for g in grads_T], 0.1, momentum, warmup)
-    for t in range(len(grads_T)):
-      np.testing.assert_allclose(got[t][k], applied[t], rtol=1e-5, atol=1e-5, err_msg=f"{k} {t}")
-    leaf = sorted(shapes).index(k)
-    np.testing.assert_allclose(state["estimate"][leaf], h, rtol=1e-5, atol=1e-5)
-    # H is the devices' mean estimate, held identically by every device.
-    np.testing.assert_allclose(state["mean_estimate"][leaf], np.broadcast_to(h.mean(0), h.shape),
-                               rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind,options", [
-    ("powersgd", {"rank": 16, "min_compression_ratio": 0.0}), ("topk", {"fraction": 1.0})])
-def test_lossless_ef21_gives_the_plain_mean(mesh, kind, options):
-  compressor = compression.make_compressor(kind, error_feedback="ef21", **options)
-  params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
-  state = compression.init_state(compressor, params, mesh, AXIS)
-  step = exchange_fn(compressor, mesh)
-  for seed in (50, 51):
-    grads = random_grads(SHAPES, seed=seed)
-    mean, state, _ = step(grads, state)
-    chex.assert_trees_all_close(mean, {k: g.mean(0) for k, g in grads.items()}, atol=2e-5)
-
-
-def test_unknown_error_feedback_is_refused():
-  with pytest.raises(ValueError, match="ef21"):
-    compression.make_compressor("topk", error_feedback="ef14")
-
-
 def test_shared_index_topk_matches_a_float64_reference(mesh):
   """Cyclic local top-k (ScaleCom, Chen et al. 2020): at step t every device sends its p_i =
   g_i + e_i at device (t mod N)'s top-k indices, the values are averaged in place, and every
@@ -488,23 +427,6 @@ def test_alternating_powersgd_matches_a_float64_reference(mesh, half_steps):
   assert compressor.bytes_sent(params) == 4 * 2 * (8 + 16) * half_steps // 2
 
 
-def test_error_decay_scales_the_kept_error(mesh):
-  """Leaky error feedback: e_i <- beta (p_i - C(p_i))."""
-  shapes = {"w": (16, 8)}
-  compressor = compression.make_compressor("topk", fraction=0.05, error_decay=0.5)
-  state = compression.init_state(compressor, {"w": jnp.zeros((16, 8))}, mesh, AXIS)
-  step = exchange_fn(compressor, mesh)
-  err = np.zeros((N, 16, 8))
-  for seed in (60, 61, 62):
-    grads = random_grads(shapes, seed)
-    mean, state, _ = step(grads, state)
-    p = grads["w"].astype(np.float64) + err
-    c = np.stack([topk64(p[i], 0.05) for i in range(N)])
-    err = 0.5 * (p - c)
-    np.testing.assert_allclose(mean["w"], c.mean(0), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(state["codec"][0]["error"], err, rtol=1e-5, atol=1e-6)
-
-
 def test_uncompressed_leaves_are_sent_whole(mesh):
   """Leaves whose path matches `uncompressed` get the plain mean and full bytes."""
   compressor = compression.make_compressor("topk", fraction=0.05, uncompressed="^emb")
@@ -516,3 +438,14 @@ def test_uncompressed_leaves_are_sent_whole(mesh):
   assert np.count_nonzero(np.asarray(mean["w"])) <= N * 7
   assert float(stats["bytes_sent_per_device"]) == 4 * 128 + 8 * 7
   assert state["codec"][0] == ()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("compression.alternating", -1, "must be >= 0"),
+    ("compression.uncompressed", "embed(", "not a valid regex")])
+def test_bad_compression_options_are_config_errors(field, value, message):
+  from experiments import validate
+  cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_compressed.py:sgd_powersgd"),
+                          {field: value})
+  with pytest.raises(validate.ConfigError, match=message):
+    validate.validate(cfg)
