@@ -449,3 +449,22 @@ def test_bad_compression_options_are_config_errors(field, value, message):
                           {field: value})
   with pytest.raises(validate.ConfigError, match=message):
     validate.validate(cfg)
+
+
+def test_the_trainer_runs_muon_with_alternating_powersgd(tmp_path):
+  """configs/speedrun_cpu_compressed.py:muon_powersgd with alternating half-steps on a tiny GPT:
+  2 uncompressed steps, then PowerSGD's bytes; the factors and turn are per-device state."""
+  values = dict(TINY, **{"data.cache_dir": str(tmp_path / "corpus"), "mesh.data": N,
+                         "train.steps": 4, "train.eval_every": 4,
+                         "compression.warmup_steps": 2, "compression.alternating": 2})
+  cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_compressed.py:muon_powersgd"),
+                          values)
+  summary = trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert np.isfinite(summary["val_loss"])
+  _, state = restore_params(tmp_path / "w")
+  turns = [np.asarray(s["turn"]) for s in state["compression"]["codec"] if s]
+  assert turns and all(np.all(t == 2) for t in turns)  # two compressed steps
+  rows = [r for r in metrics_lib.read_metrics(str(tmp_path / "w"))
+          if "comm/compression_ratio" in r]
+  ratio = {r["step"]: r["comm/compression_ratio"] for r in rows}
+  assert ratio[1] == 1.0 and ratio[4] > 1.0
