@@ -383,15 +383,6 @@ def test_shared_index_topk_matches_a_float64_reference(mesh):
   assert float(stats["bytes_sent_per_device"]) == 8 * (13 + 1)
 
 
-def orthonormalize_columns64(a):
-  """Gram-Schmidt on the columns, in float64."""
-  q = np.zeros_like(a)
-  for i in range(a.shape[1]):
-    c = a[:, i] - q[:, :i] @ (q[:, :i].T @ a[:, i])
-    q[:, i] = c / np.linalg.norm(c)
-  return q
-
-
 @pytest.mark.parametrize("half_steps", [1, 2, 3])
 def test_alternating_powersgd_matches_a_float64_reference(mesh, half_steps):
   """The authors' later scheme (epfml/powersgd, num_iters_per_step): each half-step
@@ -414,10 +405,10 @@ def test_alternating_powersgd_matches_a_float64_reference(mesh, half_steps):
     for it in range(half_steps):
       residual = m - approx
       if (turn * half_steps + it) % 2 == 0:
-        p = orthonormalize_columns64(p)
+        p = orthonormalize64(p)
         q = np.mean([residual[i].T @ p for i in range(N)], axis=0)
       else:
-        q = orthonormalize_columns64(q)
+        q = orthonormalize64(q)
         p = np.mean([residual[i] @ q for i in range(N)], axis=0)
       approx = approx + p @ q.T
     err, turn = m - approx, turn + 1
