@@ -36,6 +36,7 @@ def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = F
   m <- momentum * m + g;  update = -lr * m  (Nesterov: -lr * (g + momentum * m)).
   This is PyTorch's convention (no dampening). `weight_decay` adds `wd * theta` to the gradient
   before momentum (coupled L2, as in `torch.optim.SGD`).
+  Parity: torch.optim.SGD (tests/parity/test_torch_optim.py), no flags.
   """
   return _guard(
       optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
@@ -49,6 +50,7 @@ def adagrad(*, learning_rate: Any, initial_accumulator_value: float = 0.0,
   """Adagrad, diagonal version (Duchi, Hazan & Singer, 2011, JMLR 12).
 
   G <- G + g^2;  update = -lr * g / sqrt(G + eps)  (an entry with G = 0 gets update 0).
+  Parity: torch.optim.Adagrad (tests/parity/test_torch_optim.py), with torch's eps=0 (see `eps`).
 
   Args:
     learning_rate: the paper's eta.
@@ -79,6 +81,7 @@ def rmsprop(*, learning_rate: Any, decay: float = 0.9, eps: float = 1e-8,
   `eps_in_sqrt=False`) and keeps lr outside its momentum buffer (b <- momentum b + g/denom,
   update = -lr b); both conventions agree for a constant lr. Hinton's slide has no eps; Graves
   puts it inside the root, as the default here.
+  Parity: torch.optim.RMSprop (tests/parity/test_torch_optim.py), with eps_in_sqrt=False.
 
   Args:
     learning_rate: global step size.
@@ -109,6 +112,7 @@ def adadelta(*, learning_rate: Any = 1.0, rho: float = 0.95, eps: float = 1e-6,
   The paper has no learning rate (lr = 1, the default here); as in optax and PyTorch, an lr
   other than 1 scales the step but not the E[dx^2] statistics. rho = 0.95 and eps = 1e-6 are
   the paper's experimental values (PyTorch and optax default to rho = 0.9).
+  Parity: torch.optim.Adadelta (tests/parity/test_torch_optim.py), no flags (rho set on both sides).
 
   Args:
     learning_rate: multiplier of the paper's step (1 reproduces the paper).
@@ -133,6 +137,7 @@ def adam(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
 
   eps sits outside the root after bias correction, as in the paper's Algorithm 1 and PyTorch
   (the paper's section 2 "efficient" ordering puts a rescaled eps on the uncorrected v).
+  Parity: torch.optim.Adam (tests/parity/test_torch_optim.py), no flags.
 
   Args:
     learning_rate: alpha.
@@ -161,6 +166,7 @@ def adamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float 
   The paper writes theta <- theta - eta_t (alpha * adam_step + lambda * theta) with eta_t a
   schedule multiplier: its lambda is `lr * weight_decay` here (optax's and PyTorch's
   convention, where the decay is multiplied by lr). eps sits outside the square root.
+  Parity: torch.optim.AdamW (tests/parity/test_torch_optim.py), no flags.
 
   Args:
     learning_rate: alpha * eta_t.
@@ -199,6 +205,8 @@ def nadamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
   algorithm puts on v_hat (optax drops it too). PyTorch's `NAdam` instead warms the momentum
   up, mu_t = b1 (1 - 0.5 * 0.96^(0.004 t)), and only decouples the decay with
   `decoupled_weight_decay=True`.
+  Parity: torch.optim.NAdam (tests/parity/test_torch_optim.py), with torch's momentum_decay=1e9
+  (mu_t = b1 exactly) and decoupled_weight_decay=True; Dozat's warmup has no flag here.
 
   Args:
     learning_rate, b1, b2, eps, weight_decay: as in `adamw`.
@@ -212,7 +220,8 @@ def nadamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
 
 @register("amsgrad")
 def amsgrad(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-            bias_correction: bool = False) -> optax.GradientTransformation:
+            bias_correction: bool = False,
+            correct_after_max: bool = False) -> optax.GradientTransformation:
   """AMSGrad (Reddi, Kale & Kumar, 2018, ICLR, Algorithm 2, constant b1 and lr).
 
   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  v_max <- max(v_max, v)
@@ -222,21 +231,60 @@ def amsgrad(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: floa
   (not in the paper) only guards entries whose gradient has always been 0.
   `bias_correction=True` is optax's convention: m_hat = m / (1-b1^t) and the running max is
   taken over the corrected v / (1-b2^t). PyTorch (`Adam(amsgrad=True)`) differs from both: it
-  takes the max of the uncorrected v and divides that max by (1-b2^t) afterwards.
+  takes the max of the uncorrected v and divides that max by (1-b2^t) afterwards,
+  update = -lr * m_hat / (sqrt(v_max / (1-b2^t)) + eps): `correct_after_max=True`.
+  Parity: torch.optim.Adam(amsgrad=True) (tests/parity/test_torch_optim.py), with
+  bias_correction=True, correct_after_max=True.
 
   Args:
     learning_rate: alpha.
     b1: first-moment decay.
     b2: second-moment decay.
-    eps: added to sqrt(v_max).
+    eps: added to sqrt(v_max) (to sqrt(v_max / (1-b2^t)) with `correct_after_max`).
     bias_correction: optax's bias-corrected variant instead of the paper's.
+    correct_after_max: with `bias_correction`, PyTorch's order: the max of the uncorrected v,
+      corrected afterwards.
 
   Returns:
-    An `optax.GradientTransformation` (`optax.amsgrad`).
+    An `optax.GradientTransformation` (`optax.amsgrad`, or `scale_by_amsgrad_corrected_after_max`
+    then lr).
   """
+  if correct_after_max:
+    if not bias_correction:
+      raise ValueError("amsgrad: correct_after_max=True needs bias_correction=True")
+    return _guard(scale_by_amsgrad_corrected_after_max(b1=b1, b2=b2, eps=eps),
+                  optax.scale_by_learning_rate(learning_rate))
   return _guard(optax.amsgrad(
       learning_rate, b1=b1, b2=b2, eps=eps, bias_correction_mu=bias_correction,
       bias_correction_nu=bias_correction))
+
+
+def scale_by_amsgrad_corrected_after_max(*, b1: float = 0.9, b2: float = 0.999,
+                                         eps: float = 1e-8) -> optax.GradientTransformation:
+  """AMSGrad with the bias correction applied after the running max (PyTorch's order).
+
+  m, v as in `adam`;  v_max <- max(v_max, v);  u = (m / (1-b1^t)) / (sqrt(v_max / (1-b2^t)) + eps).
+  Written here because `optax.scale_by_amsgrad` corrects v before the max (or not at all); the
+  state is optax's `ScaleByAmsgradState`.
+  """
+
+  def init_fn(params):
+    return optax.ScaleByAmsgradState(
+        count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params),
+        nu=optax.tree.zeros_like(params), nu_max=optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+    mu_hat = optax.tree.bias_correction(mu, b1, count)
+    nu_hat = optax.tree.bias_correction(nu_max, b2, count)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+    return updates, optax.ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 @register("lamb")

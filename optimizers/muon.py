@@ -196,6 +196,9 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
   routing is `optax.partition` with `routing.label_fn`. A step whose gradient (NaN, Inf, or
   so large that its squared norm overflows float32), update or new state is not finite is
   skipped whole (zero update, momenta and counts kept) and counted (`nonfinite.guard`).
+  Parity: torch.optim.Muon (tests/parity/test_torch_optim.py), with the same weight_decay on
+  both sides (torch's default is 0.1) and dimension_numbers (1, 0) for torch's (fan_out,
+  fan_in) weights (or scale="match_adamw_rms" = adjust_lr_fn="match_rms_adamw").
 
   Args:
     learning_rate: Muon learning rate (float or optax schedule).
@@ -273,6 +276,8 @@ def optax_muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = T
   Same hyperparameter names and defaults as `muon`; the Muon branch is optax's own
   `scale_by_muon` with our dimension numbers, the rest is the same AdamW as `muon`'s (optax's
   NAdamW with b2 = 0.999 would confound the comparison).
+  Parity: torch.optim.Muon (tests/parity/test_torch_optim.py), with nesterov=False (optax's
+  bias-corrected Nesterov momentum is not torch's) and the flags of `muon`.
 
   Args:
     See `muon`; `ns_coeffs` presets and `scale` as there.
