@@ -1,18 +1,23 @@
-"""Schedule-Free AdamW and SGD, with the conventions of the authors' reference implementation.
+"""Schedule-Free AdamW and SGD, with the conventions of the authors' current code.
 
 Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled", NeurIPS 2024
-(arXiv 2405.15682); reference code: facebookresearch/schedule_free (`AdamWScheduleFree`,
-`SGDScheduleFree`).
+(arXiv 2405.15682); reference code: facebookresearch/schedule_free, released on the package
+index as `schedulefree` (`AdamWScheduleFree`, `SGDScheduleFree`; conventions of release 1.4.1).
 
 Three sequences: z (the base optimizer's iterate), x (a weighted average of the z's, where the
 loss is evaluated) and y = b1 x + (1 - b1) z (where gradients are taken). The parameters the
 optimizer holds are y; `eval_params(params, opt_state)` gives x. The state keeps z only (x is
 recovered from y and z, as the authors' memory-efficient version does).
 
-Written here rather than taken from `optax.contrib.schedule_free_adamw`, which differs from the
-reference in three places: its warmup starts at 0 where the reference starts at 1/warmup (the
-z step and the averaging weights are one step apart), it leaves sqrt(1 - b2^t) out of the lr
-that weights the average, and it puts eps on the bias-corrected second moment.
+Written here rather than taken from `optax.contrib.schedule_free_adamw` because of the warmup:
+optax's starts at 0 where the authors' starts at lr/warmup at the first step (the z step and
+the averaging weights are then one step apart). Without warmup the two agree, and both follow
+`schedulefree` 1.4.x's bias correction: eps on sqrt(nu / (1 - b2^t)), lr not rescaled.
+Releases of `schedulefree` before 1.4 instead multiplied lr (and so lr_max in the averaging
+weights) by sqrt(1 - b2^t) and added eps to sqrt(nu): `bias_correction="learning_rate"`.
+
+Parity: `schedulefree` 1.4.1 `AdamWScheduleFree` and `SGDScheduleFree`
+(tests/parity/test_authors.py), parameters and the evaluation point x.
 """
 
 from __future__ import annotations
@@ -46,11 +51,14 @@ def _scheduled(learning_rate: Any, count: jax.Array) -> jax.Array:
 def scale_by_schedule_free(
     *, learning_rate: Any, b1: float, b2: float | None, eps: float, weight_decay: float,
     warmup_steps: int, weight_lr_power: float, r: float,
+    bias_correction: str = "denominator",
 ) -> optax.GradientTransformation:
   """Schedule-free step on y (the parameters); Adam-preconditioned when `b2` is not None.
 
-  At step k (from 0), with lr_k = lr * min(1, (k+1)/warmup) [* sqrt(1 - b2^(k+1)) for Adam]:
-    d = g / (sqrt(nu) + eps) + wd y   (Adam: nu <- b2 nu + (1-b2) g^2);  d = g + wd y (SGD)
+  At step k (from 0), with lr_k = lr * min(1, (k+1)/warmup) and c2 = 1 - b2^(k+1):
+    Adam: nu <- b2 nu + (1-b2) g^2;  d = g / (sqrt(nu / c2) + eps) + wd y
+          (bias_correction="learning_rate": d = g / (sqrt(nu) + eps) + wd y, lr_k *= sqrt(c2))
+    SGD:  d = g + wd y
     lr_max = max(lr_max, lr_k);  w = (k+1)^r lr_max^weight_lr_power;  c = w / sum(w)
     z' = z - lr_k d;  x' = (1-c) x + c z';  y' = b1 x' + (1-b1) z'
   and the update is y' - y, computed as (1-c) y + c z - lr_k (1 - b1 (1-c)) d - y.
@@ -59,6 +67,10 @@ def scale_by_schedule_free(
     An `optax.GradientTransformation` whose updates land the parameters on y'.
   """
   adam = b2 is not None
+  if bias_correction not in ("denominator", "learning_rate"):
+    raise ValueError(f"schedule-free: bias_correction={bias_correction!r}: expected "
+                     "'denominator' (schedulefree >= 1.4) or 'learning_rate' (earlier releases)")
+  on_lr = adam and bias_correction == "learning_rate"
 
   def init_fn(params):
     return ScheduleFreeState(
@@ -77,7 +89,9 @@ def scale_by_schedule_free(
       lr = lr * jnp.minimum(1.0, (k + 1.0) / warmup_steps)
     if adam:
       # 1 - b2^t by expm1: in float32, 1 - 0.999 keeps only ~4 correct digits.
-      lr = lr * jnp.sqrt(-jnp.expm1((k + 1.0) * math.log(b2)))
+      c2 = -jnp.expm1((k + 1.0) * math.log(b2))
+      if on_lr:
+        lr = lr * jnp.sqrt(c2)
     lr_max = jnp.maximum(state.lr_max, lr)
     weight = (k + 1.0) ** r * lr_max ** weight_lr_power
     weight_sum = state.weight_sum + weight
@@ -87,7 +101,7 @@ def scale_by_schedule_free(
       g32, y32, z32 = (a.astype(jnp.float32) for a in (g, y, z))
       if adam:
         nu = (b2 * nu.astype(jnp.float32) + (1.0 - b2) * g32 * g32)
-        d = g32 / (jnp.sqrt(nu) + eps)
+        d = g32 / (jnp.sqrt(nu if on_lr else nu / c2) + eps)
       else:
         d = g32
       d = d + weight_decay * y32
@@ -111,15 +125,16 @@ def scale_by_schedule_free(
 @register("schedule_free_adamw")
 def schedule_free_adamw(*, learning_rate: Any = 2.5e-3, b1: float = 0.9, b2: float = 0.999,
                         eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
-                        weight_lr_power: float = 2.0,
-                        r: float = 0.0) -> optax.GradientTransformation:
+                        weight_lr_power: float = 2.0, r: float = 0.0,
+                        bias_correction: str = "denominator") -> optax.GradientTransformation:
   """Schedule-Free AdamW (Defazio et al., 2024; the authors' `AdamWScheduleFree`).
 
-  See `scale_by_schedule_free`. As in the reference: the second moment's bias correction is
-  the factor sqrt(1 - b2^t) on lr (eps stays on sqrt(nu)), that corrected lr is the one the
-  averaging weights use (lr_max^weight_lr_power), the warmup is lr * min(1, t / warmup) from
-  t = 1, and the weight decay is evaluated at y and multiplied by lr. No schedule should be put
-  on top (the trainer's constant schedule with no warmup leaves lr as given).
+  See `scale_by_schedule_free`. As in `schedulefree` 1.4.x: the second moment is
+  bias-corrected inside the root with eps outside, sqrt(nu / (1 - b2^t)) + eps; lr is not
+  rescaled, and it is the lr the averaging weights use (lr_max^weight_lr_power); the warmup is
+  lr * min(1, t / warmup) from t = 1; the weight decay is evaluated at y and multiplied by lr.
+  No schedule should be put on top (the trainer's constant schedule with no warmup leaves lr
+  as given).
 
   Args:
     learning_rate: peak lr (a float, or a schedule multiplied into the warmup).
@@ -130,13 +145,17 @@ def schedule_free_adamw(*, learning_rate: Any = 2.5e-3, b1: float = 0.9, b2: flo
     warmup_steps: linear warmup length (0: none).
     weight_lr_power: averaging weights are lr_max^weight_lr_power.
     r: polynomial averaging weights (k+1)^r (the reference's r; 0: none).
+    bias_correction: "denominator" (default; `schedulefree` >= 1.4: sqrt(nu / (1 - b2^t)) +
+      eps) or "learning_rate" (releases before 1.4, and this project before 2026-12: lr and
+      the averaging weights' lr_max times sqrt(1 - b2^t), eps on sqrt(nu)).
 
   Returns:
     An `optax.GradientTransformation`; evaluate at `eval_params(params, state)`.
   """
   return nonfinite.guard(scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                                 weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                weight_lr_power=weight_lr_power, r=r), check_state=False)
+                                weight_lr_power=weight_lr_power, r=r,
+                                bias_correction=bias_correction), check_state=False)
 
 
 @register("schedule_free_sgd")

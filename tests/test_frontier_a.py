@@ -96,11 +96,16 @@ class AdEMAMix:
 
 
 class ScheduleFree:
-  """Defazio et al. (2024): the authors' `*ScheduleFreeReference` (x, y, z stored)."""
+  """Defazio et al. (2024): the authors' `*ScheduleFreeReference` (x, y, z stored).
+
+  `bias_correction`: "denominator" as in `schedulefree` 1.4 (eps on sqrt(v / (1 - b2^t)));
+  "learning_rate" as its earlier releases (lr times sqrt(1 - b2^t), eps on sqrt(v)).
+  """
 
   def __init__(self, p, adam, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0,
-               weight_lr_power=2.0, r=0.0):
+               weight_lr_power=2.0, r=0.0, bias_correction="denominator"):
     self.adam, self.b1, self.b2, self.eps, self.wd = adam, b1, b2, eps, weight_decay
+    self.on_lr = bias_correction == "learning_rate"
     self.warmup, self.power, self.r = warmup_steps, weight_lr_power, r
     self.x, self.z, self.v = p.copy(), p.copy(), np.zeros_like(p)
     self.lr_max, self.weight_sum = -1.0, 0.0
@@ -108,8 +113,9 @@ class ScheduleFree:
   def step(self, g, y, t):
     k = t - 1
     lr = LR * ((k + 1) / self.warmup if k < self.warmup else 1.0)
-    if self.adam:
-      lr *= np.sqrt(1 - self.b2 ** (k + 1))
+    c2 = 1 - self.b2 ** (k + 1)
+    if self.adam and self.on_lr:
+      lr *= np.sqrt(c2)
     self.lr_max = max(lr, self.lr_max)
     weight = (k + 1) ** self.r * self.lr_max ** self.power
     self.weight_sum += weight
@@ -117,7 +123,8 @@ class ScheduleFree:
     if self.adam:
       self.z = self.z - lr * self.wd * y
       self.v = self.b2 * self.v + (1 - self.b2) * g * g
-      self.z = self.z - lr * g / (np.sqrt(self.v) + self.eps)
+      v_hat = self.v if self.on_lr else self.v / c2
+      self.z = self.z - lr * g / (np.sqrt(v_hat) + self.eps)
     else:
       self.z = self.z - lr * (g + self.wd * y)
     self.x = (1 - c) * self.x + c * self.z
@@ -144,6 +151,9 @@ CASES = [
           weight_decay=0.1, warmup_steps=10, weight_lr_power=1.0, r=0.5),
      lambda s, p: ScheduleFree(p, True, b1=0.95, b2=0.99, eps=1e-6, weight_decay=0.1,
                                warmup_steps=10, weight_lr_power=1.0, r=0.5)),
+    ("schedule_free_adamw", dict(b2=0.99, warmup_steps=5, bias_correction="learning_rate"),
+     lambda s, p: ScheduleFree(p, True, b2=0.99, warmup_steps=5,
+                               bias_correction="learning_rate")),
     ("schedule_free_sgd", dict(warmup_steps=8, weight_decay=0.01),
      lambda s, p: ScheduleFree(p, False, warmup_steps=8, weight_decay=0.01)),
 ]

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optimizers
 from tests.test_shampoo import check_checkpoint_roundtrip
@@ -12,11 +13,16 @@ from tests.test_shampoo import run_steps
 from tests.test_shampoo import toy_grad
 
 
-def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block, stats_every=1, start=1):
+def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block, stats_every=1, start=1,
+                   weight_decay=0.0, full_first_step=False):
   """SOAP (Vyas et al. 2024, Algorithm 3) per 2-D block of `block` x `block`; Adam on 1-D.
 
+  With the authors' code's conventions: the factors' moving average starts from zero (at step
+  1, L = (1 - b2) GG^T; `full_first_step`: L = GG^T as the paper writes it), eps is added to
+  sqrt(nu) and the step is scaled by sqrt(1 - b2^s) / (1 - b1^s), and the weight decay
+  multiplies the moved parameters, w <- (w - lr d)(1 - lr wd), except at the basis step.
   Step `start` (the paper: 1) sets the eigenbases (descending) from the factors and does not
-  move; at step 1 the factors are L = GG^T, R = G^T G. Steps before `start` are Adam in the
+  move. Steps before `start` are Adam in the
   identity basis while the factors accumulate. Other steps: Adam with s = the number of moving
   steps so far on Q_L^T G Q_R, moments as in the paper; then the factors are updated (every
   `stats_every` steps, counted from 1) and, every `every` steps after `start`, the bases are
@@ -38,7 +44,7 @@ def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block, stats_every=1, s
       for k, blocks in cuts.items():
         for b, (rows, cols) in enumerate(blocks):
           gb, f = g[k][rows, cols], factors[k, b]
-          decay = 0.0 if t == 1 else b2
+          decay = 0.0 if t == 1 and full_first_step else b2
           f[0] = decay * f[0] + (1 - decay) * gb @ gb.T
           f[1] = decay * f[1] + (1 - decay) * gb.T @ gb
           bases[k, b] = [np.linalg.eigh(x)[1][:, ::-1] for x in f]
@@ -50,16 +56,16 @@ def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block, stats_every=1, s
       m = mu[k] / (1 - b1 ** s)
       if k not in cuts:
         nu[k] = b2 * nu[k] + (1 - b2) * g[k] ** 2
-        w[k] = w[k] - lr * m / (np.sqrt(nu[k] / (1 - b2 ** s)) + eps)
+        w[k] = (w[k] - lr * np.sqrt(1 - b2 ** s) * m / (np.sqrt(nu[k]) + eps)) * (
+            1 - lr * weight_decay)
         continue
       step = np.zeros_like(w[k])
       for b, (rows, cols) in enumerate(cuts[k]):
         ql, qr = bases[k, b]
         gb = g[k][rows, cols]
         nu[k][rows, cols] = b2 * nu[k][rows, cols] + (1 - b2) * (ql.T @ gb @ qr) ** 2
-        rotated = (ql.T @ m[rows, cols] @ qr) / (np.sqrt(nu[k][rows, cols] / (1 - b2 ** s))
-                                                  + eps)
-        step[rows, cols] = ql @ rotated @ qr.T
+        rotated = (ql.T @ m[rows, cols] @ qr) / (np.sqrt(nu[k][rows, cols]) + eps)
+        step[rows, cols] = np.sqrt(1 - b2 ** s) * ql @ rotated @ qr.T
         f = factors[k, b]
         if (t - 1) % stats_every == 0:
           f[0] = b2 * f[0] + (1 - b2) * gb @ gb.T
@@ -70,12 +76,14 @@ def reference_soap(w0, noise, *, lr, b1, b2, eps, every, block, stats_every=1, s
             order = np.argsort(-np.diag(q.T @ f[axis] @ q), kind="stable")
             bases[k, b][axis] = np.linalg.qr(f[axis] @ q[:, order])[0]
             nu[k][rows, cols] = np.take(nu[k][rows, cols], order, axis=axis)
-      w[k] = w[k] - lr * step
+      w[k] = (w[k] - lr * step) * (1 - lr * weight_decay)
     history.append(dict(w))
   return history
 
 
-def test_matches_reference_for_ten_steps():
+@pytest.mark.parametrize("flags", [{}, dict(weight_decay=0.5), dict(first_step_statistics="full")],
+                         ids=["default", "weight_decay", "full_first_step"])
+def test_matches_reference_for_ten_steps(flags):
   rng = np.random.default_rng(0)
   # Square blocks: a factor of one gradient then has no repeated (zero) eigenvalues, so its
   # eigenvectors, hence the whole trajectory, are unique.
@@ -90,9 +98,12 @@ def test_matches_reference_for_ten_steps():
     n["a"] *= r[:, None] * r[None, :]
     n["b"] *= r[:, None] * np.tile(r, 2)[None, :]
   hp = dict(b1=0.9, b2=0.6, eps=1e-8)
-  tx = optimizers.create("soap", learning_rate=0.01, block_size=4, precondition_every=3, **hp)
+  tx = optimizers.create("soap", learning_rate=0.01, block_size=4, precondition_every=3, **hp,
+                         **flags)
   got, _ = run_steps(tx, w0, noise)
-  want = reference_soap(w0, noise, lr=0.01, every=3, block=4, **hp)
+  want = reference_soap(w0, noise, lr=0.01, every=3, block=4, **hp,
+                        weight_decay=flags.get("weight_decay", 0.0),
+                        full_first_step="first_step_statistics" in flags)
   chex.assert_trees_all_equal(got[0], jax.tree.map(jnp.float32, w0))  # the first step
   for g, r in zip(got, want):
     chex.assert_trees_all_close(g, r, rtol=1e-5, atol=1e-6)
