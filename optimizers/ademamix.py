@@ -111,6 +111,8 @@ def ademamix(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, b3: floa
 
   The paper sets both warmups to the run length (T_alpha = T_b3 = T); 0 turns a warmup off.
   Weight decay is decoupled and multiplied by lr, as in the paper and the authors' code.
+  Parity: pytorch_optimizer.AdEMAMix (tests/parity/test_pytorch_optimizer.py), theirs with
+  weight_decouple=True; its one t_alpha_beta3 is ours alpha_warmup_steps = b3_warmup_steps.
 
   Args:
     learning_rate: eta (float or optax schedule).

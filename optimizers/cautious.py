@@ -26,15 +26,25 @@ class CautiousState(NamedTuple):
   inner_state: Any
 
 
-def cautious_mask(update: jax.Array, grad: jax.Array, floor: float) -> jax.Array:
-  """phi / max(mean(phi), floor), phi = 1 where the step -update and the gradient agree (> 0)."""
+NORMALIZATIONS = ("mean", "sum_plus_one")
+
+
+def cautious_mask(update: jax.Array, grad: jax.Array, floor: float,
+                  normalization: str = "mean") -> jax.Array:
+  """phi rescaled, phi = 1 where the step -update and the gradient agree (> 0).
+
+  "mean": phi / max(mean(phi), floor) (the authors' current code); "sum_plus_one":
+  phi * numel / (sum(phi) + 1) (their first version, and pytorch_optimizer's `apply_cautious`).
+  """
   phi = ((-update.astype(jnp.float32)) * grad.astype(jnp.float32) > 0).astype(jnp.float32)
+  if normalization == "sum_plus_one":
+    return phi * (phi.size / (jnp.sum(phi) + 1.0))
   return phi / jnp.maximum(jnp.mean(phi), floor)
 
 
 def cautious(tx: optax.GradientTransformation, *, floor: float = 1e-3,
-             learning_rate: Any = None,
-             weight_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
+             learning_rate: Any = None, weight_decay: float = 0.0,
+             normalization: str = "mean") -> optax.GradientTransformationExtraArgs:
   """`tx` with its update masked where it disagrees in sign with the gradient, per leaf.
 
   u = inner(g);  phi = 1(-u * g > 0);  u <- u * phi / max(mean(phi), floor) - lr * wd * theta.
@@ -48,10 +58,15 @@ def cautious(tx: optax.GradientTransformation, *, floor: float = 1e-3,
     learning_rate: lr of the decay outside the mask (float or schedule); needed if
       `weight_decay` is not 0.
     weight_decay: decoupled decay outside the mask, multiplied by `learning_rate`.
+    normalization: "mean" (the authors' current rescaling, above) or "sum_plus_one" (their
+      first version, numel / (sum + 1), which pytorch_optimizer uses; `floor` is then unused).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
   """
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"cautious: normalization must be one of {NORMALIZATIONS}, got "
+                     f"{normalization!r}")
   if weight_decay and learning_rate is None:
     raise ValueError("cautious: weight_decay needs learning_rate")
   tx = optax.with_extra_args_support(tx)
@@ -61,7 +76,7 @@ def cautious(tx: optax.GradientTransformation, *, floor: float = 1e-3,
 
   def update_fn(updates, state, params=None, **extra_args):
     inner, inner_state = tx.update(updates, state.inner_state, params, **extra_args)
-    new = jax.tree.map(lambda u, g: (u * cautious_mask(u, g, floor)).astype(u.dtype),
+    new = jax.tree.map(lambda u, g: (u * cautious_mask(u, g, floor, normalization)).astype(u.dtype),
                        inner, updates)
     if weight_decay:
       if params is None:
@@ -76,7 +91,8 @@ def cautious(tx: optax.GradientTransformation, *, floor: float = 1e-3,
 @_registry.register("cautious")
 def cautious_entry(*, inner: str = "adam", inner_hparams: Mapping[str, Any] | None = None,
                    learning_rate: Any = None, weight_decay: float = 0.0,
-                   floor: float = 1e-3) -> optax.GradientTransformationExtraArgs:
+                   floor: float = 1e-3,
+                   normalization: str = "mean") -> optax.GradientTransformationExtraArgs:
   """The registry entry `inner`, made cautious (Liang et al., 2024); see `cautious`.
 
     optimizers.create("cautious", inner="adam", learning_rate=3e-3, weight_decay=0.1,
@@ -84,6 +100,8 @@ def cautious_entry(*, inner: str = "adam", inner_hparams: Mapping[str, Any] | No
 
   is the authors' C-AdamW (decay outside the mask). `learning_rate` goes to both the inner
   optimizer and the decay, so the trainer's schedule reaches them (as in `sam`).
+  Parity: pytorch_optimizer.Lion and .AdaFactor with cautious=True
+  (tests/parity/test_pytorch_optimizer.py), ours with normalization="sum_plus_one".
 
   Args:
     inner: registry name of the optimizer whose update is masked.
@@ -92,6 +110,7 @@ def cautious_entry(*, inner: str = "adam", inner_hparams: Mapping[str, Any] | No
       the inner one to `inner_hparams` (and then `weight_decay` must be 0).
     weight_decay: decoupled decay outside the mask.
     floor: lower bound of the kept fraction.
+    normalization: "mean" (the authors' current code) or "sum_plus_one" (pytorch_optimizer's).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -103,7 +122,7 @@ def cautious_entry(*, inner: str = "adam", inner_hparams: Mapping[str, Any] | No
                        "inner_hparams")
     hparams["learning_rate"] = learning_rate
   return cautious(_registry.create(inner, **hparams), floor=floor, learning_rate=learning_rate,
-                  weight_decay=weight_decay)
+                  weight_decay=weight_decay, normalization=normalization)
 
 
 def add_cautious_decayed_weights(weight_decay: float) -> optax.GradientTransformation:

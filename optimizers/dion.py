@@ -188,6 +188,11 @@ def dion(*, learning_rate: Any, momentum: float = 0.95, rank_fraction: float = 1
     adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: the scalar optimizer.
     labels, dimension_numbers: as in `muon.muon`.
 
+  Parity: none, because the authors' code (microsoft/dion) is not on the package index;
+  tests/test_dion.py checks 25 steps against a float64 NumPy version of the paper's
+  Algorithm 1 (the authors' (out, in) layout) instead, and that full rank gives Muon's
+  orthogonalized momentum.
+
   Returns:
     An `optax.GradientTransformation`.
 

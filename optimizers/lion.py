@@ -25,6 +25,8 @@ def lion(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.99,
   The betas are the paper's defaults. `weight_decay` defaults to 0 as in the authors' code
   (optax's `lion` defaults to 1e-3); it is multiplied by lr, as in the paper's Algorithm 2.
   Lion's update has unit RMS, so its lr is typically 3-10x smaller than AdamW's.
+  Parity: lion_pytorch.Lion and pytorch_optimizer.Lion (tests/parity/test_pytorch_optimizer.py),
+  no flags.
 
   Args:
     learning_rate: eta (float or optax schedule).

@@ -105,6 +105,10 @@ def normuon(*, learning_rate: Any, momentum: float = 0.95, b2: float = 0.95,
       labels, dimension_numbers: as in `muon.muon`.
     b2: decay of the per-neuron second moment (the authors' beta2, 0.95).
 
+  Parity: pytorch_optimizer.NorMuon (tests/parity/test_pytorch_optimizer.py), ours with
+  ns_coeffs="quintic" (their "original") and dimension_numbers (1, 0) (torch's (fan_out,
+  fan_in) layout); theirs with its Newton-Schulz in float32 (it runs bfloat16).
+
   Returns:
     An `optax.GradientTransformation`.
 

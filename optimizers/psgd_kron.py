@@ -6,7 +6,8 @@ upper triangular (size x size) or diagonal (a vector: for dims of size 1, above
 `memory_save_mode`). With probability p(t) per step (made deterministic: every ceil(1/p) steps)
 the factors take one step on Li's criterion E[h^T P h + v^T P^{-1} v] with a random probe V:
 
-  h = m + sqrt(eps_f32) mean|m| V          (m: bias-corrected momentum, damped by the probe)
+  h = m + sqrt(eps_f32) mean|m| V          (m: bias-corrected momentum, damped by the probe;
+                                            `damping=False`: h = m)
   A = h x_i Q_i (all i),   B = V x_i Q_i^{-T} (all i)
   T1_i = A_(i) A_(i)^T,    T2_i = B_(i) B_(i)^T      (mode-i Gram matrices; diagonals if diag)
   Q_i <- Q_i - lr_p triu(T1_i - T2_i) Q_i / ||T1_i + T2_i||   (triangular; ||.|| a lower bound
@@ -163,7 +164,8 @@ def scale_by_kron(*, b1: float = 0.9, preconditioner_update_probability: Any = N
                   max_size_triangular: int = 8192, min_ndim_triangular: int = 2,
                   memory_save_mode: str | None = None, momentum_into_precond_update: bool = True,
                   preconditioner_lr: float = 0.1, preconditioner_init_scale: float = 1.0,
-                  mu_dtype: Any = None, seed: int = 0) -> optax.GradientTransformation:
+                  mu_dtype: Any = None, seed: int = 0,
+                  damping: bool = True) -> optax.GradientTransformation:
   """PSGD-Kron's preconditioned, RMS-capped direction (module docstring); see `psgd_kron`."""
   prob = preconditioner_update_probability
   if prob is None:
@@ -206,7 +208,8 @@ def scale_by_kron(*, b1: float = 0.9, preconditioner_update_probability: Any = N
     def fit(qs):
       qs = jax.lax.cond(do_balance, lambda q: [_balance(x) for x in q], lambda q: q, qs)
       inputs = moms if momentum_into_precond_update else grads
-      return [update_factors(q, x + DAMPING * jnp.mean(jnp.abs(x)) * v, v, preconditioner_lr)
+      damp = DAMPING if damping else 0.0
+      return [update_factors(q, x + damp * jnp.mean(jnp.abs(x)) * v, v, preconditioner_lr)
               for q, x, v in zip(qs, inputs, probes)]
 
     qs = jax.lax.cond(do_update, fit, lambda q: q, qs)
@@ -232,7 +235,7 @@ def psgd_kron(*, learning_rate: Any, b1: float = 0.9, weight_decay: float = 0.0,
               min_ndim_triangular: int = 2, memory_save_mode: str | None = None,
               momentum_into_precond_update: bool = True, preconditioner_lr: float = 0.1,
               preconditioner_init_scale: float = 1.0, mu_dtype: str | None = None,
-              seed: int = 0) -> optax.GradientTransformation:
+              seed: int = 0, damping: bool = True) -> optax.GradientTransformation:
   """PSGD-Kron (Li 2018; Walters' kron): Kronecker-factored PSGD preconditioner on momentum.
 
   u = clip_rms(P m_hat, 1.1);  theta <- theta - lr * (u + weight_decay * theta), on every leaf.
@@ -252,6 +255,11 @@ def psgd_kron(*, learning_rate: Any, b1: float = 0.9, weight_decay: float = 0.0,
     preconditioner_init_scale: P starts as this times the identity.
     mu_dtype: momentum dtype (None: the parameter's).
     seed: seeds the probes and rebalancing draws.
+    damping: fit the factors on h = x + sqrt(eps_f32) mean|x| V (psgd_jax 0.2.9); False fits
+      them on x itself, as pytorch_optimizer's `Kron` (4.1.0) does.
+
+  Parity: pytorch_optimizer.Kron (tests/parity/test_pytorch_optimizer.py), ours with damping=False,
+  theirs fed our probes and rebalancing draws (the fit is random by design).
 
   Returns:
     An `optax.GradientTransformation`.
@@ -270,7 +278,8 @@ def psgd_kron(*, learning_rate: Any, b1: float = 0.9, weight_decay: float = 0.0,
                     momentum_into_precond_update=momentum_into_precond_update,
                     preconditioner_lr=preconditioner_lr,
                     preconditioner_init_scale=preconditioner_init_scale,
-                    mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype), seed=seed),
+                    mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype), seed=seed,
+                    damping=damping),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
       check_state=True)

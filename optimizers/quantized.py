@@ -246,6 +246,11 @@ def adamw_8bit(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: f
     block_size: elements per float32 scale.
     min_quantized_size: leaves smaller than this keep float32 moments.
 
+  Parity: none, because the code table and block size are this implementation's own
+  (bitsandbytes' and torchao's quantization maps differ), so no published implementation
+  rounds the moments the same way; tests/test_quantized.py checks every step against float64
+  AdamW on the dequantized state, and the stored moments within the round-trip bound, instead.
+
   Returns:
     An `optax.GradientTransformation`.
   """

@@ -67,6 +67,8 @@ def sam(*, inner: str = "sgd", inner_hparams: Mapping[str, Any] | None = None,
   batch) to evaluate the gradient at theta + e; the state is optax's `SAMState` holding the
   inner optimizer's state. PyTorch has no SAM. `eps` (not in the paper) guards an all-zero
   gradient. ASAM's reference code scales only weights, not biases; here every leaf is scaled.
+  Parity: pytorch_optimizer.SAM around torch.optim.SGD (tests/parity/test_pytorch_optimizer.py,
+  driven by first_step/second_step), ASAM with eta=0 (theirs has no offset).
 
   Args:
     inner: registry name of the optimizer that takes the SAM gradient (the paper used SGD with

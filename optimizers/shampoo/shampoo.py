@@ -269,6 +269,10 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
     optax.GradientTransformation (state: ShampooState, weight decay, learning rate and
     `nonfinite.NonfiniteState`).
 
+  Parity: pytorch_optimizer.Shampoo (tests/parity/test_pytorch_optimizer.py), the paper's Algorithm
+  (matrices only) with b1=0, b2=1, eps=1e-6, relative_eps=False, grafting="none",
+  start_preconditioning_step=1, precondition_every=1, root_method="eigh", no blocking.
+
   References:
     Gupta, Koren & Singer 2018, arXiv 1802.09568; Anil et al. 2020, arXiv 2002.09018.
   """
