@@ -133,8 +133,9 @@ LAMB_EPS = ("eps: ours adds it to sqrt(v_hat) (bias-corrected, the paper), their
             "(adam_debias=True leaves m and v uncorrected; the trust ratio cancels the "
             "corrections' common factor, not eps); measured 1.7e-5 at eps=1e-6, 1.3e-7 at "
             "eps=1e-12 (lamb-eps0)")
-KRON = ("same probes and rebalancing draws on both sides; float32 rounding through the "
-        "triangular solves and the factor updates (measured <= 3.6e-7)")
+KRON = ("same probes and rebalancing draws on both sides (seed 0 rebalances at step 12); "
+        "float32 rounding through the triangular solves and the factor updates (measured "
+        "<= 3.6e-7)")
 NS_F32 = ("float32 Newton-Schulz on both sides (theirs patched from bfloat16): 5 quintic steps "
           "amplify float32 rounding (measured 3.4e-6)")
 SHAMPOO = ("float32 roots, eigh (ours) against SVD (theirs), of factors whose smallest "
