@@ -304,6 +304,10 @@ def lamb(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
     b1, b2, eps: as in `adam` (eps outside the root; the paper uses 1e-6).
     weight_decay: lambda, added to the Adam step before the trust ratio.
 
+  Parity: pytorch_optimizer.Lamb (tests/parity/test_pytorch_optimizer.py), theirs with
+  adam_debias=True; weight_decay=0 only (theirs bias-corrects neither moment, which no longer
+  cancels once the decay is inside the trust ratio).
+
   Returns:
     An `optax.GradientTransformation` (`optax.lamb`).
   """
@@ -381,6 +385,9 @@ def lars(*, learning_rate: Any, momentum: float = 0.9, nesterov: bool = False,
     trust_coefficient: eta.
     eps: added to the trust-ratio denominator.
 
+  Parity: pytorch_optimizer.LARS (tests/parity/test_pytorch_optimizer.py), matrices only
+  (theirs skips the trust ratio and decay below 2-D).
+
   Returns:
     An `optax.GradientTransformation` (`scale_by_lars_trust_ratio`, lr, `optax.trace`).
   """
@@ -420,6 +427,9 @@ def adafactor(*, learning_rate: Any, decay_rate: float = 0.8, eps: float = 1e-30
       rho_t with eps2 = 1e-3); False makes `learning_rate` an absolute step.
     min_dim_size_to_factor: see above.
     momentum: optional b1 (the paper's default is none).
+
+  Parity: pytorch_optimizer.AdaFactor (tests/parity/test_pytorch_optimizer.py), ours with
+  min_dim_size_to_factor=1; theirs relative_step=False, momentum_dtype=float32.
 
   Returns:
     An `optax.GradientTransformation` (`optax.adafactor`).
