@@ -82,11 +82,28 @@ def mesh_shape(mesh_config: Any, num_devices: int) -> dict[str, int]:
   if -1 in sizes.values():
     known = math.prod(s for s in sizes.values() if s != -1)
     if known < 1 or num_devices % known:
-      raise ValueError(f"mesh: {num_devices} devices do not split into {text()}")
+      divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+      raise ValueError(
+          f"mesh: {_devices(num_devices)} {'does' if num_devices == 1 else 'do'} not split into "
+          f"{text()}: the sizes other than -1 must multiply to a divisor of {num_devices} "
+          f"({', '.join(map(str, divisors))}); {MORE_DEVICES}")
     sizes[next(a for a, s in sizes.items() if s == -1)] = num_devices // known
   if min(sizes.values()) < 1 or math.prod(sizes.values()) > num_devices:
-    raise ValueError(f"mesh: {text()} but {num_devices} devices are available")
+    raise ValueError(
+        f"mesh: {text()} needs {math.prod(sizes.values())} devices but "
+        f"{_devices(num_devices)} {'is' if num_devices == 1 else 'are'} available: the sizes "
+        f"must be >= 1 and multiply to at most {num_devices} (one axis may be -1: the remaining "
+        f"devices); {MORE_DEVICES}")
   return {a: s for a, s in sizes.items() if a in BATCH_AXES or s > 1}
+
+
+MORE_DEVICES = ("for more devices on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                "(N devices in one process) or run N processes with scripts/launch_local.py "
+                "(see the README)")
+
+
+def _devices(n: int) -> str:
+  return "1 device" if n == 1 else f"{n} devices"
 
 
 def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -5,7 +5,7 @@ r"""Trains a model as a config file says; resumes from the checkpoints in --work
 
   python -m experiments.train --config=configs/speedrun_cpu_muon.py --print_config
 
-Exit status: 0 when done (or already done), 1 when the loss diverged (the last good checkpoint
+Exit status: 0 when done (or already done, or after --help), 1 when the loss diverged (the last good checkpoint
 is kept), 2 for a user error (bad config or flag, unusable data or checkpoint, workdir in use:
 one `ERROR:` line says what and how to fix it; `--traceback` shows the Python traceback too),
 128+N when stopped by signal N after saving a checkpoint (rerun the same command to resume).
@@ -17,6 +17,8 @@ import os
 # busy cores made a batch of QRs (SOAP's basis refresh) hundreds of times slower here.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import difflib
+import importlib.util
 import logging as py_logging
 import sys
 import traceback
@@ -52,10 +54,100 @@ def _fail(message: str, status: int = 2):
   sys.exit(status)
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def _flag_args(argv):
+  """The flag arguments (before a `--` that ends them)."""
+  args = list(argv[1:])
+  return args[:args.index("--")] if "--" in args else args
+
+
+def _wants_help(argv) -> bool:
+  return any(a.startswith("-") and a.lstrip("-").split("=", 1)[0] in _HELP_FLAGS
+             for a in _flag_args(argv))
+
+
+def _config_arg(argv) -> str | None:
+  """The value of the last `--config` flag (`--config=x`, `--config x`, `-config=x`)."""
+  args, spec = _flag_args(argv), None
+  for i, a in enumerate(args):
+    name, eq, value = a.lstrip("-").partition("=")
+    if not a.startswith("-") or name != "config":
+      continue
+    if eq:
+      spec = value
+    elif i + 1 < len(args):
+      spec = args[i + 1]
+  return spec
+
+
+def _available_configs() -> list[str]:
+  try:
+    return sorted(f"configs/{f}" for f in os.listdir(CONFIGS_DIR)
+                  if f.endswith(".py") and not f.startswith("_"))
+  except OSError:
+    return []
+
+
+def _config_file_problem(spec: str) -> str | None:
+  """Why `--config=spec` cannot give a config (one line), or None when it can.
+
+  Loads the file and calls `get_config` as ml_collections' flag will (everything after the first
+  ':' is get_config's argument), so that a missing, failing or incomplete config file is a user
+  error here rather than a traceback later.
+  """
+  path, *arg = spec.split(":", 1)
+  if not os.path.isfile(path):
+    available = _available_configs()
+    stem = lambda f: os.path.splitext(os.path.basename(f))[0]
+    close = difflib.get_close_matches(stem(path), [stem(f) for f in available], n=1, cutoff=0.6)
+    hint = f"did you mean 'configs/{close[0]}.py'? " if close else ""
+    what = "is a directory" if os.path.isdir(path) else "does not exist"
+    return (f"--config={spec}: the config file {path!r} {what}; {hint}the configs are: "
+            f"{', '.join(available) or '(none found in ' + CONFIGS_DIR + ')'}")
+  try:
+    module_spec = importlib.util.spec_from_file_location("_checked_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    return _with_traceback(f"--config={spec}: loading {path!r} raised {type(e).__name__}: {e}")
+  if not callable(getattr(module, "get_config", None)):
+    return (f"--config={spec}: {path!r} defines no get_config(); a config file is a Python file "
+            "with `def get_config(): ...` returning an ml_collections.ConfigDict (copy "
+            "configs/speedrun_cpu.py)")
+  try:
+    config = module.get_config(*arg)
+  except Exception as e:  # pylint: disable=broad-except
+    call = f"get_config({arg[0]!r})" if arg else "get_config()"
+    return _with_traceback(f"--config={spec}: {call} in {path!r} raised {type(e).__name__}: {e}")
+  if config is None:
+    return f"--config={spec}: get_config() in {path!r} returned None (a missing return?)"
+  return None
+
+
+def _with_traceback(message: str) -> str:
+  if "--traceback" in sys.argv:
+    traceback.print_exc()
+  return message
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with config-override mistakes as one line and a hint."""
+  """absl's flag parsing, with config-file and config-override mistakes as one line and a hint;
+  --help and --helpfull exit 0."""
+  wants_help = _wants_help(argv)
+  spec = None if wants_help else _config_arg(argv)
+  if spec is not None:
+    problem = _config_file_problem(spec)
+    if problem:
+      _fail(problem)
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    if wants_help and e.code in (None, 0, 1):  # absl's help flags exit 1 after printing it
+      sys.exit(0)
+    raise
   except Exception as e:  # pylint: disable=broad-except
     if "--traceback" in argv:
       traceback.print_exc()

@@ -372,6 +372,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   for warning in validate_lib.validate(config):
     logging.warning("Config: %s", warning)
+  try:  # the optimizer's name before the data: a typo should not wait for a corpus build
+    optimizers.get_builder(config.optimizer.name)
+  except ValueError as e:
+    raise validate_lib.ConfigError(f"optimizer: {e}") from e
   try:
     mesh = sharding_lib.make_mesh(config.mesh, devices)
     # Loads (or builds the machine-wide cache of) the data; writes nothing into the workdir.

@@ -119,8 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     d = float(s.decay_fraction)
     _require(0.0 < d <= 1.0, "schedule.decay_fraction", d, "must be in (0, 1]")
   if s.warmup_steps >= t.steps:
-    warnings.append(f"schedule.warmup_steps={s.warmup_steps} >= train.steps={t.steps}: the run "
-                    "ends before its learning rate reaches the peak")
+    warnings.append(short_warmup_warning(s.name, s.warmup_steps, t.steps))
   for key, value in config.optimizer.items():
     if key.endswith("learning_rate") and isinstance(value, (int, float)):
       _require(math.isfinite(value) and value >= 0, f"optimizer.{key}", value,
@@ -144,6 +143,18 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         raise ConfigError(f"{field}={pattern!r}: matches a directory ({dirs[0]}), not a shard "
                           "file; end the glob with *.bin")
   return warnings
+
+
+def short_warmup_warning(schedule: str, warmup_steps: int, steps: int) -> str:
+  """What `trainer.make_schedule` does with a warmup as long as the run or longer: it shortens
+  the warmup to `steps` (a linear ramp from 0 over the whole run; step k uses the schedule at
+  k - 1, so the last step uses (steps - 1) / steps of the peak) and never starts the decay."""
+  what = (f"the warmup is shortened to the run's {steps} steps" if warmup_steps > steps
+          else "the warmup takes the whole run")
+  decay = f"; the {schedule} decay never starts" if schedule in ("warmup_cosine", "wsd") else ""
+  return (f"schedule.warmup_steps={warmup_steps} >= train.steps={steps}: {what} (the learning "
+          f"rate rises linearly from 0 and the last step uses {(steps - 1) / steps:.0%} of the "
+          f"peak{decay}); set schedule.warmup_steps below {steps} to reach the peak")
 
 
 def check_model_parallel(config: ml_collections.ConfigDict, model: int, stage: int) -> None:

@@ -7,6 +7,7 @@ builder's signature so a typo in a config is an error, not a silently ignored va
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable
 
@@ -38,8 +39,18 @@ def get_builder(name: str) -> Builder:
   try:
     return _BUILDERS[name]
   except KeyError:
-    raise ValueError(
-        f"Unknown optimizer {name!r}; known optimizers: {', '.join(names())}") from None
+    raise ValueError(f"Unknown optimizer {name!r}; {_did_you_mean(name)}"
+                     f"{', '.join(names())}") from None
+
+
+def _did_you_mean(name: Any) -> str:
+  """"did you mean 'adam', 'adamw' or 'nadamw'? Known optimizers: " (the closest registered
+  names, as a config-key typo gets the closest key), or "known optimizers: " when none is close."""
+  close = [repr(c) for c in difflib.get_close_matches(str(name), names(), n=3, cutoff=0.6)]
+  if not close:
+    return "known optimizers: "
+  listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+  return f"did you mean {listed}? Known optimizers: "
 
 
 def hyperparameters(name: str) -> dict[str, Any]:

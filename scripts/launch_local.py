@@ -1,24 +1,31 @@
 r"""Runs N processes of a JAX program on this machine, as a multi-host cluster would.
 
   python -m scripts.launch_local --num_processes=2 --devices_per_process=4 -- \
-      --config=configs/speedrun_cpu.py --workdir=runs/two_procs
+      --config=configs/speedrun_cpu.py --workdir=runs/two_procs --config.mesh.data=-1
 
 Each process gets M fake CPU devices (`--xla_force_host_platform_device_count=M`) and the flags
 `--config.distributed.coordinator_address=127.0.0.1:PORT --config.distributed.num_processes=N
 --config.distributed.process_id=i` after the user's arguments; `experiments.distributed`
 starts `jax.distributed` with CPU collectives (gloo) from them. Output lines are prefixed with
-`[i]`. SIGTERM and SIGINT are forwarded to every process. When a process fails the others get
-`--grace_s` seconds, then SIGTERM. Exit status: the worst process's (128+N for signal N).
+`[i]`; the collective library's connection chatter (`[Gloo] Rank ... connected`, "Starting /
+Connecting to JAX distributed service") is left out unless `--verbose`. Every process's whole
+output also goes to `<log_dir>/process_<i>.log` (default: a new directory under the system's
+temporary directory). At the end one line per process gives its exit status, the last step it
+logged and its log file. SIGTERM and SIGINT are forwarded to every process. When a process
+fails the others get `--grace_s` seconds, then SIGTERM. Exit status: the worst process's
+(128+N for signal N).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -45,17 +52,44 @@ def exit_status(returncode: int) -> int:
   return 128 - returncode if returncode < 0 else returncode
 
 
-def _pump(index: int, stream, lock: threading.Lock) -> None:
-  for line in iter(stream.readline, b""):
-    with lock:
-      sys.stdout.write(f"[{index}] {line.decode(errors='replace')}")
-      sys.stdout.flush()
-  stream.close()
+# Lines that only say the processes found each other: in the log files, not on the terminal.
+CHATTER = re.compile(r"\[Gloo\] Rank \d+ is connected to|"
+                     r"(Starting|Connecting to) JAX distributed service on")
+# "step 12/400 | loss", "Done: step 400/400", "Stopped by signal 15 at step 12/400", ...
+STEP = re.compile(r"\bstep (\d+)/(\d+)")
+
+
+class _Output:
+  """One process's output: streamed (chatter left out) and written whole to its log file."""
+
+  def __init__(self, index: int, log_path: str, verbose: bool):
+    self.index, self.log_path, self.verbose = index, log_path, verbose
+    self.last_step: str | None = None
+
+  def pump(self, stream, lock: threading.Lock) -> None:
+    with open(self.log_path, "w", encoding="utf-8") as log:
+      for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace")
+        log.write(line)
+        log.flush()
+        steps = STEP.findall(line)
+        if steps:
+          self.last_step = "/".join(steps[-1])
+        if self.verbose or not CHATTER.search(line):
+          with lock:
+            sys.stdout.write(f"[{self.index}] {line}")
+            sys.stdout.flush()
+    stream.close()
 
 
 def launch(num_processes: int, devices_per_process: int, module: str, args: list[str],
-           grace_s: float = 30.0) -> int:
+           grace_s: float = 30.0, log_dir: str | None = None, verbose: bool = False) -> int:
   """Starts the processes, streams their output, returns the worst exit status."""
+  if log_dir is None:
+    log_dir = tempfile.mkdtemp(prefix=f"launch_local_{time.strftime('%Y%m%d-%H%M%S')}_")
+  os.makedirs(log_dir, exist_ok=True)
+  outputs = [_Output(i, os.path.join(log_dir, f"process_{i}.log"), verbose)
+             for i in range(num_processes)]
   address = f"127.0.0.1:{free_port()}"
   env = child_env(devices_per_process)
   procs = []
@@ -76,8 +110,8 @@ def launch(num_processes: int, devices_per_process: int, module: str, args: list
 
   old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   lock = threading.Lock()
-  pumps = [threading.Thread(target=_pump, args=(i, p.stdout, lock), daemon=True)
-           for i, p in enumerate(procs)]
+  pumps = [threading.Thread(target=out.pump, args=(p.stdout, lock), daemon=True)
+           for out, p in zip(outputs, procs)]
   for t in pumps:
     t.start()
   try:
@@ -95,7 +129,25 @@ def launch(num_processes: int, devices_per_process: int, module: str, args: list
       signal.signal(s, h)
   for t in pumps:
     t.join()
+  for out, p in zip(outputs, procs):
+    status = exit_status(p.returncode)
+    step = f"last step {out.last_step}" if out.last_step else "no step logged"
+    print(f"[launch] process {out.index}: exit {status}{_meaning(status)}, {step}, "
+          f"log {out.log_path}", flush=True)
   return max(exit_status(p.returncode) for p in procs)
+
+
+def _meaning(status: int) -> str:
+  """experiments.train's exit statuses in words."""
+  if status == 0:
+    return " (done)"
+  if status == 1:
+    return " (diverged or failed)"
+  if status == 2:
+    return " (user error)"
+  if status > 128:
+    return f" (signal {status - 128})"
+  return ""
 
 
 def main(argv=None) -> int:
@@ -108,12 +160,18 @@ def main(argv=None) -> int:
                       help="Python module each process runs with `python -m`.")
   parser.add_argument("--grace_s", type=float, default=30.0,
                       help="Seconds the others may run on after one process fails.")
+  parser.add_argument("--log_dir", default=None,
+                      help="Where process_<i>.log (each process's whole output) goes "
+                           "(default: a new directory under the temporary directory).")
+  parser.add_argument("--verbose", action="store_true",
+                      help="Also stream the collectives' connection messages.")
   ours, rest = parser.parse_known_args(argv)
   if rest and rest[0] == "--":
     rest = rest[1:]
   if ours.num_processes < 1 or ours.devices_per_process < 1:
     parser.error("--num_processes and --devices_per_process must be >= 1")
-  return launch(ours.num_processes, ours.devices_per_process, ours.module, rest, ours.grace_s)
+  return launch(ours.num_processes, ours.devices_per_process, ours.module, rest, ours.grace_s,
+                ours.log_dir, ours.verbose)
 
 
 if __name__ == "__main__":
