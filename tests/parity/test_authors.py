@@ -43,25 +43,18 @@ def _soap_case(every, wd, shampoo_b2=None, lr=3e-3):
           "(5e-5 to 7.5e-5)")
 
 
-SF_Y = lambda p: p  # the parameters the optimizer holds are y
-
-
-def _sf_adamw(lr, **kw):
+def _schedule_free(cls_name, lr, **kw):
+  """A `schedulefree` optimizer in train mode (its parameters are then the point y)."""
   def make(params):
     import schedulefree
-    opt = schedulefree.AdamWScheduleFree(params, lr=lr, foreach=False, **kw)
+    opt = getattr(schedulefree, cls_name)(params, lr=lr, foreach=False, **kw)
     opt.train()
     return opt
   return make
 
 
-def _sf_sgd(lr, **kw):
-  def make(params):
-    import schedulefree
-    opt = schedulefree.SGDScheduleFree(params, lr=lr, foreach=False, **kw)
-    opt.train()
-    return opt
-  return make
+_sf_adamw = lambda lr, **kw: _schedule_free("AdamWScheduleFree", lr, **kw)
+_sf_sgd = lambda lr, **kw: _schedule_free("SGDScheduleFree", lr, **kw)
 
 
 def _x_point(opt, params):
