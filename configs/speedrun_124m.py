@@ -13,11 +13,12 @@ Target: 3.28 validation loss (the speedrun's optimizer track: AdamW needs about 
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu.get_config()
   c.model.vocab_size = 50304  # GPT-2's 50,257 padded to a multiple of 128
   c.model.num_layers = 12

@@ -13,11 +13,12 @@ layer axis: checkpoints of this config do not load into the unpipelined one (and
 
 import ml_collections
 
+import configs
 from configs import speedrun_124m
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_124m.get_config()
   c.mesh.data = -1
   c.mesh.stage = 2

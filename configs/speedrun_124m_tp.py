@@ -13,11 +13,12 @@ of the activations forward and two backward (WORKSPACE.md, "When to use which ax
 
 import ml_collections
 
+import configs
 from configs import speedrun_124m
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_124m.get_config()
   c.mesh.data = -1
   c.mesh.model = 2

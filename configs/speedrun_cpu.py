@@ -8,6 +8,7 @@ e.g. `--config.optimizer.learning_rate=1e-3 --config.train.steps=400`.
 
 import ml_collections
 
+import configs
 from experiments import compression
 from experiments import distributed
 
@@ -15,7 +16,7 @@ FieldReference = ml_collections.FieldReference
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = ml_collections.ConfigDict()
   c.seed = 0
 

@@ -34,8 +34,14 @@ from configs import speedrun_cpu_muon
 from configs import speedrun_cpu_sgd
 
 
+VARIANTS = tuple(f"{base}{kind}" for base in ("", "sgd_", "muon_")
+                 for kind in ("topk", "powersgd", "none"))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   kind = arg or "topk"
+  if kind not in VARIANTS:
+    raise ValueError(f"unknown variant {kind!r}; variants: {', '.join(VARIANTS)}")
   for prefix, base in (("sgd_", speedrun_cpu_sgd), ("muon_", speedrun_cpu_muon)):
     if kind.startswith(prefix):
       c = base.get_config()

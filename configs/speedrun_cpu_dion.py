@@ -11,11 +11,12 @@ Muon-like), `--config.optimizer.scalar_optimizer=lion` (then lower adam_learning
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu_muon
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu_muon.get_config()
   m = c.optimizer
   o = ml_collections.ConfigDict()

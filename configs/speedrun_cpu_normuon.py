@@ -10,11 +10,12 @@ not tuned here yet.
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu_muon
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu_muon.get_config()
   c.optimizer.name = "normuon"
   c.optimizer.b2 = 0.95

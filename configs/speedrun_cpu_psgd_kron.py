@@ -11,11 +11,12 @@ the first 200 steps, then ever less often, down to every 33rd (kron: flat for 50
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu.get_config()
   o = ml_collections.ConfigDict()
   o.name = "psgd_kron"

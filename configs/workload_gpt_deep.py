@@ -9,13 +9,14 @@ matrices, a deeper residual stream). 200 steps; target TARGET.
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu
 
 TARGET = 1.95  # AdamW lr 1e-2 (the better of 1e-2 and 3e-3): 1.944 at step 175, 1.933 at 200
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu.get_config()
   c.workload = "gpt_deep"
   c.model.num_layers = 8

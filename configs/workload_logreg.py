@@ -11,13 +11,14 @@ TARGET within 400 steps.
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu
 
 TARGET = 1e-3
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu.get_config()
   c.workload = "logreg"
   c.model = ml_collections.ConfigDict(dict(mu=1e-3))

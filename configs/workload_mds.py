@@ -10,13 +10,14 @@ rotation, reflection and translation); target TARGET within 300 steps.
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu
 
 TARGET = 1e-4
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu.get_config()
   c.workload = "mds"
   c.model = ml_collections.ConfigDict(dict(num_points=64, dim=2, init_scale=1.0))

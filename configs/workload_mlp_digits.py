@@ -9,13 +9,14 @@ validation error rate; target TARGET within 400 steps.
 
 import ml_collections
 
+import configs
 from configs import speedrun_cpu
 
 TARGET = 0.02
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  configs.no_variant(arg, __file__)
   c = speedrun_cpu.get_config()
   c.workload = "mlp_digits"
   c.model = ml_collections.ConfigDict(dict(hidden=(128, 128)))

@@ -57,6 +57,20 @@ def test_1_a_missing_or_broken_config_file_is_exit_2_and_one_line_listing_the_co
   assert not (tmp_path / "x").exists()
 
 
+def test_every_config_file_refuses_a_variant_it_does_not_have(tmp_path):
+  """`--config=configs/speedrun_cpu.py:bogus` used to run the full speedrun without a word."""
+  from experiments import configs_util  # pylint: disable=g-import-not-at-top
+  files = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
+                 if f.endswith(".py") and f != "__init__.py")
+  assert len(files) >= 20
+  for name in files:
+    with pytest.raises(ValueError, match="variant"):
+      configs_util.load(os.path.join(ROOT, "configs", name) + ":bogus")
+  rc, out = start([*TRAIN, "--config=configs/speedrun_cpu.py:bogus", f"--workdir={tmp_path / 'x'}"])
+  assert "speedrun_cpu.py has no variants (got 'bogus')" in assert_one_error(rc, out)
+  assert not (tmp_path / "x").exists()
+
+
 def test_2_a_mesh_that_does_not_fit_says_what_fits_and_how_to_get_devices(tmp_path):
   # start() runs on one plain CPU device, as a fresh machine would.
   rc, out = start([*TRAIN, f"--config={CONFIG}", f"--workdir={tmp_path / 'x'}",
