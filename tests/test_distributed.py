@@ -46,12 +46,17 @@ class Launch:
   def find(self, pattern: str) -> list[re.Match]:
     return [m for m in map(re.compile(pattern).search, list(self.lines)) if m]
 
-  def wait_for(self, pattern: str, count: int, timeout: float = 60.0) -> list[re.Match]:
+  def wait_for(self, pattern: str, count: int, timeout: float = 240.0) -> list[re.Match]:
+    # Generous: CI once took over 60 s to print READY (two processes importing JAX and
+    # compiling while both pytest workers compiled too). A hang still fails, with every line.
     deadline = time.monotonic() + timeout
     while len(self.find(pattern)) < count:
       if time.monotonic() > deadline or self.proc.poll() is not None:
-        self.finish(timeout=5)
-        raise AssertionError(f"no {count} x {pattern!r} in:\n" + "\n".join(self.lines))
+        self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+        raise AssertionError(f"no {count} x {pattern!r} after {timeout:.0f} s in:\n"
+                             + "\n".join(self.lines))
       time.sleep(0.05)
     return self.find(pattern)
 
