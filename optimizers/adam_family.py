@@ -289,7 +289,8 @@ def scale_by_amsgrad_corrected_after_max(*, b1: float = 0.9, b2: float = 0.999,
 
 @register("lamb")
 def lamb(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
-         weight_decay: float = 0.0) -> optax.GradientTransformation:
+         weight_decay: float = 0.0, bias_correction: bool = True
+         ) -> optax.GradientTransformation:
   """LAMB (You et al., 2020, arXiv 1904.00962, Algorithm 2 with phi = identity).
 
   m_hat, v_hat as in `adam`;  r = m_hat / (sqrt(v_hat) + eps) + wd * theta
@@ -303,16 +304,48 @@ def lamb(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float =
     learning_rate: eta.
     b1, b2, eps: as in `adam` (eps outside the root; the paper uses 1e-6).
     weight_decay: lambda, added to the Adam step before the trust ratio.
+    bias_correction: False: r = m / (sqrt(v) + eps) + wd * theta, neither moment corrected (the
+      paper's v3 and the BERT reference code; pytorch_optimizer's `Lamb`). Without decay the
+      trust ratio cancels the corrections' common factor, except through eps; with decay it
+      does not.
 
   Parity: pytorch_optimizer.Lamb (tests/parity/test_pytorch_optimizer.py), theirs with
-  adam_debias=True; weight_decay=0 only (theirs bias-corrects neither moment, which no longer
-  cancels once the decay is inside the trust ratio).
+  adam_debias=True; with weight decay, ours with bias_correction=False.
 
   Returns:
-    An `optax.GradientTransformation` (`optax.lamb`).
+    An `optax.GradientTransformation` (`optax.lamb`, or the same chain without the correction).
   """
-  return _guard(
-      optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  if bias_correction:
+    return _guard(
+        optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  return _guard(optax.chain(
+      scale_by_adam_uncorrected(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay), optax.scale_by_trust_ratio(),
+      optax.scale_by_learning_rate(learning_rate)))
+
+
+def scale_by_adam_uncorrected(*, b1: float = 0.9, b2: float = 0.999,
+                              eps: float = 1e-6) -> optax.GradientTransformation:
+  """u = m / (sqrt(v) + eps) with m, v as in Adam and no bias correction (LAMB v3's step).
+
+  Written here because `optax.scale_by_adam` always corrects; the state is optax's
+  `ScaleByAdamState`, so a checkpoint fits either `lamb(bias_correction=...)`.
+  """
+
+  def init_fn(params):
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
+                                  mu=optax.tree.zeros_like(params),
+                                  nu=optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+    return updates, optax.ScaleByAdamState(count=optax.safe_increment(state.count), mu=mu,
+                                           nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByLarsTrustRatioState(NamedTuple):

@@ -9,8 +9,7 @@ that makes them the same algorithm and its `why` names it:
              inflation the paper does not have): theirs `adam_debias=True`. Ours bias-corrects m
              and v (the paper's Algorithm 2), theirs neither (the paper's v3): the trust ratio
              cancels the common factor except through eps, and with weight decay (inside the
-             ratio) not at all, so the cases have weight_decay = 0 (matching with decay needs a
-             `bias_correction` flag on ours).
+             ratio) not at all: with decay, ours `bias_correction=False`.
   lars       theirs skips the trust ratio and decay for tensors with < 2 dims: matrices only.
   adafactor  theirs factors every >= 2-D tensor and takes lr as given only with
              `relative_step=False`: ours `min_dim_size_to_factor=1`; theirs keeps momentum in
@@ -160,6 +159,10 @@ CASES = [
          _po(po.Lamb, lr=0.02, adam_debias=True), 1e-4, LAMB_EPS),
     case("lamb-eps0", "lamb", dict(learning_rate=0.02, eps=1e-12),
          _po(po.Lamb, lr=0.02, eps=1e-12, adam_debias=True), 1e-6, F32),
+    case("lamb-wd-uncorrected", "lamb", dict(learning_rate=0.02, weight_decay=0.1,
+                                             bias_correction=False),
+         _po(po.Lamb, lr=0.02, weight_decay=0.1, weight_decouple=False, adam_debias=True), 1e-6,
+         F32),
     case("lars", "lars", dict(learning_rate=1.0, trust_coefficient=0.01, momentum=0.9),
          _po(po.LARS, lr=1.0, trust_coefficient=0.01, momentum=0.9), 1e-6, F32,
          shapes=MATRICES),
