@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from experiments import checkpoints as ckpt_lib
+from experiments import train_state
 from experiments import validate as validate_lib
 from models import gpt
 from models import lora
@@ -36,8 +37,6 @@ def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any, int]:
 
   Raises `validate.ConfigError` when `workdir` holds no run or no checkpoint.
   """
-  # The trainer imports workloads, which import this module.
-  from experiments import trainer  # pylint: disable=g-import-not-at-top
   try:
     with open(os.path.join(workdir, "run.json")) as f:
       config = ml_collections.ConfigDict(json.load(f)["config"])
@@ -45,8 +44,8 @@ def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any, int]:
     raise validate_lib.ConfigError(
         f"{workdir!r} is not a training run's workdir (its run.json cannot be read: {e})") from e
   model_cfg = gpt.GPTConfig.from_config(config.model)
-  tx, _ = trainer.make_optimizer(config)
-  abstract = jax.eval_shape(trainer.make_init_state(model_cfg, tx), int(config.seed))
+  tx, _ = train_state.make_optimizer(config)
+  abstract = jax.eval_shape(train_state.make_init_state(model_cfg, tx), int(config.seed))
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), None)
   try:
     restored = checkpointer.restore_latest(abstract, {})  # checksums verified on restore
