@@ -1,0 +1,12 @@
+"""The tuned-comparison harness: what `python -m experiments.compare` runs, in layers.
+
+  records.py    search spaces, quasi-random trials, run records, `plan` and `sweep`
+  runs.py       one sweep run's trainer config, trained through experiments/trainer.py
+  scoring.py    AlgoPerf performance profiles and scores, the speedrun's record rule, Welch
+  report.py     the score report as text
+  plots.py      validation curves and performance profiles as PNGs
+  workspace.py  WORKSPACE.md's generated results section
+
+Each module imports only those above it in this list (and `runs.py` the trainer); the
+command lines (experiments/compare.py, scripts/update_workspace.py) sit on top.
+"""

@@ -1,0 +1,121 @@
+"""Running a sweep through the one trainer: each run's config, and its result for the record."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+
+from experiments.harness import records as records_lib
+
+# Workload -> config (path[:variant]), relative to the repository root.
+WORKLOAD_CONFIGS = {
+    "speedrun": "configs/workload_speedrun.py:short",
+    "gpt_deep": "configs/workload_gpt_deep.py",
+    "mds": "configs/workload_mds.py",
+    "logreg": "configs/workload_logreg.py",
+    "mlp_digits": "configs/workload_mlp_digits.py",
+}
+QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
+# The repository root (this file is experiments/harness/runs.py).
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def overlay(base: dict, hparams: dict) -> dict:
+  """`base` (an optimizer block as a dict) with `hparams` set over it; `a.b` names a nested
+  field. A name the block does not have is an error (a search space that drifted from its
+  config would otherwise tune nothing)."""
+  out = copy.deepcopy(base)
+  for name, value in hparams.items():
+    *path, leaf = name.split(".")
+    node = out
+    for p in path:
+      node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+      raise ValueError(f"hyperparameter {name!r} is not in the optimizer block "
+                       f"{sorted(base)} ({base.get('name')})")
+    node[leaf] = value
+  return out
+
+
+def run_config(spec: records_lib.RunSpec):
+  """The trainer config of one sweep run.
+
+  The workload's config (model, data, step budget, target, warmup + schedule) with the
+  optimizer's base hyperparameters overlaid by the drawn ones. From the optimizer's base config
+  also come the pieces of its recipe outside `optimizer`: a constant schedule (Schedule-Free
+  brings its own warmup) and gradient clipping (SGD); a base value tied to the run length
+  (AdEMAMix's warmups follow `train.steps`) follows the workload's step budget. Learning rates
+  are used as drawn (no batch scaling rule), and the run stops at the target: time-to-target
+  is what is scored.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import configs_util  # pylint: disable=g-import-not-at-top
+  cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[spec.workload]))
+  base_module = f"configs.{records_lib.BASE_CONFIGS[spec.optimizer]}"
+  base = importlib.import_module(base_module).get_config()
+  steps_ref = base.train.get_ref("steps")
+  tied = [k for k in base.optimizer if base.optimizer.get_ref(k) is steps_ref]
+  cfg.optimizer = ml_collections.ConfigDict(overlay(base.optimizer.to_dict(), spec.hparams))
+  for k in tied:
+    cfg.optimizer[k] = cfg.train.get_ref("steps")
+  if base.schedule.name == "constant":
+    cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
+  cfg.train.grad_clip_norm = base.train.get("grad_clip_norm")
+  cfg.schedule.base_batch_size = None
+  cfg.seed = spec.seed
+  cfg.train.stop_at_target = True
+  cfg.train.checkpoint_every = int(cfg.train.steps)
+  cfg.train.keep_checkpoints = 1
+  cfg.train.stall_warning_s = 0.0
+  return cfg
+
+
+class SweepInterrupted(Exception):
+  """A run stopped by a signal (SIGTERM, SIGINT): not a result, so it is not recorded; its
+  checkpoint lets the rerun of the sweep resume it."""
+
+  def __init__(self, spec: records_lib.RunSpec, signum: int):
+    super().__init__(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
+                     f"stopped by signal {signum}")
+    self.signum = signum
+
+
+def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
+  """Trains `spec` with the trainer (in this process) and returns `make_record`'s result.
+
+  Raises:
+    SweepInterrupted: the trainer stopped on a signal before the run's end.
+  """
+  from experiments import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from experiments import trainer  # pylint: disable=g-import-not-at-top
+  cfg = run_config(spec)
+  workdir = os.path.join(runs_dir, spec.workload, spec.optimizer,
+                         f"study{spec.study}_trial{spec.trial}")
+  try:
+    summary = trainer.train_and_evaluate(cfg, workdir)
+    diverged = False
+    if summary.get("stopped_by_signal"):
+      raise SweepInterrupted(spec, int(summary["stopped_by_signal"]))
+  except trainer.TrainingDivergedError as e:
+    summary, diverged = None, True
+    print(f"{spec.workload}/{spec.optimizer} study {spec.study} trial {spec.trial}: {e}")
+  rows = metrics_lib.read_metrics(workdir)
+  metric = summary["metric"] if summary else _metric_name(rows)
+  curve = [[r["step"], r.get("train_time_s"), r[metric]] for r in rows
+           if isinstance(r.get(metric), float)]
+  return {"target": cfg.train.target_val_loss, "metric": metric,
+          "step_budget": int(cfg.train.steps),
+          "steps_to_target": None if diverged else summary["steps_to_target"],
+          "time_to_target_s": None if diverged else summary["time_to_target_s"],
+          "final_metric": None if diverged else summary["val_loss"],
+          "diverged": diverged, "curve": curve}
+
+
+def _metric_name(rows: list[dict]) -> str:
+  for r in rows:
+    for k in r:
+      if k in ("val_loss", "val_error", "relative_stress", "suboptimality"):
+        return k
+  return "val_loss"
+

@@ -1,0 +1,130 @@
+"""The project's import graph: no cycles, and the library never imports the scripts.
+
+Data flows one way (../shared/STYLE.md): `scripts/` uses `experiments/`, which uses
+`optimizers/` and `models/`; `configs/` are data. The graph is read from the source with `ast`,
+so nothing is imported to build it.
+
+Function-level imports count as edges like top-level ones. An import moved into a function to
+dodge a cycle still ties the two modules together (neither can be read, tested or moved without
+the other), so the layering this test guards is that of every import in the file. The one thing
+not counted is the implicit import of a module's parent packages: importing `a.b` runs
+`a/__init__.py`, but a package whose `__init__` gathers its submodules (the optimizer registry)
+would otherwise be in a cycle with each of them by construction.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+PACKAGES = ("optimizers", "models", "experiments", "scripts", "configs")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def project_modules(root: str = ROOT) -> dict[str, str]:
+  """Dotted module name -> file path, for every `.py` file of the project's packages."""
+  out = {}
+  for package in PACKAGES:
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, package)):
+      dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+      rel = os.path.relpath(dirpath, root).split(os.sep)
+      for name in sorted(filenames):
+        if name.endswith(".py"):
+          parts = rel if name == "__init__.py" else rel + [name[:-3]]
+          out[".".join(parts)] = os.path.join(dirpath, name)
+  return out
+
+
+def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
+  """The dotted names one import statement may bind to a project module, most specific first."""
+  if isinstance(node, ast.Import):
+    return [alias.name for alias in node.names]
+  assert isinstance(node, ast.ImportFrom)
+  if node.level:
+    parts = module.split(".") if is_package else module.split(".")[:-1]
+    parts = parts[:len(parts) - (node.level - 1)]
+    base = ".".join(parts + ([node.module] if node.module else []))
+  else:
+    base = node.module or ""
+  # `from pkg import name` imports the submodule `pkg.name` when there is one, else `pkg`.
+  return [f"{base}.{alias.name}" for alias in node.names] + [base]
+
+
+def import_graph(root: str = ROOT) -> dict[str, set[str]]:
+  """Module -> the project modules it imports (anywhere in the file, functions included)."""
+  modules = project_modules(root)
+  graph = {}
+  for module, path in modules.items():
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    is_package = path.endswith("__init__.py")
+    edges = set()
+    for node in ast.walk(tree):
+      if not isinstance(node, (ast.Import, ast.ImportFrom)):
+        continue
+      names = _imported(node, module, is_package)
+      if isinstance(node, ast.ImportFrom):
+        # Each alias is a submodule or a name in the base module.
+        subs = [n for n in names[:-1] if n in modules]
+        edges.update(subs)
+        if len(subs) < len(names) - 1 and names[-1] in modules:
+          edges.add(names[-1])
+      else:
+        edges.update(n for n in names if n in modules)
+    edges.discard(module)
+    graph[module] = edges
+  return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One cycle of `graph` as [a, b, ..., a], or None when it has none."""
+  state = {}  # module -> 1 while on the DFS path, 2 when done
+  path: list[str] = []
+
+  def visit(node):
+    state[node] = 1
+    path.append(node)
+    for nxt in sorted(graph.get(node, ())):
+      if state.get(nxt) == 1:
+        return path[path.index(nxt):] + [nxt]
+      if nxt not in state:
+        found = visit(nxt)
+        if found:
+          return found
+    path.pop()
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state:
+      found = visit(node)
+      if found:
+        return found
+  return None
+
+
+def test_the_graph_sees_the_project():
+  graph = import_graph()
+  assert {"optimizers", "optimizers.shampoo.shampoo", "experiments.trainer",
+          "scripts.update_workspace", "configs.speedrun_cpu"} <= set(graph)
+  assert "experiments.data" in graph["experiments.trainer"]
+  assert "optimizers" in graph["experiments.trainer"]
+
+
+def test_no_import_cycles():
+  cycle = find_cycle(import_graph())
+  assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_experiments_never_import_scripts():
+  bad = {m: sorted(d for d in deps if d.split(".")[0] == "scripts")
+         for m, deps in import_graph().items() if m.split(".")[0] == "experiments"}
+  bad = {m: d for m, d in bad.items() if d}
+  assert not bad, f"experiments/ imports scripts/: {bad}"
+
+
+def test_the_library_never_imports_experiments_or_scripts():
+  bad = {m: sorted(d for d in deps if d.split(".")[0] in ("experiments", "scripts"))
+         for m, deps in import_graph().items() if m.split(".")[0] in ("optimizers", "models")}
+  bad = {m: d for m, d in bad.items() if d}
+  assert not bad, f"optimizers/ or models/ import experiments/ or scripts/: {bad}"
