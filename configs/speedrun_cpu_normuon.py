@@ -1,6 +1,7 @@
 """CPU speedrun with NorMuon on the hidden matrices and AdamW on embeddings, head and norms.
 
-  python -m experiments.train --config=configs/speedrun_cpu_normuon.py --workdir=runs/speedrun_cpu_normuon
+  python -m experiments.train --config=configs/speedrun_cpu_normuon.py \
+      --workdir=runs/speedrun_cpu_normuon
 
 Muon's tuned config (configs/speedrun_cpu_muon.py) with the per-neuron second moment (`b2`, the
 authors' 0.95) and the NanoGPT speedrun's cautious weight decay switch (off: the base has no

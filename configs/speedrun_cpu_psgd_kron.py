@@ -1,6 +1,7 @@
 """CPU speedrun with PSGD-Kron on every parameter (Kronecker-factored preconditioner).
 
-  python -m experiments.train --config=configs/speedrun_cpu_psgd_kron.py --workdir=runs/speedrun_cpu_psgd_kron
+  python -m experiments.train --config=configs/speedrun_cpu_psgd_kron.py \
+      --workdir=runs/speedrun_cpu_psgd_kron
 
 The base config's schedule (warmup 50 + cosine). PSGD-Kron's update has an RMS of about 1 (capped
 at 1.1), like Adam's, so AdamW's tuned learning rate is the starting point; kron's default

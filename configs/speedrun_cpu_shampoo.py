@@ -1,6 +1,7 @@
 """CPU speedrun with Shampoo (blocks of 128, Adam grafting), every leaf through `shampoo`.
 
-  python -m experiments.train --config=configs/speedrun_cpu_shampoo.py --workdir=runs/speedrun_cpu_shampoo
+  python -m experiments.train --config=configs/speedrun_cpu_shampoo.py \
+      --workdir=runs/speedrun_cpu_shampoo
 
 The base config's schedule (warmup 50 + cosine) shapes `learning_rate`. Why these defaults:
 Adam grafting with AdamW's b1, b2 and eps gives every 128x128 block AdamW's step length, so

@@ -237,7 +237,8 @@ class Checkpointer:
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
   diffs = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
   if diffs:
-    detail = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diffs.items())
+    detail = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}"
+                       for k, (a, b) in diffs.items())
     raise CheckpointMismatchError(
         f"checkpoint {where} was written by an incompatible run ({detail}). Use another "
         "--workdir or the original config.")

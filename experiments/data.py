@@ -62,7 +62,8 @@ def read_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
   except OSError as e:
     raise ShardError(f"{path}: cannot open shard ({e})") from e
   if size < HEADER_BYTES:
-    raise ShardError(f"{path}: truncated: {size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    raise ShardError(
+        f"{path}: truncated: {size} bytes is shorter than the {HEADER_BYTES}-byte header")
   header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
   if header[0] != MAGIC:
     raise ShardError(f"{path}: bad magic number {header[0]} (expected {MAGIC}); not a token shard")

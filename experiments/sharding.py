@@ -9,8 +9,9 @@ one (data, fsdp) coordinate see the same rows.
   Rule (parameters): the model declares each parameter's logical axes (`models/gpt.py`,
   `logical_axes`); `LOGICAL_RULES` maps them to mesh axes (heads, mlp and vocab -> model:
   Megatron's column- and row-parallel matrices; layers -> stage: a pipeline stage holds its
-  layers only; vocab -> stage too). A dimension the mapped axis size does not divide stays whole. Then the ZeRO-3
-  rule splits the FIRST remaining dimension that the fsdp size divides over `fsdp`; a
+  layers only; vocab -> stage too). A dimension the mapped axis size does not divide stays
+  whole. Then the ZeRO-3 rule splits the FIRST remaining dimension that the fsdp size divides
+  over `fsdp`; a
   parameter with no such dimension (scalars, odd shapes) stays replicated over fsdp and is
   listed by `param_shardings` so the trainer logs it once.
 

@@ -5,9 +5,9 @@ r"""Trains a model as a config file says; resumes from the checkpoints in --work
 
   python -m experiments.train --config=configs/speedrun_cpu_muon.py --print_config
 
-Exit status: 0 when done (or already done, or after --help), 1 when the loss diverged (the last good checkpoint
-is kept), 2 for a user error (bad config or flag, unusable data or checkpoint, workdir in use:
-one `ERROR:` line says what and how to fix it; `--traceback` shows the Python traceback too),
+Exit status: 0 when done (or already done, or after --help), 1 when the loss diverged (the last good
+checkpoint is kept), 2 for a user error (bad config or flag, unusable data or checkpoint, workdir in
+use: one `ERROR:` line says what and how to fix it; `--traceback` shows the Python traceback too),
 128+N when stopped by signal N after saving a checkpoint (rerun the same command to resume).
 """
 

@@ -31,7 +31,8 @@ DATA_SOURCES = ("stdlib", "stdlib_docs", "bin")
 RESUME_SAFE = (
     "train.stop_at_step", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.stall_warning_s", "train.allow_config_change", "train.eval_every",
-    "data.cache_dir", "mesh.", "parallelism", "train.microbatches", "distributed.", "debug.", "model.remat",
+    "data.cache_dir", "mesh.", "parallelism", "train.microbatches", "distributed.", "debug.",
+    "model.remat",
 )
 
 

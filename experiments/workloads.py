@@ -5,7 +5,7 @@ gives the trainer everything that depends on the problem:
 
   params = w.init_params(key)                        # plain pytree
   loss = w.loss_fn(params, batch, *w.frozen)         # mean over the batch's leading axis
-  rows = w.train_batch(seed, step, process_index, process_count)   # host pytree, this process's rows
+  rows = w.train_batch(seed, step, process_index, process_count)  # this process's rows (host)
   val = w.eval_batches(process_index, process_count)  # fixed list of host pytrees
   metric = mean(w.eval_fn(params, b, *w.frozen) for b in val)  # lower is better: w.target
 

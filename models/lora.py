@@ -1,4 +1,4 @@
-"""LoRA: low-rank adapters on the GPT's attention and MLP matrices (Hu et al. 2021, arXiv 2106.09685).
+"""LoRA (Hu et al. 2021, arXiv 2106.09685): low-rank adapters on the GPT's attention and MLP.
 
 A target kernel W (fan_in, fan_out) becomes W + (alpha / r) A B^T with A (fan_in, r) drawn from
 N(0, 1/fan_in) and B zero-initialized, so training starts from the base model exactly. B^T is

@@ -54,7 +54,7 @@ def _did_you_mean(name: Any) -> str:
 
 
 def hyperparameters(name: str) -> dict[str, Any]:
-  """The hyperparameters `name` accepts, with their defaults (`inspect.Parameter.empty` if required)."""
+  """The hyperparameters `name` accepts, with defaults (`inspect.Parameter.empty` if required)."""
   sig = inspect.signature(get_builder(name))
   return {p.name: p.default for p in sig.parameters.values()
           if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

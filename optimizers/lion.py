@@ -37,4 +37,5 @@ def lion(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.99,
   Returns:
     An `optax.GradientTransformation` (`optax.lion`).
   """
-  return nonfinite.guard(optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay), check_state=False)
+  return nonfinite.guard(optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay),
+                         check_state=False)

@@ -174,9 +174,10 @@ def schedule_free_sgd(*, learning_rate: Any = 1.0, b1: float = 0.9, weight_decay
   Returns:
     An `optax.GradientTransformation`; evaluate at `eval_params(params, state)`.
   """
-  return nonfinite.guard(scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=None, eps=0.0,
-                                weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                weight_lr_power=weight_lr_power, r=r), check_state=False)
+  return nonfinite.guard(
+      scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=None, eps=0.0,
+                             weight_decay=weight_decay, warmup_steps=warmup_steps,
+                             weight_lr_power=weight_lr_power, r=r), check_state=False)
 
 
 def eval_params(params: Any, opt_state: Any) -> Any:

@@ -82,7 +82,8 @@ def bench(cfg) -> tuple[float, float, float]:
   abstract = jax.eval_shape(init, 0)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
   batch_sh = sharding_lib.batch_sharding(mesh, 3, batch_axis=1)
-  step_fn = jax.jit(trainer.make_train_step(functools.partial(gpt.loss_fn, model_cfg), tx, schedule),
+  loss_fn = functools.partial(gpt.loss_fn, model_cfg)
+  step_fn = jax.jit(trainer.make_train_step(loss_fn, tx, schedule),
                     in_shardings=(state_sh, batch_sh), donate_argnums=(0,))
   state = jax.jit(init, static_argnums=0, out_shardings=state_sh)(0)
   tokens = np.random.default_rng(0).integers(

@@ -95,7 +95,8 @@ def run_label(workdir: str) -> str:
   except (OSError, ValueError, KeyError):
     return os.path.basename(os.path.normpath(workdir))
   lr = opt.get("learning_rate")
-  return f"{opt.get('name', '?')} (lr {lr:g})" if isinstance(lr, (int, float)) else opt.get("name", "?")
+  name = opt.get("name", "?")
+  return f"{name} (lr {lr:g})" if isinstance(lr, (int, float)) else name
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from experiments import metrics as metrics_lib
 

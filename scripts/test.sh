@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_TEST_REQUIREMENTS=1 bash scripts/setup_venv.sh
+# Lint first (pyproject.toml says which rules): a finding fails the run before any test.
+.venv/bin/ruff check .
 # One XLA compilation cache for the whole run, shared by the pytest workers and the trainer
 # processes the tests start: many tests compile the same tiny train step (a resume test compiles
 # it once per process), and a cache hit skips XLA. A new, empty cache each run, so every run

@@ -159,7 +159,8 @@ def test_error_feedback_tracks_the_sum_of_true_mean_gradients(mesh, kind, option
     gaps[t] = residuals[t] / np.sqrt(sum(np.sum(true[k] ** 2) for k in shapes))
   # The bookkeeping identity: what was not applied is exactly the devices' mean error.
   order = [k for k, _ in sorted(shapes.items())]  # jax.tree.leaves order: "b", "w"
-  errors = {k: (np.asarray(s["error"]).mean(0) if s else 0.0) for k, s in zip(order, state["codec"])}
+  errors = {k: (np.asarray(s["error"]).mean(0) if s else 0.0)
+            for k, s in zip(order, state["codec"])}
   for k in shapes:
     np.testing.assert_allclose(applied[k] + errors[k], true[k], atol=1e-4)
   assert gaps[80] < 0.5 * gaps[10], gaps
@@ -239,10 +240,11 @@ def test_unknown_kind_lists_the_known_ones():
 def recipe64(grads_T, kind, fraction, warmup, refresh, momentum, b2, after=False, eps=1e-8):
   """The recipe in float64 NumPy, per device i at step t (1-based):
   v <- b2 v + (1 - b2) mean_i(g_i)^2 while t <= warmup and when (t - warmup) % refresh == 0,
-  v_hat = v / (1 - b2^(number of v updates)); x_i = clip(g_i / (sqrt(v_hat) + eps), +-1/sqrt(1 - b2)); u_i <- mu u_i +
-  x_i; warm-up: applied mean_i u_i; after: p_i = u_i + e_i, c_i = topk(p_i), e_i = p_i - c_i,
-  u_i zeroed where c_i was sent (DGC's momentum factor masking), applied mean_i c_i. after:
-  x_i = g_i and the applied mean is preconditioned (and clipped) instead."""
+  v_hat = v / (1 - b2^(number of v updates)); x_i = clip(g_i / (sqrt(v_hat) + eps),
+  +-1/sqrt(1 - b2)); u_i <- mu u_i + x_i; warm-up: applied mean_i u_i; after: p_i = u_i + e_i,
+  c_i = topk(p_i), e_i = p_i - c_i, u_i zeroed where c_i was sent (DGC's momentum factor
+  masking), applied mean_i c_i. after: x_i = g_i and the applied mean is preconditioned (and
+  clipped) instead."""
   n, shape = grads_T[0].shape[0], grads_T[0].shape[1:]
   v, u, e = np.zeros(shape), np.zeros((n, *shape)), np.zeros((n, *shape))
   count = 0
@@ -309,7 +311,8 @@ def test_adam_preconditioned_momentum_recipe_matches_a_float64_reference(mesh, k
   assert np.all(np.asarray(state["step"]) == 5)
   # Column 0's frozen v is ~1e-6 of the others': unclipped, its entries would be ~1000x Adam's
   # bound of 4.5, so the comparison above checks the clip.
-  v = sum(0.95 ** (2 - t) * 0.05 * g["w"][:, :, 0].mean(0) ** 2 for t, g in enumerate(grads_T[:2], 1))
+  v = sum(0.95 ** (2 - t) * 0.05 * g["w"][:, :, 0].mean(0) ** 2
+          for t, g in enumerate(grads_T[:2], 1))
   assert np.max(np.abs(grads_T[2]["w"][:, :, 0]) / np.sqrt(v / (1 - 0.95 ** 2))) > 100 * 4.5
 
 

@@ -1,4 +1,4 @@
-"""Dion against an independent float64 NumPy version of the paper's Algorithm 1; full rank -> Muon."""
+"""Dion against an independent float64 NumPy version of the paper's Algorithm 1; full rank: Muon."""
 
 import jax
 import jax.numpy as jnp

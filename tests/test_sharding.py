@@ -85,7 +85,8 @@ def test_state_shardings_of_train_state_8bit_codes_follow_parameter():
   assert sh["step"].spec == P() and sh["opt_state"][0].count.spec == P()
   state = jax.jit(lambda p: tx.init(p), out_shardings=sh["opt_state"])(params)
   q = state[0].mu["w"]
-  per_device = q.codes.addressable_shards[0].data.nbytes + q.scales.addressable_shards[0].data.nbytes
+  per_device = (q.codes.addressable_shards[0].data.nbytes
+                + q.scales.addressable_shards[0].data.nbytes)
   assert per_device == (64 * 256 + 64 * 256 // 64 * 4) // 8  # (1 + 4/64) bytes / 8 per moment
 
 

@@ -104,7 +104,8 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
   metrics = tmp_path / "resumed" / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and any(json.loads(l)["step"] > 21 for l in metrics.read_text().splitlines()):
+    if metrics.exists() and any(json.loads(line)["step"] > 21
+                                for line in metrics.read_text().splitlines()):
       break
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
@@ -129,7 +130,8 @@ def test_sigterm_saves_then_exits_and_resume_matches(tmp_path):
                  "--config.train.checkpoint_every=1000", wait=False)
   metrics = tmp_path / "w" / "metrics.jsonl"
   while proc.poll() is None:
-    if metrics.exists() and any(json.loads(l)["step"] >= 3 for l in metrics.read_text().splitlines()):
+    if metrics.exists() and any(json.loads(line)["step"] >= 3
+                                for line in metrics.read_text().splitlines()):
       break
     time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)

@@ -10,11 +10,10 @@ import sys
 import time
 
 import chex
-import numpy as np
 import pytest
 
 from experiments import metrics as metrics_lib
-from tests.test_train import CONFIG, ROOT, TINY, restore_params, run_cli
+from tests.test_train import CONFIG, ROOT, restore_params, run_cli
 
 
 def error_lines(out: str) -> list[str]:
@@ -244,8 +243,10 @@ def test_a_torn_metrics_line_is_dropped_and_a_killed_run_leaves_no_duplicates(tm
 
 def test_skip_nonfinite_updates_skips_counts_and_stops_after_n(tmp_path, corpus):
   wd = tmp_path / "w"
-  rc, out = run_cli(wd, corpus, "--config.train.steps=12", "--config.train.skip_nonfinite_updates=True",
-                    "--config.debug.nonfinite_grad_steps=4", "--config.debug.nonfinite_grad_kind=inf")
+  rc, out = run_cli(wd, corpus, "--config.train.steps=12",
+                    "--config.train.skip_nonfinite_updates=True",
+                    "--config.debug.nonfinite_grad_steps=4",
+                    "--config.debug.nonfinite_grad_kind=inf")
   assert rc == 0, out
   rows = metric_rows(wd)
   assert [r["step"] for r in rows if r.get("skipped") == 1.0] == [4]

@@ -83,7 +83,8 @@ def plan_leaf(shape: Sequence[int], *, block_size: int | None = 1024,
   splits = []
   for d, pre in zip(merged, preconditioned):
     if pre and d > block:
-      splits.append((block_size,) * (d // block_size) + ((d % block_size,) if d % block_size else ()))
+      rest = (d % block_size,) if d % block_size else ()
+      splits.append((block_size,) * (d // block_size) + rest)
     else:
       splits.append((d,))
   return LeafPlan(shape, merged, preconditioned, tuple(splits), batch)

@@ -10,8 +10,8 @@ For a block G of rank k (a matrix: k = 2), with m the bias-corrected momentum of
   update = S |d| / |S|                         (d: the grafting direction, see grafting.py)
 Before `start_preconditioning_step`, and for leaves without factors (rank <= 1, embeddings),
 the update is the grafting direction d (m itself with grafting "none"). A dimension above
-`max_preconditioner_dim` gets no factor, and k counts only the factored dimensions. With grafting "adam"
-and the same b1, b2 and eps as AdamW, the first steps are exactly AdamW's.
+`max_preconditioner_dim` gets no factor, and k counts only the factored dimensions. With
+grafting "adam" and the same b1, b2 and eps as AdamW, the first steps are exactly AdamW's.
 
 The roots run inside `lax.cond`, so their cost is paid once per `precondition_every` steps;
 blocks and factors of equal shape are stacked and processed batched. On a mesh (in context,
@@ -72,7 +72,8 @@ def _partition_specs(state: ShampooState, path: tuple, ctx: partition.Context) -
   stacks = lambda tree: jax.tree.map(ctx.stack_spec, tree)
   return state._replace(
       count=P(), mu=ctx.specs(state.mu, path + ("mu",)), nu=ctx.specs(state.nu, path + ("nu",)),
-      stats=stacks(state.stats), roots=stacks(state.roots), metrics=jax.tree.map(lambda _: P(), state.metrics))
+      stats=stacks(state.stats), roots=stacks(state.roots),
+      metrics=jax.tree.map(lambda _: P(), state.metrics))
 
 def momentum(mu, grads, *, b1: float, nesterov: bool, count: jax.Array):
   """mu <- b1 mu + (1 - b1) g; returns (mu, bias-corrected m), Nesterov as in NAdam.

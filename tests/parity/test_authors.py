@@ -9,9 +9,7 @@ and every later step, would depend on the eigensolver). Schedule-Free: the autho
 `schedulefree` (1.4.1), at the gradient point y and at the evaluation point x.
 """
 
-import numpy as np
 import pytest
-import torch
 
 import optimizers
 from tests.parity import harness
