@@ -17,11 +17,6 @@ fi
 export JAX_COMPILATION_CACHE_DIR
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 export JAX_COMPILATION_CACHE_MAX_SIZE="${JAX_COMPILATION_CACHE_MAX_SIZE:-8000000000}"
-# The tests' programs are tiny and mostly compiled, not run: LLVM's optimization passes were a
-# third of the time (test_sharded_training[adamw]: 53 s at the default level, 36 s at 0). The
-# same HLO with fewer codegen passes; a test compares runs compiled alike. TEST_XLA_OPT=2 (or
-# any level) overrides it.
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=${TEST_XLA_OPT:-0}"
 # Two pytest workers by default (pytest-xdist): a test mostly compiles (one core each), so two
 # workers roughly halve the suite on CI's 2 cores. More workers: TEST_WORKERS=N (each holds 8
 # fake devices and 1-2 GB); TEST_WORKERS=0 runs in this process.
