@@ -77,7 +77,10 @@ def one_device(name):
 def test_pipeline_meshes_give_the_losses_of_one_device(name):
   ref = one_device(name)
   assert np.all(np.isfinite(ref)) and ref[-1] < ref[0]
-  for mesh_name, (mesh_values, micro) in MESHES.items():
+  # AdamW on every mesh; Muon and Shampoo (the suite's slowest compiles) on the deepest split
+  # (stage 4, 8 micro-batches) and on tensor parallelism inside stages.
+  meshes = {k: v for k, v in MESHES.items() if name == "adamw" or k != "stage2_data4"}
+  for mesh_name, (mesh_values, micro) in meshes.items():
     got, state = run_steps(pp_config(name), mesh_values, stages=mesh_values["stage"],
                            microbatches=micro)
     # Same math in another order: micro-batched products and stage-split sums (see above),

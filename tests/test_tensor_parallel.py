@@ -118,7 +118,10 @@ EXPECTED = {
 def test_tensor_parallel_meshes_give_the_losses_of_one_device(name):
   ref = one_device(name)
   assert np.all(np.isfinite(ref)) and ref[-1] < ref[0]
-  for mesh_name, mesh_values in MESHES.items():
+  # AdamW on every mesh; Muon and Shampoo (the slowest compiles) on the widest split (model 8)
+  # and on the mixed one (fsdp 2 x model 2 x data 2).
+  meshes = {k: v for k, v in MESHES.items() if name == "adamw" or k != "data2_model4"}
+  for mesh_name, mesh_values in meshes.items():
     got, state = run_steps(tiny_config(name), mesh_values)
     # Same math; TP changes only the order of float32 sums (row-parallel products are partial
     # sums all-reduced over `model`, the batch mean is split over data/fsdp): ~1e-7 relative
