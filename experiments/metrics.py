@@ -27,7 +27,7 @@ class MetricWriter:
     self._file = open(self.path, "a", buffering=1)
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      SummaryWriter = _tensorboardx_summary_writer()  # pylint: disable=invalid-name
       self._tb = SummaryWriter(os.path.join(workdir, "tb"),
                                purge_step=0 if resume_step is None else resume_step + 1)
 
@@ -49,6 +49,25 @@ class MetricWriter:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _tensorboardx_summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch when it is installed (only to accept torch tensors, which nothing
+  here passes), and that import costs ~1.7 s per process: a None entry in `sys.modules` makes
+  `import torch` fail fast there. A process that has already imported torch keeps it.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  block = "torch" not in sys.modules and "tensorboardX" not in sys.modules
+  if block:
+    sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if block:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 class NullWriter:
