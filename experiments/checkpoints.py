@@ -235,6 +235,8 @@ class Checkpointer:
 
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
+  # The saved one went through JSON (tuples became lists): compare like with like.
+  current = json.loads(json.dumps(current, default=str))
   diffs = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
   if diffs:
     detail = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}"
