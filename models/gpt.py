@@ -26,6 +26,7 @@ from flax import nnx
 from flax.core import spmd
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import PartitionSpec as P
 
 
@@ -326,4 +327,4 @@ def unstack_blocks(params: dict) -> dict:
 
 
 def num_params(params: Any) -> int:
-  return sum(x.size for x in jax.tree.leaves(params))
+  return optax.tree.size(params)

@@ -87,13 +87,6 @@ def collect_metrics(opt_state: Any) -> dict[str, jax.Array]:
     if "metrics" not in names_:
       continue
     i = names_.index("metrics")
-    key = "/".join(_key_str(k) for k in path[i + 1:]) or "metrics"
+    key = jax.tree_util.keystr(path[i + 1:], simple=True, separator="/") or "metrics"
     out[key] = leaf
   return out
-
-
-def _key_str(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)

@@ -36,14 +36,16 @@ DimNumRule = Callable[[Path, Any], "DimensionNumbers | None"]
 
 def key_name(key: Any) -> str:
   """`DictKey('embed')` -> 'embed', `DictKey(0)` -> '0', `GetAttrKey('mu')` -> 'mu'."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
+  return jax.tree_util.keystr((key,), simple=True)
 
 
 def path_str(path: Path) -> str:
-  return "/".join(key_name(k) for k in path)
+  """'blocks/0/attn/q/kernel': the key names joined by '/' (rules, labels, metrics, checkpoints).
+
+  `jax.tree_util.keystr(path, simple=True, separator="/")`: the same strings as the key names
+  joined by hand (tests/test_registry.py holds them fixed).
+  """
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def default_label(path: Path, leaf: Any) -> str:

@@ -62,3 +62,39 @@ def test_every_entry_refuses_nonfinite_steps_exactly_once():
     guards = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
         x, nonfinite.NonfiniteState)) if isinstance(s, nonfinite.NonfiniteState)]
     assert len(guards) == 1, (name, len(guards))
+
+
+def _hand_written_path_str(path) -> str:
+  """`routing.path_str` before it wrapped `jax.tree_util.keystr` (issue 20)."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return "/".join(name(k) for k in path)
+
+
+def test_path_strings_are_unchanged_by_keystr():
+  """Routing rules, labels, metric names and checkpoints key on these strings."""
+  from typing import NamedTuple
+
+  from optimizers import routing
+
+  class S(NamedTuple):
+    mu: dict
+    metrics: dict
+
+  tree = {"blocks": {0: {"attn": {"q": {"kernel": 1}}}}, "embed": [2, (3,)], "1.5": None,
+          "opt": S({"w": 4}, {"root_failures": 5}), "none": {None: 6}}
+  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  # Every kind of key entry: DictKey (str, int, None), SequenceKey, GetAttrKey.
+  want = ["blocks/0/attn/q/kernel", "embed/0", "embed/1/0", "none/None", "opt/mu/w",
+          "opt/metrics/root_failures"]
+  assert [routing.path_str(p) for p in paths] == want
+  assert [_hand_written_path_str(p) for p in paths] == want
+  assert [routing.key_name(k) for k in paths[0]] == ["blocks", "0", "attn", "q", "kernel"]
+  # Paths extended by hand (optimizers/partition.py) and the empty path.
+  assert routing.path_str(paths[-2] + ("nu",)) == "opt/mu/w/nu" and routing.path_str(()) == ""
+  assert routing.key_name("mu") == "mu"
+  m = optimizers.collect_metrics(tree)
+  assert list(m) == ["root_failures"]

@@ -44,14 +44,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from optimizers import nonfinite
 from optimizers import owner
 from optimizers import partition
 from optimizers._registry import register
-from optimizers.shampoo import blocking
 from optimizers.shampoo import grafting as grafting_lib
+from optimizers.shampoo import layout as layout_lib
 from optimizers.shampoo import linalg
 from optimizers.shampoo import matrix_roots
 from optimizers.shampoo import statistics
@@ -69,11 +68,8 @@ class ShampooState(NamedTuple):
 @partition.register(ShampooState)
 def _partition_specs(state: ShampooState, path: tuple, ctx: partition.Context) -> ShampooState:
   """Moments follow their parameters; factor stacks split along the block axis."""
-  stacks = lambda tree: jax.tree.map(ctx.stack_spec, tree)
-  return state._replace(
-      count=P(), mu=ctx.specs(state.mu, path + ("mu",)), nu=ctx.specs(state.nu, path + ("nu",)),
-      stats=stacks(state.stats), roots=stacks(state.roots),
-      metrics=jax.tree.map(lambda _: P(), state.metrics))
+  return layout_lib.state_specs(state, path, ctx, stacks=("stats", "roots"))
+
 
 def momentum(mu, grads, *, b1: float, nesterov: bool, count: jax.Array):
   """mu <- b1 mu + (1 - b1) g; returns (mu, bias-corrected m), Nesterov as in NAdam.
@@ -113,28 +109,24 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
   grafting_lib.check(grafting)
   if root_method not in matrix_roots.METHODS:
     raise ValueError(f"unknown root_method {root_method!r}; choose from {matrix_roots.METHODS}")
-  if min(precondition_every, statistics_every, start_preconditioning_step) < 1:
-    raise ValueError("precondition_every, statistics_every and start_preconditioning_step "
-                     "must be >= 1")
-  layout_options = dict(block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
-                        graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
+  layout_lib.check_schedule(precondition_every=precondition_every,
+                            statistics_every=statistics_every,
+                            start_preconditioning_step=start_preconditioning_step)
+  layout_of = layout_lib.layout_fn(
+      block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
+      graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims, batch_axes=batch_axes)
   root_fn = functools.partial(matrix_roots.inverse_pth_root, method=root_method, eps=eps,
                               relative_eps=relative_eps, max_iters=newton_iters, tol=newton_tol)
   eigh_root_fn = functools.partial(matrix_roots.root_from_eigh, eps=eps,
                                    relative_eps=relative_eps)
 
-  def layout_of(tree) -> blocking.Layout:
-    return blocking.Layout([x.shape for x in jax.tree.leaves(tree)],
-                           blocking.resolve_batch_axes(tree, batch_axes), **layout_options)
-
   def init_fn(params):
-    layout = layout_of(params)
-    zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    stats, roots = layout_lib.init_factors(layout_of(params))
     return ShampooState(
         count=jnp.zeros([], jnp.int32),
-        mu=zeros() if b1 > 0 else (),
-        nu=zeros() if grafting_lib.has_second_moment(grafting) else (),
-        stats=layout.zero_factors(), roots=layout.identity_factors(),
+        mu=layout_lib.zeros(params) if b1 > 0 else (),
+        nu=layout_lib.zeros(params) if grafting_lib.has_second_moment(grafting) else (),
+        stats=stats, roots=roots,
         metrics={"root_failures": jnp.zeros([], jnp.int32),
                  "root_residual": jnp.zeros([], jnp.float32)})
 

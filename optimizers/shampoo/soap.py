@@ -50,13 +50,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from optimizers import nonfinite
 from optimizers import owner
 from optimizers import partition
 from optimizers._registry import register
-from optimizers.shampoo import blocking
+from optimizers.shampoo import layout as layout_lib
 from optimizers.shampoo import linalg
 from optimizers.shampoo import statistics
 from optimizers.shampoo.shampoo import momentum
@@ -73,10 +72,8 @@ class SoapState(NamedTuple):
 @partition.register(SoapState)
 def _partition_specs(state: SoapState, path: tuple, ctx: partition.Context) -> SoapState:
   """Moments follow their parameters; factor stacks split along the block axis."""
-  stacks = lambda tree: jax.tree.map(ctx.stack_spec, tree)
-  return state._replace(
-      count=P(), mu=ctx.specs(state.mu, path + ("mu",)), nu=ctx.specs(state.nu, path + ("nu",)),
-      stats=stacks(state.stats), bases=stacks(state.bases))
+  return layout_lib.state_specs(state, path, ctx, stacks=("stats", "bases"))
+
 
 def order_by_estimate(factor: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The power-iteration product L Q of a stack (n, d, d), columns by descending diag(Q^T L Q).
@@ -111,9 +108,9 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
   Returns:
     An optax.GradientTransformation with state `SoapState`.
   """
-  if min(precondition_every, statistics_every, start_preconditioning_step) < 1:
-    raise ValueError("precondition_every, statistics_every and start_preconditioning_step "
-                     "must be >= 1")
+  layout_lib.check_schedule(precondition_every=precondition_every,
+                            statistics_every=statistics_every,
+                            start_preconditioning_step=start_preconditioning_step)
   if weight_decay and learning_rate is None:
     raise ValueError("scale_by_soap: weight_decay needs the learning_rate it is scaled by")
   if first_step_statistics not in ("ema", "full"):
@@ -122,18 +119,14 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
                      "(L = G G^T)")
   start = start_preconditioning_step
   sb = b2 if shampoo_b2 is None else shampoo_b2
-  layout_options = dict(block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
-                        graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims)
-
-  def layout_of(tree) -> blocking.Layout:
-    return blocking.Layout([x.shape for x in jax.tree.leaves(tree)],
-                           blocking.resolve_batch_axes(tree, batch_axes), **layout_options)
+  layout_of = layout_lib.layout_fn(
+      block_size=block_size, max_preconditioner_dim=max_preconditioner_dim,
+      graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims, batch_axes=batch_axes)
 
   def init_fn(params):
-    layout = layout_of(params)
-    zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    return SoapState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(),
-                     stats=layout.zero_factors(), bases=layout.identity_factors())
+    stats, bases = layout_lib.init_factors(layout_of(params))
+    return SoapState(count=jnp.zeros([], jnp.int32), mu=layout_lib.zeros(params),
+                     nu=layout_lib.zeros(params), stats=stats, bases=bases)
 
   def update_fn(updates, state, params=None):
     if weight_decay and params is None:
