@@ -5,7 +5,8 @@
       --config.data.val_glob='data/fineweb10B/fineweb_val_*.bin'
 
 configs/speedrun_124m.py with `mesh.stage=2`: blocks 0-5 on one stage, 6-11 on the other
-(experiments/pipeline.py); each accumulation step's 64 sequences go through the pipeline as 8
+(experiments/parallel/pipeline.py); each accumulation step's 64 sequences go through the pipeline
+as 8
 micro-batches of 8, so the bubble is (2 - 1) / (8 + 2 - 1) = 11% of each stage's time. The
 other devices are data parallel (`mesh.data=-1`). The blocks' parameters are stacked along a
 layer axis: checkpoints of this config do not load into the unpipelined one (and back).

@@ -9,8 +9,8 @@ e.g. `--config.optimizer.learning_rate=1e-3 --config.train.steps=400`.
 import ml_collections
 
 import configs
-from experiments import compression
-from experiments import distributed
+from experiments.parallel import compression
+from experiments.parallel import distributed
 
 FieldReference = ml_collections.FieldReference
 
@@ -103,7 +103,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.parallelism = "jit"
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # data parallel: batch rows split, params and states replicated
-  # ZeRO-3: params and every optimizer state split over this axis too (experiments/sharding.py);
+  # ZeRO-3: params and every optimizer state split over this axis too
+  # (experiments/parallel/sharding.py);
   # -1 on either axis: every device the other leaves.
   c.mesh.fsdp = 1
   # Tensor parallel (Megatron): attention heads and MLP units split over this many devices.
@@ -112,10 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.stage = 1
 
   # Gradient compression for data parallelism (PowerSGD, top-k, sign; error feedback):
-  # experiments/compression.py. "none": the plain all-reduce.
+  # experiments/parallel/compression.py. "none": the plain all-reduce.
   c.compression = compression.default_config()
 
-  # Multi-process runs (jax.distributed): see experiments/distributed.py and
+  # Multi-process runs (jax.distributed): see experiments/parallel/distributed.py and
   # scripts/launch_local.py. enabled=True with no coordinator detects SLURM / TPU pods / MPI.
   c.distributed = distributed.default_config()
 

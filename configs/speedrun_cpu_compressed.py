@@ -15,7 +15,8 @@ devices, the raw gradient compressed with error feedback, Muon's momentum and or
 `--config.compression.alternating=2` for PowerSGD's alternating half-steps (same bytes).
 
 Arg: "topk" (1%), "powersgd" (rank 4) or "none" (the same recipe uncompressed). The recipe
-(`experiments/compression.py`, `make_compressor`): the first `warmup_steps` steps all-reduce the
+(`experiments/parallel/compression.py`, `make_compressor`): the first `warmup_steps` steps
+all-reduce the
 full gradient and estimate Adam's variance v from it (1-bit Adam, Tang et al. 2021, arXiv
 2102.02888); then v is held, refreshed from one full all-reduce every `variance_refresh_every`
 steps (0/1 Adam, Lu et al. 2022, arXiv 2202.06009; 0: frozen), and each device compresses, with

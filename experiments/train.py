@@ -28,13 +28,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import checkpoints
+from experiments.training import checkpoints
 from experiments import configs_util
-from experiments import data
-from experiments import distributed
-from experiments import trainer
-from experiments import validate
-from experiments import workdir_lock
+from experiments.problems import data
+from experiments.parallel import distributed
+from experiments.training import loop as trainer
+from experiments.training import validate
+from experiments.training import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)

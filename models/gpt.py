@@ -275,7 +275,8 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   return jnp.mean(nll)
 
 
-# ---- The model in pieces, for pipeline parallelism (experiments/pipeline.py): the embedding,
+# ---- The model in pieces, for pipeline parallelism (experiments/parallel/pipeline.py): the
+# embedding,
 # one block, the head; and the blocks' parameters stacked along a leading layer axis.
 
 def _bound(module_fn, params: dict):

@@ -41,10 +41,10 @@ import numpy as np
 from ml_collections import config_flags
 
 from experiments import configs_util
-from experiments import memory
-from experiments import pipeline
-from experiments import sharding as sharding_lib
-from experiments import trainer
+from experiments.parallel import memory
+from experiments.parallel import pipeline
+from experiments.parallel import sharding as sharding_lib
+from experiments.training import loop as trainer
 from models import gpt
 from scripts import bench_common
 
@@ -128,7 +128,7 @@ def fsdp_memory(cfg, fsdp: int) -> dict:
 
 def mesh_memory(cfg, sizes: dict[str, int], microbatches: int = 1) -> dict:
   """Per-device bytes of the train state and of the compiled step on a mesh of `sizes`."""
-  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  from experiments.problems import workloads  # pylint: disable=g-import-not-at-top
   cfg = cfg.copy_and_resolve_references()
   cfg.mesh.update(sizes)
   cfg.train.microbatches = microbatches

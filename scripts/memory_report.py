@@ -14,7 +14,8 @@ Beside them, the 16-bytes-per-parameter accounting of ZeRO (Rajbhandari et al. 2
 float32 master copy (4 B) and the optimizer's float32 states (Adam: 8 B). The last line is one
 JSON object with every figure.
 
-Shardings are the trainer's (experiments/sharding.py): parameters split over `fsdp` along their
+Shardings are the trainer's (experiments/parallel/sharding.py): parameters split over `fsdp` along
+their
 first dimension it divides, optimizer states as their layouts declare; batches split over
 data x fsdp.
 
@@ -52,8 +53,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import configs_util
-from experiments import memory
-from experiments import sharding as sharding_lib
+from experiments.parallel import memory
+from experiments.parallel import sharding as sharding_lib
 from models import gpt
 import optimizers
 

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 
 _OUT = flags.DEFINE_string("out", None, "Output PNG (default: <first workdir>/curves.png).")
 _TARGET = flags.DEFINE_float("target", None, "Draw a horizontal line at this validation loss.")

@@ -21,8 +21,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from experiments import finetune
-from experiments import workloads
+from experiments.problems import finetune
+from experiments.problems import workloads
 from models import gpt
 from models import quantize
 

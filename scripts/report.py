@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 
 _TARGET = flags.DEFINE_float("target", None, "Validation loss to reach.")
 _BASELINE = flags.DEFINE_integer("baseline_steps", None, "Steps the baseline took to the target.")

@@ -22,7 +22,7 @@ import time
 from absl import app
 from absl import flags
 
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 
 _NAME = flags.DEFINE_string("name", None, "Sweep name (directory under runs/sweeps).")
 _CONFIG = flags.DEFINE_string("config", "configs/speedrun_cpu.py", "Config file.")

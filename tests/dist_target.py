@@ -20,7 +20,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from experiments import distributed
+from experiments.parallel import distributed
 
 
 def get_config():

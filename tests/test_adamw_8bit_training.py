@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from experiments import configs_util
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from experiments import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import configs_util
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from experiments import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

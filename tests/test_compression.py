@@ -1,4 +1,4 @@
-"""experiments/compression.py on 8 fake devices: exact means, a float64 PowerSGD reference,
+"""experiments/parallel/compression.py on 8 fake devices: exact means, a float64 PowerSGD reference,
 error feedback, and the bytes each device sends."""
 
 import math
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from experiments import compression
+from experiments.parallel import compression
 from experiments import configs_util
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from experiments import trainer
 from tests.test_train import ROOT, TINY, restore_params
 
@@ -438,7 +438,7 @@ def test_uncompressed_leaves_are_sent_whole(mesh):
     ("compression.alternating", -1, "must be >= 0"),
     ("compression.uncompressed", "embed(", "not a valid regex")])
 def test_bad_compression_options_are_config_errors(field, value, message):
-  from experiments import validate
+  from experiments.training import validate
   cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_compressed.py:sgd_powersgd"),
                           {field: value})
   with pytest.raises(validate.ConfigError, match=message):

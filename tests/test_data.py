@@ -6,7 +6,7 @@ import chex
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.problems import data
 
 
 def _write_raw(path, header_ints, tokens, extra=b""):

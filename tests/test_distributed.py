@@ -1,4 +1,5 @@
-"""experiments/distributed.py and scripts/launch_local.py: 2 processes x 4 fake CPU devices.
+"""experiments/parallel/distributed.py and scripts/launch_local.py: 2 processes x 4 fake CPU
+devices.
 
 The multi-process runs start tests/dist_target.py through the launcher (about 4 s each here).
 """
@@ -16,8 +17,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import distributed
-from experiments import validate
+from experiments.parallel import distributed
+from experiments.training import validate
 from scripts import launch_local
 from tests import dist_target
 

@@ -15,10 +15,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import configs_util
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from experiments import trainer
-from experiments import validate
-from experiments import workloads
+from experiments.training import validate
+from experiments.problems import workloads
 from models import gpt
 from models import lora
 import optimizers
@@ -244,3 +244,16 @@ def test_frozen_arguments_get_no_update_under_donation(base):
   chex.assert_trees_all_equal(base, frozen)
   assert jax.tree.structure(state["opt_state"]) == jax.tree.structure(tx.init(adapters))
   assert float(metrics["train_loss"]) < before
+
+
+def test_pmap_fine_tunes_with_the_frozen_base_like_jit(base_run, tmp_path):
+  # Frozen inputs (the base weights) reach pmap's step too, replicated on every device.
+  val = {}
+  for par in ("jit", "pmap"):
+    cfg = _lora_config(base_run, parallelism=par, mesh__data=8, train__steps=4,
+                       train__eval_every=2, train__checkpoint_every=4)
+    trainer.train_and_evaluate(cfg, str(tmp_path / par))
+    val[par] = [r["val_loss"] for r in metrics_lib.read_metrics(str(tmp_path / par))
+                if "val_loss" in r]
+  assert len(val["pmap"]) == 3 and val["pmap"][-1] < val["pmap"][0]
+  np.testing.assert_allclose(val["pmap"], val["jit"], rtol=1e-5)

@@ -11,8 +11,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import memory
-from experiments import sharding as sharding_lib
+from experiments.parallel import memory
+from experiments.parallel import sharding as sharding_lib
 
 
 def _mesh():

@@ -1,6 +1,6 @@
 """Steps-to-target measurement used by the sweep and report scripts."""
 
-from experiments import metrics
+from experiments.training import metrics
 
 
 def test_steps_to_target_interpolates_between_evals():

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import psutil
 
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from tests.test_train import CONFIG, ROOT, TINY, start
 
 ARGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in TINY.items()

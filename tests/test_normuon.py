@@ -143,7 +143,7 @@ def test_speedrun_normuon_config_trains_three_steps(tmp_path):
 
 
 def check_three_finite_steps(workdir):
-  from experiments import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from experiments.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   records = metrics_lib.read_metrics(str(workdir))
   val = [r["val_loss"] for r in records if "val_loss" in r]
   assert max(r["step"] for r in records) == 3 and len(val) == 2  # steps 0 and 3

@@ -14,9 +14,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments import configs_util
-from experiments import memory
-from experiments import pipeline
-from experiments import sharding
+from experiments.parallel import memory
+from experiments.parallel import pipeline
+from experiments.parallel import sharding
 from experiments import trainer
 from models import gpt
 from tests.test_sharded_training import losses

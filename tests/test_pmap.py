@@ -1,4 +1,4 @@
-"""experiments/pmap_step.py: the pmap step on 8 fake devices against the trainer's jitted step
+"""experiments/parallel/pmap.py: the pmap step on 8 fake devices against the trainer's jitted step
 on one device, for AdamW and SAM (whose second gradient must be averaged too)."""
 
 import functools
@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import pmap_step
+from experiments.parallel import pmap as pmap_step
+from experiments.training import step as step_lib
 from experiments import trainer
 from models import gpt
 import optimizers
@@ -51,7 +52,7 @@ def test_pmap_matches_the_jit_step(name):
   tx, schedule = make_tx(name)
   init = trainer.make_init_state(CFG, tx)
   jit_step = jax.jit(trainer.make_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule))
-  p_step = pmap_step.make_pmap_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule)
+  p_step = step_lib.make_pmap_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule)
   state_j, state_p = init(0), pmap_step.replicate(init(0))
   for batch in batches():
     state_j, metrics_j = jit_step(state_j, batch)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import memory
+from experiments.parallel import memory
 from models import gpt
 import optimizers
 

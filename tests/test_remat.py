@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import memory
+from experiments.parallel import memory
 from models import gpt
 
 CFG = gpt.GPTConfig(vocab_size=64, num_layers=3, width=32, num_heads=4, max_seq_len=16)

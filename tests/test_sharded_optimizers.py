@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optimizers
-from experiments import sharding
+from experiments.parallel import sharding
 from models import gpt
 from optimizers import newton_schulz
 from optimizers import owner

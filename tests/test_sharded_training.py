@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import configs_util
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from experiments import trainer
 from tests.test_train import ROOT, TINY
 
@@ -88,7 +88,8 @@ def test_state_leaves_hold_one_eighth_per_device_on_fsdp8(tmp_path):
   cfg = config(tmp_path, "adamw_8bit", (1, 8), train__steps=1)
   trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
   tx, _ = trainer.make_optimizer(cfg)
-  from experiments import sharding, workloads  # pylint: disable=g-import-not-at-top
+  from experiments.parallel import sharding  # pylint: disable=g-import-not-at-top
+  from experiments.problems import workloads  # pylint: disable=g-import-not-at-top
   w = workloads.build(cfg, str(tmp_path / "w"))
   abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
   mesh = sharding.make_mesh(cfg.mesh)

@@ -1,4 +1,5 @@
-"""experiments/sharding.py: the (data, fsdp) mesh, the ZeRO-3 parameter rule, state and batch
+"""experiments/parallel/sharding.py: the (data, fsdp) mesh, the ZeRO-3 parameter rule, state and
+batch
 shardings, and optimizers/owner.py's owner-based map, on 8 fake CPU devices."""
 
 import chex
@@ -11,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optimizers
-from experiments import sharding
+from experiments.parallel import sharding
 from optimizers import owner
 from optimizers import quantized
 

@@ -19,11 +19,11 @@ from jax.sharding import PartitionSpec as P
 
 import optimizers
 from experiments import configs_util
-from experiments import memory
-from experiments import pipeline
-from experiments import sharding
+from experiments.parallel import memory
+from experiments.parallel import pipeline
+from experiments.parallel import sharding
 from experiments import trainer
-from experiments import validate
+from experiments.training import validate
 from models import gpt
 from tests.test_muon import _np_orthogonalize
 from tests.test_sharded_training import assert_same_run
@@ -100,7 +100,8 @@ def one_device(name):
   return run_steps(tiny_config(name), dict(data=1))[0]
 
 
-# The documented layouts (experiments/sharding.py): heads, mlp, vocab -> model (column-parallel
+# The documented layouts (experiments/parallel/sharding.py): heads, mlp, vocab -> model
+# (column-parallel
 # q/k/v, fc and head; row-parallel projections; vocab-parallel embedding), then fsdp on the first
 # dimension left whole.
 EXPECTED = {

@@ -10,9 +10,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import configs_util
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from experiments import trainer
-from experiments import validate
+from experiments.training import validate
 from tests.test_train import ROOT, restore_params, tiny_config
 
 
@@ -138,7 +138,7 @@ def test_stop_at_step_reports_the_latest_validation_loss_and_its_step(tmp_path):
 def test_schedule_free_is_evaluated_and_logged_at_the_averaged_point(tmp_path):
   from tests.test_train import TINY  # pylint: disable=g-import-not-at-top
   import optimizers  # pylint: disable=g-import-not-at-top
-  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  from experiments.problems import workloads  # pylint: disable=g-import-not-at-top
   values = dict(TINY, **{"data.cache_dir": str(tmp_path / "corpus"), "train.steps": 10,
                          "train.eval_every": 10})
   cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_schedule_free_adamw.py"),
@@ -177,7 +177,7 @@ def test_pmap_parallelism_matches_jit_and_resumes_from_its_checkpoints(tmp_path)
 
 
 def test_precision_bf16_sets_the_compute_dtype_and_remat_may_change_on_resume(tmp_path):
-  from experiments import workloads  # pylint: disable=g-import-not-at-top
+  from experiments.problems import workloads  # pylint: disable=g-import-not-at-top
   cfg = tiny_config(tmp_path, train__steps=6, train__stop_at_step=3, precision="bf16")
   w = workloads.build(cfg, str(tmp_path / "w"))
   assert w.fingerprint["model"]["dtype"] == "bfloat16" and "remat" not in w.fingerprint["model"]
@@ -186,3 +186,22 @@ def test_precision_bf16_sets_the_compute_dtype_and_remat_may_change_on_resume(tm
   assert trainer.train_and_evaluate(cfg, str(tmp_path / "w"))["step"] == 6
   state = _state(tmp_path / "w")
   assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
+
+
+def test_pmap_skips_injected_nonfinite_steps_and_accumulates_like_jit(tmp_path):
+  # The strategies compile one train step: pmap has jit's skipping, fault injection and
+  # micro-batch sum (two micro-batches of 8 rows over 8 devices here).
+  rows = {}
+  for par in ("jit", "pmap"):
+    cfg = tiny_config(tmp_path, train__steps=6, train__eval_every=0, mesh__data=8,
+                      train__batch_size=16, train__grad_accum_steps=2, parallelism=par,
+                      train__skip_nonfinite_updates=True, train__max_consecutive_skips=2,
+                      debug__nonfinite_grad_steps="3,4")
+    assert trainer.train_and_evaluate(cfg, str(tmp_path / par))["step"] == 6
+    rows[par] = [r for r in metrics_lib.read_metrics(str(tmp_path / par)) if "skipped" in r]
+  for par in rows:
+    assert [r["skipped"] for r in rows[par]] == [0, 0, 1, 1, 0, 0], par
+  finite = lambda par: [r["train_loss"] for r in rows[par] if not r["skipped"]]
+  np.testing.assert_allclose(finite("pmap"), finite("jit"), rtol=1e-5)
+  chex.assert_trees_all_close(_state(tmp_path / "pmap")["params"],
+                              _state(tmp_path / "jit")["params"], rtol=1e-4, atol=1e-6)

@@ -12,7 +12,7 @@ import time
 import chex
 import pytest
 
-from experiments import metrics as metrics_lib
+from experiments.training import metrics as metrics_lib
 from tests.test_train import CONFIG, ROOT, restore_params, run_cli
 
 

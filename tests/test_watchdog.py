@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from experiments import watchdog
+from experiments.training import watchdog
 
 
 def test_reports_once_per_stall_and_only_after_the_first_beat():

@@ -1,4 +1,5 @@
-"""experiments/workloads.py: every workload's config builds it; batches are a pure function of
+"""experiments/problems/workloads.py: every workload's config builds it; batches are a pure
+function of
 (seed, step) and split over processes and devices; the GPT workload is the trainer's data and
 model; the small workloads' metrics mean what they say; the MLP trains."""
 
@@ -14,8 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import configs_util
-from experiments import data as data_lib
-from experiments import workloads
+from experiments.problems import data as data_lib
+from experiments.problems import workloads
 from models import gpt
 from models import small
 import optimizers

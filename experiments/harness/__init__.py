@@ -1,7 +1,7 @@
 """The tuned-comparison harness: what `python -m experiments.compare` runs, in layers.
 
   records.py    search spaces, quasi-random trials, run records, `plan` and `sweep`
-  runs.py       one sweep run's trainer config, trained through experiments/trainer.py
+  runs.py       one sweep run's trainer config, trained through experiments/training/loop.py
   scoring.py    AlgoPerf performance profiles and scores, the speedrun's record rule, Welch
   report.py     the score report as text
   plots.py      validation curves and performance profiles as PNGs

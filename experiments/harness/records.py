@@ -131,7 +131,7 @@ def record_key(record: dict) -> tuple:
 
 def provenance() -> dict:
   """Git SHA, library versions and device, for every record."""
-  from experiments import provenance as provenance_lib  # pylint: disable=g-import-not-at-top
+  from experiments.training import provenance as provenance_lib  # pylint: disable=g-import-not-at-top
   try:
     import jax  # pylint: disable=g-import-not-at-top
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"

@@ -87,8 +87,8 @@ def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
   Raises:
     SweepInterrupted: the trainer stopped on a signal before the run's end.
   """
-  from experiments import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from experiments import trainer  # pylint: disable=g-import-not-at-top
+  from experiments.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from experiments.training import loop as trainer  # pylint: disable=g-import-not-at-top
   cfg = run_config(spec)
   workdir = os.path.join(runs_dir, spec.workload, spec.optimizer,
                          f"study{spec.study}_trial{spec.trial}")

@@ -1,0 +1,138 @@
+"""Metric sinks: `metrics.jsonl` (one JSON object per line, each with `step`) and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+from absl import logging
+import numpy as np
+
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events under `<workdir>/tb`.
+
+  On open, the log is made consistent with the checkpoint the run continues from: rows past
+  `resume_step` (or every row, when the run starts from scratch with `resume_step=None`) are
+  dropped, since the run recomputes them, and a torn last line (power loss, full disk) is
+  dropped with a warning. So a resumed run leaves exactly one row per (step, key).
+  """
+
+  def __init__(self, workdir: str, resume_step: int | None = None, tensorboard: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(self.path):
+      _truncate_after(self.path, -1 if resume_step is None else resume_step)
+    self._file = open(self.path, "a", buffering=1)
+    self._tb = None
+    if tensorboard:
+      SummaryWriter = _tensorboardx_summary_writer()  # pylint: disable=invalid-name
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"),
+                               purge_step=0 if resume_step is None else resume_step + 1)
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {"step": int(step)}
+    for k, v in scalars.items():
+      v = float(np.asarray(v))
+      record[k] = v if math.isfinite(v) else str(v)  # JSON has no NaN/Inf
+      if self._tb is not None:
+        self._tb.add_scalar(k, v, int(step))
+    self._file.write(json.dumps(record) + "\n")
+
+  def write_event(self, step: int, name: str, detail: Any) -> None:
+    """A non-scalar row, e.g. {"step": 20, "event": "config_change", "detail": {...}}."""
+    self._file.write(json.dumps({"step": int(step), "event": name, "detail": detail},
+                                default=str) + "\n")
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _tensorboardx_summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch when it is installed (only to accept torch tensors, which nothing
+  here passes), and that import costs ~1.7 s per process: a None entry in `sys.modules` makes
+  `import torch` fail fast there. A process that has already imported torch keeps it.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  block = "torch" not in sys.modules and "tensorboardX" not in sys.modules
+  if block:
+    sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if block:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
+class NullWriter:
+  """MetricWriter's interface, writing nothing (every process but the main one)."""
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    del step, scalars
+
+  def write_event(self, step: int, name: str, detail: Any) -> None:
+    del step, name, detail
+
+  def close(self) -> None:
+    pass
+
+
+def _parse_lines(path: str) -> tuple[list[tuple[str, dict]], int]:
+  """(well-formed rows with their text, number of unreadable lines)."""
+  rows, bad = [], 0
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or "step" not in record:
+          raise ValueError(line)
+      except ValueError:
+        bad += 1
+        continue
+      rows.append((line if line.endswith("\n") else line + "\n", record))
+  return rows, bad
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the rows up to `step` (a resumed run recomputes the rest) and drops torn lines."""
+  rows, bad = _parse_lines(path)
+  if bad:
+    logging.warning("%s: dropped %d unreadable line(s) (a torn write?)", path, bad)
+  kept = [line for line, r in rows if r["step"] <= step]
+  if len(kept) < len(rows):
+    logging.info("%s: dropped %d row(s) past step %d; this run recomputes them", path,
+                 len(rows) - len(kept), step)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of `<workdir>/metrics.jsonl`; a torn line (a crash mid-write) is skipped."""
+  rows, _ = _parse_lines(os.path.join(workdir, "metrics.jsonl"))
+  return [r for _, r in rows]
+
+
+def steps_to_target(records: list[dict], target: float) -> float | None:
+  """First step where the validation curve reaches `target`, linearly interpolated."""
+  val = [(r["step"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), float)]
+  for (s0, v0), (s1, v1) in zip(val, val[1:]):
+    if v1 <= target:
+      return float(s1) if v0 <= target or v0 == v1 else s0 + (v0 - target) / (v0 - v1) * (s1 - s0)
+  return None
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,152 @@
+"""The optimizer, its learning-rate schedules and the initial train state that a config asks for.
+
+The trainer builds its runs from these, and so does `finetune.restore_params`, which needs the
+abstract train state of a finished run to restore its checkpoint. They sit below the trainer so
+that the workloads (LoRA fine-tuning among them) need not import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from experiments.parallel import pipeline
+from experiments.training import validate as validate_lib
+from models import gpt
+import optimizers
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule from config.
+
+def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
+  s, steps = config.schedule, config.train.steps
+  warmup = min(int(s.warmup_steps), steps)
+  end = peak * float(s.final_lr_fraction)
+  if s.name == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), end)
+  if s.name == "wsd":  # warmup, stable, decay (Hu et al. 2024, MiniCPM)
+    decay = max(int(round(steps * float(s.decay_fraction))), 1)
+    stable = max(steps - warmup - decay, 0)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak),
+         optax.linear_schedule(peak, end, decay)], boundaries=[warmup, warmup + stable])
+  if s.name == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+  raise ValueError(f"Unknown schedule {s.name!r}; choose from warmup_cosine, wsd, constant")
+
+
+def lr_scale(config: ml_collections.ConfigDict) -> float:
+  """The factor every peak learning rate gets for a batch other than `schedule.base_batch_size`.
+
+  `schedule.lr_scaling`: "linear" (batch / base; Goyal et al. 2017, for SGD), "sqrt"
+  (sqrt(batch / base); Malladi et al. 2022, for Adam-type methods) or "none". No base: 1.
+  """
+  base = config.schedule.get("base_batch_size")
+  rule = config.schedule.get("lr_scaling", "linear")
+  if not base or rule == "none":
+    return 1.0
+  ratio = config.train.batch_size / base
+  return ratio ** 0.5 if rule == "sqrt" else ratio
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  """The optimizer from `config.optimizer`; every `*learning_rate` becomes a schedule.
+
+  Returns (transformation, schedule of the main learning rate).
+  """
+  hparams = {k: v for k, v in config.optimizer.items() if k != "name"}
+  hparams = {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
+             for k, v in hparams.items()}
+  scale = lr_scale(config)
+  main_schedule = None
+  for k, v in list(hparams.items()):
+    if k.endswith("learning_rate") and isinstance(v, (int, float)):
+      hparams[k] = make_schedule(config, float(v) * scale)
+      if k == "learning_rate":
+        main_schedule = hparams[k]
+  if int(config.get("mesh", {}).get("stage", 1)) > 1:
+    # The pipeline stacks the blocks' parameters along a layer axis: route and view them per
+    # layer, as the unstacked model's (one Muon matrix per layer, norm scales to AdamW, one
+    # Shampoo / SOAP tensor per layer).
+    accepted = optimizers.hyperparameters(config.optimizer.name)
+    for key, rule in (("dimension_numbers", pipeline.stacked_dimension_numbers),
+                      ("labels", pipeline.stacked_labels),
+                      ("batch_axes", pipeline.stacked_batch_axes)):
+      if key in accepted and hparams.get(key) is None:
+        hparams[key] = rule
+  try:
+    tx = optimizers.create(config.optimizer.name, **hparams)
+  except (ValueError, TypeError) as e:
+    raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
+  clip = config.train.get("grad_clip_norm")
+  if clip:
+    tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
+  return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
+
+
+def _config_hint(name: str) -> str:
+  """Points at the config files written for optimizer `name` (its hyperparameters differ)."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  try:
+    files = sorted(f for f in os.listdir(root) if f.endswith(".py"))
+  except OSError:
+    return ""
+  hits = []
+  for f in files:
+    with open(os.path.join(root, f)) as fh:
+      text = fh.read()
+    if f'name = "{name}"' in text or f"name = '{name}'" in text:
+      hits.append(f"configs/{f}")
+  if not hits:
+    return ""
+  return (f". Hint: this config's optimizer section was written for "
+          f"another optimizer; use --config={hits[0]}" + (f" (or {', '.join(hits[1:])})"
+                                                         if len(hits) > 1 else ""))
+
+
+def clip_grad_fn(tx, max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """`tx` whose extra argument `grad_fn` (SAM's second gradient) returns clipped gradients too.
+
+  `chain(clip_by_global_norm, sam)` alone clips only the gradient SAM ascends along, which it
+  normalizes anyway; the gradient its inner optimizer steps with came unclipped.
+  """
+  tx = optax.with_extra_args_support(tx)
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    inner = extra_args.get("grad_fn")
+    if inner is not None:
+      extra_args["grad_fn"] = lambda p: clip.update(inner(p), optax.EmptyState())[0]
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# The initial train state.
+
+def make_init_state(init_params: Callable, tx,
+                    extra: Callable[[Any], dict] | None = None) -> Callable[[int], dict]:
+  """seed -> the initial train state {"params", "opt_state", "step", "rng"}.
+
+  `init_params(key)` is the workload's (or a `gpt.GPTConfig`, for the GPT's).
+  """
+  if isinstance(init_params, gpt.GPTConfig):
+    init_params = functools.partial(gpt.init_params, init_params)
+
+  def init_state(seed):
+    key = jax.random.key(seed)
+    params = init_params(key)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+    return state | (extra(params) if extra else {})
+
+  return init_state
