@@ -129,6 +129,9 @@ def test_experiments_is_in_layers_and_old_module_names_still_work():
   for old, new in MOVED.items():
     assert importlib.import_module(f"experiments.{old}") is importlib.import_module(
         f"experiments.{new}"), old
+  # Paths a moved module derives from its own file still reach the repository root.
+  from experiments.training import provenance  # pylint: disable=g-import-not-at-top
+  assert os.path.exists(os.path.join(provenance.ROOT, "requirements.txt"))
   # Nothing in the project goes through an old name (they exist for outside code only).
   graph = import_graph()
   users = {m: sorted(d for d in deps if d.removeprefix("experiments.") in MOVED)

@@ -32,7 +32,8 @@ def test_the_wheel_holds_the_packages_and_the_pins(tmp_path):
     metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
   packages = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
   assert packages == {"optimizers", "optimizers/shampoo", "models", "experiments",
-                      "experiments/harness", "configs"}
+                      "experiments/harness", "experiments/parallel", "experiments/problems",
+                      "experiments/training", "configs"}
   assert "experiments/harness/workspace.py" in names and "optimizers/shampoo/soap.py" in names
   assert not any(n.startswith(("tests/", "scripts/")) for n in names)
   # The dependencies are requirements.txt's pins, every one of them.

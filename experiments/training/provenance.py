@@ -8,7 +8,8 @@ import platform
 import subprocess
 from typing import Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository root (this file is experiments/training/provenance.py).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ("jax", "jaxlib", "optax", "flax", "chex", "orbax-checkpoint", "numpy",
             "ml-collections", "absl-py", "tensorboardX", "scikit-learn", "optuna")
 

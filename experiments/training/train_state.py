@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from experiments.parallel import pipeline
+from experiments.training import provenance
 from experiments.training import validate as validate_lib
 from models import gpt
 import optimizers
@@ -94,7 +95,7 @@ def make_optimizer(config: ml_collections.ConfigDict):
 
 def _config_hint(name: str) -> str:
   """Points at the config files written for optimizer `name` (its hyperparameters differ)."""
-  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  root = os.path.join(provenance.ROOT, "configs")
   try:
     files = sorted(f for f in os.listdir(root) if f.endswith(".py"))
   except OSError:
