@@ -94,8 +94,12 @@ def _single(name):
   return losses, jax.device_get(params)
 
 
-@pytest.mark.parametrize("mesh_name", list(MESHES))
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+# Every optimizer on every mesh, but 8-bit AdamW on data8: pure data parallelism replicates its
+# state, the path AdamW's data8 case runs (its fsdp meshes split the quantized blocks).
+CASES = [(n, m) for n in OPTIMIZERS for m in MESHES if (n, m) != ("adamw_8bit", "data8")]
+
+
+@pytest.mark.parametrize("name,mesh_name", CASES)
 def test_sharded_steps_equal_one_device_and_states_split(name, mesh_name):
   data, fsdp = MESHES[mesh_name]
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": data, "fsdp": fsdp}))

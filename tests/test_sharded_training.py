@@ -46,7 +46,9 @@ def losses(workdir):
           [r["val_loss"] for r in rows if "val_loss" in r])
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+# 8-bit AdamW's sharded states are checked step by step on every mesh in
+# test_sharded_optimizers.py, and through the trainer on fsdp 8 below (1/8 of each leaf).
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - {"adamw_8bit"}))
 def test_meshes_give_the_losses_of_one_device_and_split_the_state(tmp_path, name):
   got = {}
   # Pure data parallelism replicates the optimizer state, so it is the same path for every
