@@ -54,3 +54,8 @@ def shard_batch(batch_AxBxT1: np.ndarray, num_devices: int | None = None) -> np.
     raise ValueError(f"{rows} rows per micro-batch do not split over {d} devices")
   split = batch_AxBxT1.reshape(a, d, rows // d, *batch_AxBxT1.shape[2:])
   return np.swapaxes(split, 0, 1) if isinstance(split, np.ndarray) else jnp.swapaxes(split, 0, 1)
+
+
+def pmapped(step, donate: bool = True):
+  """`step(state, batch, *frozen)` mapped over the local devices: metrics come back once."""
+  return jax.pmap(step, axis_name=AXIS, out_axes=(0, None), donate_argnums=(0,) if donate else ())

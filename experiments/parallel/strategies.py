@@ -50,6 +50,10 @@ class Mesh:
 
   # -- layout --------------------------------------------------------------------------------
 
+  def batch_devices(self) -> int:
+    """How many devices a micro-batch's rows split over (data x fsdp)."""
+    return sharding_lib.batch_size_divisor(self.mesh)
+
   extra_init: Callable[[Any], dict] | None = None  # more train-state entries, from the params
 
   def prepare(self, init_state: Callable[[int], dict], seed: int) -> None:
@@ -176,6 +180,9 @@ class Pmap(Mesh):
 
   name = "pmap"
 
+  def batch_devices(self) -> int:
+    return jax.local_device_count() * self.process_count
+
   def context(self):
     return contextlib.nullcontext()  # pmap brings its own mapping (and refuses a context mesh)
 
@@ -187,8 +194,7 @@ class Pmap(Mesh):
     return {"axis_name": pmap_lib.AXIS}
 
   def compile(self, make_step) -> None:
-    self._step = jax.pmap(make_step(**self.step_kwargs()), axis_name=pmap_lib.AXIS,
-                          out_axes=(0, None), donate_argnums=(0,))
+    self._step = pmap_lib.pmapped(make_step(**self.step_kwargs()))
 
   def init(self, seed: int) -> dict:
     return self.adopt(super().init(seed))
@@ -216,8 +222,3 @@ def from_config(config: ml_collections.ConfigDict, mesh, workload) -> Mesh:
   return STRATEGIES[config.get("parallelism", "jit")](config, mesh, workload)
 
 
-def batch_devices(config: ml_collections.ConfigDict, mesh) -> int:
-  """How many devices a micro-batch's rows split over."""
-  if config.get("parallelism", "jit") == "pmap":
-    return jax.local_device_count() * jax.process_count()
-  return sharding_lib.batch_size_divisor(mesh)

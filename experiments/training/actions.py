@@ -31,6 +31,7 @@ from absl import logging
 import numpy as np
 
 from experiments.training import metrics as metrics_lib
+from experiments.training import validate
 
 
 class TrainingClock:
@@ -76,7 +77,7 @@ class PeriodicAction:
   @classmethod
   def from_config(cls, config) -> PeriodicAction | None:
     """The action `config` asks for (None: off); the cadence is `config_key`'s value."""
-    every = _get(config, cls.config_key) if cls.config_key else 0
+    every = validate.get(config, cls.config_key) if cls.config_key else 0
     return cls(every=every) if every else None
 
   def due(self, run, step: int, stopping: bool) -> bool:
@@ -110,15 +111,6 @@ def unregister(cls: type[PeriodicAction]) -> None:
 
 def from_config(config) -> list[PeriodicAction]:
   return [a for a in (cls.from_config(config) for cls in _REGISTRY) if a is not None]
-
-
-def _get(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    node = node.get(part) if hasattr(node, "get") else None
-    if node is None:
-      return None
-  return node
 
 
 # ---------------------------------------------------------------------------------------------

@@ -165,13 +165,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_model_parallel(config, mesh, workload)
   train_cfg = config.train
   accum, batch = int(train_cfg.grad_accum_steps), int(train_cfg.batch_size)
-  batch_devices = strategies.batch_devices(config, mesh)
+  strategy = strategies.from_config(config, mesh, workload)
+  batch_devices = strategy.batch_devices()
   if (batch // accum) % batch_devices:
     raise validate_lib.ConfigError(
         f"train.batch_size={batch}: its {accum} micro-batch(es) of {batch // accum} rows must "
         f"split evenly over the {batch_devices} devices that hold batch rows")
   tx, schedule = make_optimizer(config)
-  strategy = strategies.from_config(config, mesh, workload)
 
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lock.WorkdirLock(workdir)

@@ -130,6 +130,5 @@ def make_pmap_train_step(loss_fn: Callable, tx, schedule: Callable, *, donate: b
   Each device's loss and gradients (and SAM's second gradient) are averaged with `lax.pmean`;
   the metrics are the jit path's. `kwargs` go to `make_train_step` (skipping, injection).
   """
-  step = make_train_step(loss_fn, tx, schedule, axis_name=pmap_lib.AXIS, **kwargs)
-  return jax.pmap(step, axis_name=pmap_lib.AXIS, out_axes=(0, None),
-                  donate_argnums=(0,) if donate else ())
+  return pmap_lib.pmapped(make_train_step(loss_fn, tx, schedule, axis_name=pmap_lib.AXIS,
+                                          **kwargs), donate)

@@ -45,6 +45,9 @@ def _get(config: ml_collections.ConfigDict, dotted: str, default: Any = None) ->
   return node
 
 
+get = _get  # `get(config, "train.log_every")`: a dotted field, or the default when absent
+
+
 def _require(ok: bool, field: str, value: Any, why: str) -> None:
   if not ok:
     raise ConfigError(f"{field}={value!r}: {why}")
