@@ -1,4 +1,4 @@
-r"""Regenerates WORKSPACE.md's results section from a comparison's records.
+r"""Regenerates WORKSPACE.md's results section and README.md's headline from the records.
 
   python -m scripts.update_workspace records/ [--workspace=WORKSPACE.md] [--out_dir=results]
 
@@ -15,10 +15,14 @@ from experiments.harness import workspace
 
 # The generator's names, for the callers that know them as `update_workspace.<name>`.
 BEGIN, END = workspace.BEGIN, workspace.END
+HEADLINE_BEGIN, HEADLINE_END = workspace.HEADLINE_BEGIN, workspace.HEADLINE_END
 budget = workspace.budget
 verdicts = workspace.verdicts
 workload_sentence = workspace.workload_sentence
 versus = workspace.versus
+ratio_table = workspace.ratio_table
+headline = workspace.headline
+replace_headline = workspace.replace_headline
 section = workspace.section
 replace_section = workspace.replace_section
 update = workspace.update

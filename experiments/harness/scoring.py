@@ -138,3 +138,139 @@ def claim_runs(records: Sequence[dict], workload: str, optimizer: str) -> list[d
   return min(groups.values(), key=lambda rs: (-len(rs), np.mean([_value(r, "final_metric")
                                                                    for r in rs])))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Ratios to a baseline with their uncertainty over studies.
+
+LEVEL = 0.95  # the confidence level of every interval the harness prints
+N_BOOTSTRAP = 10_000
+SEED = 0  # every interval and p-value is a pure function of the records
+
+
+def _median_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """median(a) / median(b) along the last axis, `never` (inf) included: a never-reaching side
+  over a reaching one is inf, the converse 0; both never counts as a tie, 1."""
+  ma, mb = np.median(a, axis=-1), np.median(b, axis=-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    r = ma / mb
+  return np.where(np.isnan(r), 1.0, r)
+
+
+def bootstrap_ratio(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
+                    n_resamples: int = N_BOOTSTRAP, seed: int = SEED) -> tuple[float, float]:
+  """The percentile-bootstrap interval of median(a) / median(b) over studies.
+
+  Each side's studies are resampled with replacement independently (a's and b's studies are
+  independent draws and seeds: there is no pairing), `n_resamples` times from a fixed seed, and
+  the interval is the resampled ratios' (1 - level) / 2 and (1 + level) / 2 order statistics
+  (the lower one rounded down, the upper up). The percentile interval, not BCa or the bootstrap-t,
+  because the ratio is often infinite or 0 (`never`), where neither a standard error nor BCa's
+  acceleration exists, and because its order statistics stay defined there: an interval whose
+  upper end is inf is unbounded. Hand-written rather than `scipy.stats.bootstrap`, which refuses
+  one-study samples and interpolates its percentiles linearly, so that two infinite neighbours
+  give NaN. With few studies the interval is too narrow (it never leaves the observed values),
+  which is why a claimed difference also needs `rank_test`'s p (see `compare_to`).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  rng = np.random.default_rng(seed)
+  ra = a[rng.integers(0, len(a), (n_resamples, len(a)))]
+  rb = b[rng.integers(0, len(b), (n_resamples, len(b)))]
+  boot = _median_ratio(ra, rb)
+  tail = (1.0 - level) / 2.0
+  return (float(np.quantile(boot, tail, method="lower")),
+          float(np.quantile(boot, 1.0 - tail, method="higher")))
+
+
+def _u_statistic(x, y, axis=-1):
+  return stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic
+
+
+def rank_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 9999,
+              seed: int = SEED) -> float:
+  """Two-sided p-value of "a's and b's studies come from the same distribution".
+
+  Mann-Whitney's U over the studies' values, `never` (inf) being the worst rank, tied with the
+  other nevers: a rank test is well defined where a t-test or a test of log steps is not. The
+  p-value is by permutation of the pooled studies (`scipy.stats.permutation_test`), exact when
+  there are at most `n_resamples` distinct splits, else from `n_resamples` random ones with a
+  fixed seed; exact ties are handled by the permutation, not by a normal approximation. With n
+  studies on each side the smallest p is 2 / C(2n, n): 0.33 for 2, 0.1 for 3, 0.029 for 4,
+  0.0079 for 5. NaN when a side has a single study (scipy's permutation test needs two).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if min(len(a), len(b)) < 2:
+    return math.nan
+  pooled = np.concatenate([a, b])
+  if np.all(pooled == pooled[0]):
+    return 1.0  # one value (e.g. every study never reached): nothing to tell apart
+  res = stats.permutation_test((a, b), _u_statistic, permutation_type="independent",
+                               vectorized=True, n_resamples=n_resamples,
+                               alternative="two-sided", axis=-1, rng=seed)
+  return float(min(res.pvalue, 1.0))
+
+
+def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_target",
+               alpha: float = 0.01, level: float = LEVEL
+               ) -> dict[tuple[str, str], dict]:
+  """(workload, optimizer) -> its `field` against the baseline's on that workload.
+
+  Each side's samples are its studies' best trials (`study_results`), so the noise measured is
+  that of the whole tuning protocol. Returns per pair: `ratio` (median over studies / the
+  baseline's; inf: only the baseline reached the target, 0: only the optimizer did, NaN: neither
+  did), `lo`, `hi` (`bootstrap_ratio`), `p` (`rank_test`), `n`, `n_base` (studies), `median`,
+  `median_base`, and `verdict`: -1 when the optimizer measurably needs less than the baseline,
+  +1 more, 0 "no measurable difference". Measurable means the interval excludes 1 and p < alpha:
+  either alone is not enough with the few studies a CPU sweep affords (the interval of 2 studies
+  on each side often excludes 1; their smallest p is 0.33).
+  """
+  results = study_results(records)
+  out = {}
+  for (w, o), bests in results.items():
+    if o == baseline or (w, baseline) not in results:
+      continue
+    a = [_value(r, field) for r in bests]
+    b = [_value(r, field) for r in results[(w, baseline)]]
+    ratio = float(_median_ratio(np.array(a), np.array(b)))
+    if not (math.isfinite(np.median(a)) or math.isfinite(np.median(b))):
+      ratio = math.nan
+    lo, hi = bootstrap_ratio(a, b, level)
+    p = rank_test(a, b)
+    verdict = 0
+    if p < alpha and (hi < 1.0 or lo > 1.0):
+      verdict = -1 if hi < 1.0 else 1
+    out[(w, o)] = {"ratio": ratio, "lo": lo, "hi": hi, "p": p, "n": len(a), "n_base": len(b),
+                   "median": float(np.median(a)), "median_base": float(np.median(b)),
+                   "verdict": verdict}
+  return out
+
+
+def _ratio_num(x: float) -> str:
+  return "unbounded" if x == INF else f"{x:.2f}"
+
+
+def interval_text(c: dict) -> str:
+  """`[0.25, 1.60] (p = 0.67)`; an interval without upper end as `[0.40, unbounded]`."""
+  p = "p n/a: one study" if math.isnan(c["p"]) else f"p = {c['p']:.2g}"
+  return f"[{_ratio_num(c['lo'])}, {_ratio_num(c['hi'])}] ({p})"
+
+
+def ratio_text(c: dict, baseline: str) -> str:
+  """`0.77x [0.25, 1.60] (p = 0.67)`; `never` / `0x (<baseline> never)` / `both never` for
+  the infinite, zero and undefined ratios."""
+  r = c["ratio"]
+  if math.isnan(r):
+    point = "both never"
+  elif r == INF:
+    point = "never"
+  elif r == 0.0:
+    point = f"0x ({baseline} never)"
+  else:
+    point = f"{r:.2f}x"
+  return f"{point} {interval_text(c)}"
+
+
+def verdict_text(c: dict, field: str = "steps_to_target") -> str:
+  less, more = (("fewer steps", "more steps") if field == "steps_to_target" else
+                ("less time", "more time"))
+  return {-1: less, 1: more, 0: "no measurable difference"}[c["verdict"]]

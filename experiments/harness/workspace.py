@@ -6,10 +6,14 @@ r"""WORKSPACE.md's results section, generated from a comparison's records.
 `update` replaces what lies between `<!-- results:begin -->` and `<!-- results:end -->`
 (inserting the markers before the first `## ` heading when the file has none) with: the budget
 each optimizer got, the AlgoPerf benchmark scores (Dahl et al. 2023, arXiv 2306.07179),
-steps-to-target and time-to-target per workload with their spread over studies, Welch t-tests of
-every speed-up over the baseline, and per workload one plain sentence saying which claimed
-speed-ups are within noise. The text is a pure function of the records (no dates), so a rerun on
-the same records leaves the file unchanged.
+steps-to-target and time-to-target per workload with their spread over studies, per workload
+one plain sentence, and every optimizer's ratios to the tuned baselines (AdamW, Muon), each with
+its 95% bootstrap interval over studies and a rank test's p (`scoring.compare_to`): a ratio
+whose interval contains 1 (or whose p is not below alpha) is "no measurable difference".
+`update` also rewrites README.md's headline between `<!-- headline:begin -->` and
+`<!-- headline:end -->` (`headline`: the same ratios against AdamW, with the budget they took).
+The text is a pure function of the records (no dates; fixed resampling seeds), so a rerun on the
+same records leaves both files unchanged.
 """
 
 from __future__ import annotations
@@ -18,13 +22,12 @@ import math
 import os
 from typing import Sequence
 
-import numpy as np
-
 from experiments.harness import records as records_lib
 from experiments.harness import report as report_lib
 from experiments.harness import scoring
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 # The repository root (this file is experiments/harness/workspace.py).
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,110 +53,159 @@ def budget(records: Sequence[dict]) -> dict[str, tuple[int, int]]:
 
 
 def verdicts(records: Sequence[dict], workload: str, baseline: str,
-             alpha: float) -> list[tuple[str, float, float, dict]]:
-  """(optimizer, its median steps, the baseline's, Welch's result) for every optimizer whose
-  median steps-to-target on `workload` beats the baseline's: the claimed speed-ups. Samples:
-  each study's best trial, so the noise tested is that of the whole tuning protocol."""
-  results = {o: bs for (w, o), bs in scoring.study_results(records).items() if w == workload}
-  if baseline not in results:
-    return []
-  steps = {o: [scoring._value(r, "steps_to_target") for r in bs]  # pylint: disable=protected-access
-           for o, bs in results.items()}
-  base_med = float(np.median(steps[baseline]))
-  out = []
-  for o in sorted(steps):
-    med = float(np.median(steps[o]))
-    if o != baseline and math.isfinite(med) and med < base_med:
-      t = scoring.welch(steps[o], steps[baseline], alpha)
-      if t["holds"] is None and min(len(steps[o]), len(steps[baseline])) < 2:
-        t["why"] = "one study, no spread to test against"
-      out.append((o, med, base_med, t))
-  return out
+             alpha: float) -> list[tuple[str, dict]]:
+  """(optimizer, `scoring.compare_to`'s result for steps to target) for every other optimizer
+  with runs on `workload`, by name. Samples: each study's best trial, so the noise measured is
+  that of the whole tuning protocol."""
+  return [(o, c) for (w, o), c in
+          sorted(scoring.compare_to(records, baseline, "steps_to_target", alpha).items())
+          if w == workload]
 
 
 def workload_sentence(records: Sequence[dict], workload: str, baseline: str,
                       alpha: float) -> str:
-  """One plain-language line: who reaches the target, and which speed-ups are within noise."""
+  """One plain-language line: who reaches the target, and every optimizer's steps against the
+  baseline's with its 95% interval and p, grouped into measurably fewer, measurably more and
+  no measurable difference."""
   medians = scoring.median_over_studies(records, "steps_to_target").get(workload, {})
   reached = sorted((m, o) for o, m in medians.items() if math.isfinite(m))
   if not reached:
     return f"- **{workload}**: no optimizer reached the target within the step budget."
-  never = sorted(o for o, m in medians.items() if not math.isfinite(m))
   text = f"- **{workload}**: fastest {reached[0][1]} (median {reached[0][0]:.0f} steps)"
   if baseline not in medians:
-    text += f"; no {baseline} runs to compare with"
-  elif not math.isfinite(medians[baseline]):
-    text += f"; {baseline} never reached the target, so any speed-up over it is unmeasured"
-  else:
-    claims = verdicts(records, workload, baseline, alpha)
-    if not claims:
-      text += f"; nothing beats {baseline} ({medians[baseline]:.0f} steps)"
+    return text + f"; no {baseline} runs to compare with."
+  base = medians[baseline]
+  text += (f"; {baseline} {base:.0f} steps" if math.isfinite(base) else
+           f"; {baseline} never reached the target")
+  groups: dict[str, list[str]] = {k: [] for k in ("fewer", "more", "same", "only", "not")}
+  both_never = []
+  for o, c in verdicts(records, workload, baseline, alpha):
+    if math.isnan(c["ratio"]):
+      both_never.append(o)
+    elif c["verdict"]:
+      groups["fewer" if c["verdict"] < 0 else "more"].append(
+          f"{o} {scoring.ratio_text(c, baseline)}")
+    elif c["ratio"] == 0.0:
+      groups["only"].append(f"{o} {scoring.interval_text(c)}")
+    elif c["ratio"] == math.inf:
+      groups["not"].append(f"{o} {scoring.interval_text(c)}")
     else:
-      noise = [f"{o} ({m / b:.2f}x, p = {t['p']:.2g})" for o, m, b, t in claims
-               if t["holds"] is False]
-      real = [f"{o} ({m / b:.2f}x, p = {t['p']:.2g})" for o, m, b, t in claims if t["holds"]]
-      untested = [f"{o} ({m / b:.2f}x: {t['why']})" for o, m, b, t in claims
-                  if t["holds"] is None]
-      if real:
-        text += (f"; significantly fewer steps than {baseline} ({medians[baseline]:.0f}) at "
-                 f"alpha = {alpha:g}: {', '.join(real)}")
-      if noise:
-        text += (f"; within noise of {baseline} ({medians[baseline]:.0f} steps): "
-                 f"{', '.join(noise)}")
-      if untested:
-        text += (f"; fewer steps than {baseline} ({medians[baseline]:.0f}) but untested, so "
-                 f"not a finding: {', '.join(untested)}")
-  if never:
-    text += f"; never reached: {', '.join(never)}"
+      groups["same"].append(f"{o} {scoring.ratio_text(c, baseline)}")
+  said = {"fewer": f"measurably fewer steps than {baseline}",
+          "more": f"measurably more steps than {baseline}",
+          "same": f"no measurable difference from {baseline}",
+          "only": f"reached it where {baseline} did not, no measurable difference",
+          "not": f"did not reach it where {baseline} did, no measurable difference"}
+  for k, words in said.items():
+    if groups[k]:
+      text += f"; {words}: {', '.join(groups[k])}"
+  if both_never:
+    text += f"; never reached, like {baseline}: {', '.join(both_never)}"
   return text + "."
+
+
+def ratio_table(records: Sequence[dict], baseline: str, alpha: float) -> list[str]:
+  """Markdown: per workload and optimizer, its steps and time to target as a ratio to the
+  baseline's, each with its 95% interval and p (`scoring.compare_to`), and the verdict."""
+  steps = scoring.compare_to(records, baseline, "steps_to_target", alpha)
+  times = scoring.compare_to(records, baseline, "time_to_target_s", alpha)
+  if not steps:
+    return []
+  lines = [f"| workload | optimizer | steps / {baseline}'s [95% CI] (p) | time / {baseline}'s "
+           "[95% CI] (p) | verdict |", "|---|---|---|---|---|"]
+  for (w, o), c in sorted(steps.items()):
+    t = times[(w, o)]
+    if not (c["verdict"] or t["verdict"]):
+      verdict = "no measurable difference"
+    else:
+      verdict = ", ".join(scoring.verdict_text(x, f) if x["verdict"] else
+                          f"no measurable {f.split('_')[0]} difference"
+                          for x, f in ((c, "steps_to_target"), (t, "time_to_target_s")))
+    lines.append(f"| {w} | {o} | {scoring.ratio_text(c, baseline)} | "
+                 f"{scoring.ratio_text(t, baseline)} | {verdict} |")
+  return lines
+
+
+def ratios_legend(baseline: str, alpha: float) -> str:
+  return (f"Ratios to {baseline}: each workload's median over studies of each study's best "
+          f"trial, divided by {baseline}'s (below 1: fewer steps or less time; `never`: only "
+          f"{baseline} reached the target, `0x ({baseline} never)`: only the optimizer did, `both "
+          "never`: neither did). [95% CI]: percentile bootstrap over studies, each optimizer's "
+          "studies resampled independently (10,000 resamples, fixed seed); `unbounded`: the "
+          "interval has no upper end; [lo, hi] alone, after `reached it where ... did not` "
+          "or `did not reach it`: the ratio is 0 or infinite. p: two-sided Mann-Whitney rank "
+          "test over studies by exact permutation, `never` the worst rank. A difference is "
+          f"claimed only when the interval excludes 1 and p < {alpha:g}; every other ratio is "
+          "**no measurable difference**.")
 
 
 def versus(records: Sequence[dict], baselines: Sequence[str] = ("adamw", "muon"),
            alpha: float = 0.01) -> list[str]:
-  """Markdown: every other optimizer's median steps to target as a ratio to each baseline's,
-  per workload, with Welch's one-sided test of each speed-up; then one plain line per
-  optimizer saying where it beats the tuned baselines."""
-  medians = scoring.median_over_studies(records, "steps_to_target")
-  results = scoring.study_results(records)
-  workloads = sorted(medians)
-  base = [b for b in baselines if any(b in medians[w] for w in workloads)]
-  others = sorted({o for w in workloads for o in medians[w]} - set(base))
-  if not base or not others:
+  """Markdown: for each baseline with runs, every other optimizer's ratios to it with their
+  intervals (`ratio_table`); then one plain line per optimizer saying where it measurably needs
+  fewer or more steps than each baseline."""
+  base = [b for b in baselines if any(r["optimizer"] == b for r in records)]
+  if not base:
     return []
-
-  def cell(w, o, b) -> tuple[str, bool]:
-    """(the cell's text, whether o needs fewer median steps than b)."""
-    mo, mb = medians[w].get(o, math.inf), medians[w].get(b, math.inf)
-    if not math.isfinite(mo):
-      return "never", False
-    if not math.isfinite(mb):
-      return f"{b} never", True
-    steps = [[scoring._value(r, "steps_to_target")  # pylint: disable=protected-access
-              for r in results[(w, x)]] for x in (o, b)]
-    significant = scoring.welch(*steps, alpha).get("holds")
-    return f"{mo / mb:.2f}{'*' if significant else ''}", mo < mb
-
-  lines = [f"**Against tuned {' and '.join(base)}**: median steps to target as a ratio to "
-           f"{' / '.join(base)} (below 1: fewer steps; `*`: Welch p < {alpha:g} over the "
-           "studies' best trials; `never`: not reached; `<baseline> never`: reached where the "
-           "baseline did not, counted as fewer steps).", "",
-           "| optimizer | " + " | ".join(workloads) + " |", "|---|" + "---|" * len(workloads)]
+  lines = []
+  found: dict[str, dict[str, tuple[list, list]]] = {}
+  for b in base:
+    table = ratio_table(records, b, alpha)
+    if not table:
+      continue
+    lines += ["", f"**Against tuned {b}**: {ratios_legend(b, alpha)}", "", *table]
+    for (w, o), c in sorted(scoring.compare_to(records, b, "steps_to_target", alpha).items()):
+      fewer, more = found.setdefault(o, {}).setdefault(b, ([], []))
+      if c["verdict"]:
+        (fewer if c["verdict"] < 0 else more).append(
+            f"{w} {scoring.ratio_text(c, b)}")
+  if not lines:
+    return []
   summary = []
-  for o in others:
-    cells = {(w, b): cell(w, o, b) for w in workloads for b in base}
-    lines.append(f"| {o} | " + " | ".join(" / ".join(cells[w, b][0] for b in base)
-                                          for w in workloads) + " |")
-    wins = {b: [cells[w, b][0].endswith("*") and w + "*" or w for w in workloads
-                if cells[w, b][1]] for b in base}
-    everywhere = [w for w in workloads if all(cells[w, b][1] for b in base)]
-    said = "; ".join(f"fewer steps than {b} on {len(wins[b])}/{len(workloads)} workloads"
-                     + (f" ({', '.join(wins[b])})" if wins[b] else "") for b in base)
-    summary.append(f"- **{o}**: {said}; fewer median steps than "
-                   + ("every baseline" if len(base) > 1 else base[0]) + " on "
-                   + (f"{', '.join(everywhere)}." if everywhere else "no workload."))
-  studies = max(len(v) for v in results.values())
-  return lines + ["", *summary, "", f"A ratio without `*` is not a finding: with {studies} "
-                  "studies per optimizer only a large, consistent gap passes the test."]
+  for o in sorted(set(found) - set(base)):
+    said = []
+    for b, (fewer, more) in found[o].items():
+      said.append(f"measurably fewer steps than {b} on " + (", ".join(fewer) if fewer else
+                                                             "no workload"))
+      if more:
+        said.append(f"measurably more than {b} on {', '.join(more)}")
+    summary.append(f"- **{o}**: {'; '.join(said)}.")
+  studies = max(len(v) for v in scoring.study_results(records).values())
+  return lines[1:] + ["", *summary, "", f"With {studies} studies per optimizer the smallest "
+                      "possible p is "
+                      f"{2 / math.comb(2 * studies, studies):.2g}: only a large, consistent gap "
+                      "over more studies can be measured."]
+
+
+def headline(records: Sequence[dict], records_dir: str = "records", baseline: str = "adamw",
+             alpha: float = 0.01) -> str:
+  """README.md's results, between `<!-- headline:begin -->` and `<!-- headline:end -->`: the
+  budget they took, then per workload every optimizer's steps to target against the baseline's,
+  each ratio with its 95% interval and p (`workload_sentence`)."""
+  cmd = f"python -m experiments.compare all {records_dir}"
+  if not records:
+    return f"No comparison recorded yet in `{records_dir}/`: run `{cmd}`."
+  b = budget(records)
+  optimizers = sorted(b)
+  workloads = sorted({r["workload"] for r in records})
+  counts = sorted(set(b.values()))
+  each = (f"{counts[0][0]} trials x {counts[0][1]} studies per optimizer and workload"
+          if len(counts) == 1 else "per optimizer (trials x studies): " +
+          ", ".join(f"{o} {t} x {s}" for o, (t, s) in b.items()) + " (NOT the same)")
+  lines = [f"Generated by `python -m scripts.update_workspace {records_dir}` (run by `{cmd}`) "
+           f"from the {len(records)} runs in `{records_dir}/`: {len(optimizers)} optimizers on "
+           f"{len(workloads)} workloads, {each}. Do not edit by hand.", "",
+           f"Steps to each workload's target against tuned {baseline}'s. "
+           + ratios_legend(baseline, alpha), ""]
+  lines += [workload_sentence(records, w, baseline, alpha) for w in workloads]
+  measurable = [(w, o, c) for (w, o), c in
+                sorted(scoring.compare_to(records, baseline, "steps_to_target", alpha).items())
+                if c["verdict"]]
+  lines += ["", "Measurable differences from " + baseline + ": " +
+            ("; ".join(f"{o} on {w}, {scoring.ratio_text(c, baseline)}" for w, o, c in measurable)
+             if measurable else "none at this budget.") +
+            " Time to target, the scores and every table: WORKSPACE.md."]
+  return "\n".join(lines)
 
 
 def section(records: Sequence[dict], records_dir: str = "records", plots_dir: str = "results",
@@ -190,24 +242,11 @@ def section(records: Sequence[dict], records_dir: str = "records", plots_dir: st
             report_lib.table(records, "steps_to_target"), "",
             "**Training time to target (s)**, compilation included, evaluation excluded; same "
             "layout.", "", report_lib.table(records, "time_to_target_s"), ""]
-  lines += [f"**Welch t-tests** of each speed-up over {baseline} (one-sided, steps to target of "
-            f"each study's best trial, alpha = {alpha:g}):", ""]
-  any_test = False
-  for w in workloads:
-    for o, med, base_med, t in verdicts(records, w, baseline, alpha):
-      any_test = True
-      if t["holds"] is None:
-        lines.append(f"- {w}, {o} ({med:.0f} vs {base_med:.0f} steps): untestable, {t['why']}.")
-      else:
-        lines.append(f"- {w}, {o} ({med:.0f} vs {base_med:.0f} steps): t = {t['t']:.2f}, "
-                     f"p = {t['p']:.3g}: {'significant' if t['holds'] else 'within noise'}.")
-  if not any_test:
-    lines.append(f"- no optimizer needs fewer median steps than {baseline} on any workload.")
-  lines += ["", "**What it means, per workload:**", ""]
+  lines += ["**What it means, per workload** (steps to target against " + baseline + "'s; "
+            "intervals and p as in the tables below):", ""]
   lines += [workload_sentence(records, w, baseline, alpha) for w in workloads]
-  against = versus(records, (baseline, "muon") if baseline != "muon" else (baseline,), alpha)
-  if against:
-    lines += [""] + against
+  lines += [""] + versus(records, (baseline, "muon") if baseline != "muon" else (baseline,),
+                         alpha)
   pngs = [f"compare_{w}.png" for w in workloads] + ["compare_profiles.png"]
   present = [p for p in pngs if os.path.exists(os.path.join(root, plots_dir, p))]
   if present:
@@ -230,17 +269,41 @@ def replace_section(text: str, body: str) -> str:
   return text[:at + 1] + "## Tuned comparison (generated)\n\n" + block + "\n\n" + text[at + 1:]
 
 
-def update(workspace: str, records_dir: str, plots_dir: str = "results", **kwargs) -> bool:
-  """Rewrites the section in `workspace` from `records_dir`; True if the file changed."""
-  with open(workspace) as f:
+def replace_headline(text: str, body: str) -> str:
+  """`text` with the headline markers' content replaced by `body`; unchanged without markers
+  (the README's results paragraph is placed by hand, never inserted)."""
+  if HEADLINE_BEGIN not in text and HEADLINE_END not in text:
+    return text
+  if HEADLINE_BEGIN not in text or HEADLINE_END not in text:
+    raise ValueError(f"only one of {HEADLINE_BEGIN} and {HEADLINE_END} is in the file")
+  head, rest = text.split(HEADLINE_BEGIN, 1)
+  return head + f"{HEADLINE_BEGIN}\n{body}\n{HEADLINE_END}" + rest.split(HEADLINE_END, 1)[1]
+
+
+def _rewrite(path: str, edit) -> bool:
+  with open(path) as f:
     old = f.read()
-  root = os.path.dirname(os.path.abspath(workspace))
-  rel = os.path.relpath(records_dir, root)
-  new = replace_section(old, section(records_lib.read_records(records_dir),
-                                     rel if not rel.startswith("..") else records_dir,
-                                     plots_dir, root=root, **kwargs))
+  new = edit(old)
   if new != old:
-    with open(workspace, "w") as f:
+    with open(path, "w") as f:
       f.write(new)
   return new != old
 
+
+def update(workspace: str, records_dir: str, plots_dir: str = "results",
+           readme: str | None = None, **kwargs) -> bool:
+  """Rewrites the section in `workspace` and the headline in `readme` (default: the
+  README.md beside `workspace`, when it exists and has the headline markers) from
+  `records_dir`; True if either file changed."""
+  root = os.path.dirname(os.path.abspath(workspace))
+  rel = os.path.relpath(records_dir, root)
+  shown = rel if not rel.startswith("..") else records_dir
+  records = records_lib.read_records(records_dir)
+  changed = _rewrite(workspace, lambda old: replace_section(
+      old, section(records, shown, plots_dir, root=root, **kwargs)))
+  readme = readme or os.path.join(root, "README.md")
+  if os.path.exists(readme):
+    keep = {k: v for k, v in kwargs.items() if k in ("baseline", "alpha")}
+    changed |= _rewrite(readme, lambda old: replace_headline(
+        old, headline(records, shown, **keep)))
+  return changed
