@@ -104,39 +104,8 @@ def workload_sentence(records: Sequence[dict], workload: str, baseline: str,
   return text + "."
 
 
-def ratio_table(records: Sequence[dict], baseline: str, alpha: float) -> list[str]:
-  """Markdown: per workload and optimizer, its steps and time to target as a ratio to the
-  baseline's, each with its 95% interval and p (`scoring.compare_to`), and the verdict."""
-  steps = scoring.compare_to(records, baseline, "steps_to_target", alpha)
-  times = scoring.compare_to(records, baseline, "time_to_target_s", alpha)
-  if not steps:
-    return []
-  lines = [f"| workload | optimizer | steps / {baseline}'s [95% CI] (p) | time / {baseline}'s "
-           "[95% CI] (p) | verdict |", "|---|---|---|---|---|"]
-  for (w, o), c in sorted(steps.items()):
-    t = times[(w, o)]
-    if not (c["verdict"] or t["verdict"]):
-      verdict = "no measurable difference"
-    else:
-      verdict = ", ".join(scoring.verdict_text(x, f) if x["verdict"] else
-                          f"no measurable {f.split('_')[0]} difference"
-                          for x, f in ((c, "steps_to_target"), (t, "time_to_target_s")))
-    lines.append(f"| {w} | {o} | {scoring.ratio_text(c, baseline)} | "
-                 f"{scoring.ratio_text(t, baseline)} | {verdict} |")
-  return lines
-
-
-def ratios_legend(baseline: str, alpha: float) -> str:
-  return (f"Ratios to {baseline}: each workload's median over studies of each study's best "
-          f"trial, divided by {baseline}'s (below 1: fewer steps or less time; `never`: only "
-          f"{baseline} reached the target, `0x ({baseline} never)`: only the optimizer did, `both "
-          "never`: neither did). [95% CI]: percentile bootstrap over studies, each optimizer's "
-          "studies resampled independently (10,000 resamples, fixed seed); `unbounded`: the "
-          "interval has no upper end; [lo, hi] alone, after `reached it where ... did not` "
-          "or `did not reach it`: the ratio is 0 or infinite. p: two-sided Mann-Whitney rank "
-          "test over studies by exact permutation, `never` the worst rank. A difference is "
-          f"claimed only when the interval excludes 1 and p < {alpha:g}; every other ratio is "
-          "**no measurable difference**.")
+ratio_table = report_lib.ratio_table
+ratios_legend = report_lib.ratios_legend
 
 
 def versus(records: Sequence[dict], baselines: Sequence[str] = ("adamw", "muon"),
