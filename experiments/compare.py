@@ -91,8 +91,11 @@ _SPEEDRUN = flags.DEFINE_string("speedrun_workload", "speedrun",
                                 "Workload whose claims get the speedrun's rules.")
 _RECORD_C = flags.DEFINE_float("record_c", None, "c of the record rule; default: z_(1-alpha) x "
                                "the sample std of the claimant's final losses.")
-_ALPHA = flags.DEFINE_float("alpha", 0.01, "Significance level of the record rule and t-test.")
-_BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the t-tests compare against.")
+_ALPHA = flags.DEFINE_float("alpha", 0.01, "Significance level of the record rule, the t-test "
+                            "and the ratios' rank test (a ratio is a measurable difference "
+                            "when its 95% interval excludes 1 and p < alpha).")
+_BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the ratios and t-tests compare "
+                                 "against.")
 
 
 _WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOAD_CONFIGS), "sweep: workloads to run.")
