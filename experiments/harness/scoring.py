@@ -7,6 +7,12 @@ optimizer's; the benchmark score is B_o = 1/(r_max - 1) int_1^r_max rho_o (Dahl 
 arXiv 2306.07179). The speedrun's optimizer track (modded-nanogpt) accepts a record when the mean
 final loss over n seeds is below the target by at least c / sqrt(n) (`record_rule`); `welch`
 tests a claimed steps-to-target speed-up (Welch's unequal-variance t-test).
+
+Every ratio the harness prints (README.md's headline, WORKSPACE.md's section, the text report)
+is `compare_to`'s: an optimizer's median over studies against the baseline's, with a 95%
+percentile-bootstrap interval over studies (`bootstrap_ratio`) and a two-sided Mann-Whitney
+p by exact permutation (`rank_test`), `never` counted as infinite steps and the worst rank. A
+ratio whose interval contains 1, or whose p is not below alpha, is "no measurable difference".
 """
 
 from __future__ import annotations
