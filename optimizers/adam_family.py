@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import _hparams
 from optimizers import cautious
 from optimizers import nonfinite
 from optimizers._registry import register
@@ -39,7 +40,8 @@ def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = F
   Parity: torch.optim.SGD (tests/parity/test_torch_optim.py), no flags.
   """
   return _guard(
-      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      (optax.add_decayed_weights(weight_decay) if _hparams.nonzero(weight_decay)
+       else optax.identity()),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
 

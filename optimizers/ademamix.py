@@ -7,13 +7,13 @@ in half-life), as in the authors' code (apple/ml-ademamix).
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import _hparams
 from optimizers import nonfinite
 from optimizers._registry import register
 
@@ -35,7 +35,7 @@ def one_minus_b3_schedule(b3: float, b_start: float, warmup_steps: int) -> optax
   """
   if not warmup_steps:
     return lambda t: jnp.asarray(1.0 - b3, jnp.float32)
-  log_start, log_end = math.log(b_start), math.log(b3)
+  log_start, log_end = _hparams.log(b_start), _hparams.log(b3)
 
   def schedule(t):
     frac = jnp.minimum(jnp.asarray(t, jnp.float32) / warmup_steps, 1.0)
@@ -47,7 +47,7 @@ def one_minus_b3_schedule(b3: float, b_start: float, warmup_steps: int) -> optax
 
 def one_minus_power(b: float, t: jax.Array) -> jax.Array:
   """1 - b^t in float32 without cancellation (b^t near 1 loses digits in float32)."""
-  return -jnp.expm1(t * math.log(b))
+  return -jnp.expm1(t * _hparams.log(b))
 
 
 class ScaleByAdemamixState(NamedTuple):

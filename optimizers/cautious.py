@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import _hparams
 from optimizers import _registry
 
 
@@ -67,7 +68,7 @@ def cautious(tx: optax.GradientTransformation, *, floor: float = 1e-3,
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"cautious: normalization must be one of {NORMALIZATIONS}, got "
                      f"{normalization!r}")
-  if weight_decay and learning_rate is None:
+  if _hparams.nonzero(weight_decay) and learning_rate is None:
     raise ValueError("cautious: weight_decay needs learning_rate")
   tx = optax.with_extra_args_support(tx)
 
@@ -78,7 +79,7 @@ def cautious(tx: optax.GradientTransformation, *, floor: float = 1e-3,
     inner, inner_state = tx.update(updates, state.inner_state, params, **extra_args)
     new = jax.tree.map(lambda u, g: (u * cautious_mask(u, g, floor, normalization)).astype(u.dtype),
                        inner, updates)
-    if weight_decay:
+    if _hparams.nonzero(weight_decay):
       if params is None:
         raise ValueError("cautious: weight_decay needs params")
       lr = learning_rate(state.count) if callable(learning_rate) else learning_rate

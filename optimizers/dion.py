@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import _hparams
 from optimizers import muon
 from optimizers import routing
 from optimizers import nonfinite
@@ -59,6 +60,7 @@ class ScaleByDionState(NamedTuple):
 
 def rank(shape: tuple[int, int], rank_fraction: float) -> int:
   """r = floor(rank_fraction * min(m, n)), at least 1 and at most min(m, n)."""
+  _hparams.require_static("dion", "rank_fraction", rank_fraction, "it sets the rank, a shape")
   if not 0.0 < rank_fraction <= 1.0:
     raise ValueError(f"rank_fraction must be in (0, 1], got {rank_fraction}")
   small = min(shape)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from optimizers import _hparams
 from optimizers import nonfinite
 from optimizers import partition
 from optimizers._registry import register
@@ -157,9 +158,9 @@ def _one_minus_power(b: float, t: jax.Array) -> jax.Array:
   In float32, 1 - 0.999^t loses ~1e-5 of relative precision to cancellation (0.999 itself is
   stored as 0.99900001); this form keeps it near 1e-7.
   """
-  if b == 0:
+  if _hparams.is_zero(b):
     return jnp.ones([], jnp.float32)
-  return -jnp.expm1(t.astype(jnp.float32) * math.log(b))
+  return -jnp.expm1(t.astype(jnp.float32) * _hparams.log(b))
 
 
 class ScaleByAdam8bitState(NamedTuple):

@@ -22,13 +22,13 @@ Parity: `schedulefree` 1.4.1 `AdamWScheduleFree` and `SGDScheduleFree`
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers import _hparams
 from optimizers import nonfinite
 from optimizers._registry import register
 
@@ -89,7 +89,7 @@ def scale_by_schedule_free(
       lr = lr * jnp.minimum(1.0, (k + 1.0) / warmup_steps)
     if adam:
       # 1 - b2^t by expm1: in float32, 1 - 0.999 keeps only ~4 correct digits.
-      c2 = -jnp.expm1((k + 1.0) * math.log(b2))
+      c2 = -jnp.expm1((k + 1.0) * _hparams.log(b2))
       if on_lr:
         lr = lr * jnp.sqrt(c2)
     lr_max = jnp.maximum(state.lr_max, lr)

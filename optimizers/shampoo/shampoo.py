@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from optimizers import _hparams
 from optimizers import nonfinite
 from optimizers import owner
 from optimizers import partition
@@ -77,7 +78,7 @@ def momentum(mu, grads, *, b1: float, nesterov: bool, count: jax.Array):
   m = mu / (1 - b1^t), or with Nesterov b1 mu / (1 - b1^{t+1}) + (1 - b1) g / (1 - b1^t).
   With b1 == 0, m = g and mu stays ().
   """
-  if b1 == 0.0:
+  if _hparams.is_zero(b1):
     return mu, list(grads)
   mu = [b1 * m + (1.0 - b1) * g for m, g in zip(mu, grads)]
   t = count.astype(jnp.float32)
@@ -124,7 +125,7 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     stats, roots = layout_lib.init_factors(layout_of(params))
     return ShampooState(
         count=jnp.zeros([], jnp.int32),
-        mu=layout_lib.zeros(params) if b1 > 0 else (),
+        mu=layout_lib.zeros(params) if _hparams.positive(b1) else (),
         nu=layout_lib.zeros(params) if grafting_lib.has_second_moment(grafting) else (),
         stats=stats, roots=roots,
         metrics={"root_failures": jnp.zeros([], jnp.int32),
@@ -172,7 +173,7 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     count = optax.safe_increment(state.count)
     grads = [g.astype(jnp.float32) for g in leaves]
 
-    mu, m = momentum(treedef.flatten_up_to(state.mu) if b1 > 0 else (), grads,
+    mu, m = momentum(treedef.flatten_up_to(state.mu) if _hparams.positive(b1) else (), grads,
                      b1=b1, nesterov=nesterov, count=count)
     nu = None
     if grafting_lib.has_second_moment(grafting):
@@ -207,7 +208,7 @@ def scale_by_shampoo(*, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-6,
     out = [o.astype(g.dtype) for o, g in zip(out, leaves)]
     new_state = ShampooState(
         count=count,
-        mu=treedef.unflatten(mu) if b1 > 0 else (),
+        mu=treedef.unflatten(mu) if _hparams.positive(b1) else (),
         nu=treedef.unflatten(nu) if nu is not None else (),
         stats=stats, roots=roots, metrics=metrics)
     return treedef.unflatten(out), new_state
@@ -280,6 +281,7 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
           newton_iters=newton_iters,
           newton_tol=newton_tol, failure_threshold=failure_threshold,
           batch_axes=batch_axes),
-      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      (optax.add_decayed_weights(weight_decay) if _hparams.nonzero(weight_decay)
+       else optax.identity()),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from optimizers import _hparams
 from optimizers import nonfinite
 from optimizers import owner
 from optimizers import partition
@@ -111,7 +112,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
   layout_lib.check_schedule(precondition_every=precondition_every,
                             statistics_every=statistics_every,
                             start_preconditioning_step=start_preconditioning_step)
-  if weight_decay and learning_rate is None:
+  if _hparams.nonzero(weight_decay) and learning_rate is None:
     raise ValueError("scale_by_soap: weight_decay needs the learning_rate it is scaled by")
   if first_step_statistics not in ("ema", "full"):
     raise ValueError(f"soap: first_step_statistics={first_step_statistics!r}: expected 'ema' "
@@ -129,7 +130,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
                      nu=layout_lib.zeros(params), stats=stats, bases=bases)
 
   def update_fn(updates, state, params=None):
-    if weight_decay and params is None:
+    if _hparams.nonzero(weight_decay) and params is None:
       raise ValueError("soap: weight_decay needs update(..., params)")
     leaves, treedef = jax.tree.flatten(updates)
     layout = layout_of(updates)
@@ -204,7 +205,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       for i, (d, n) in enumerate(zip(layout.scatter(directions), layout.scatter(new_nu))):
         out.append(debias * (m[i] / (jnp.sqrt(plain_nu[i]) + eps) if d is None else d))
         nu.append(plain_nu[i] if n is None else n)
-      if weight_decay:
+      if _hparams.nonzero(weight_decay):
         # The same lr as optax.scale_by_learning_rate's at this step (its count is ours).
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         lr = jnp.asarray(lr, jnp.float32)

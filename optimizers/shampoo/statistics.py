@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from optimizers import _hparams
+
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -34,8 +36,12 @@ def update_factors(factors: Sequence[jax.Array], block: jax.Array, dims: Sequenc
                    b2: float) -> tuple[jax.Array, ...]:
   """F_i <- b2 F_i + (1 - b2) G_(i) G_(i)^T, or the plain sum F_i + G_(i) G_(i)^T if b2 == 1."""
   products = factor_products(block, dims)
-  if b2 == 1.0:
-    return tuple(f + gg for f, gg in zip(factors, products))
+  if _hparams.is_number(b2):
+    if b2 == 1.0:
+      return tuple(f + gg for f, gg in zip(factors, products))
+  else:  # traced: both forms, so a traced 1.0 still sums
+    return tuple(jnp.where(b2 == 1.0, f + gg, b2 * f + (1.0 - b2) * gg)
+                 for f, gg in zip(factors, products))
   return tuple(b2 * f + (1.0 - b2) * gg for f, gg in zip(factors, products))
 
 
