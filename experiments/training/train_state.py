@@ -26,7 +26,15 @@ import optimizers
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule from config.
 
-def make_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
+def make_schedule(config: ml_collections.ConfigDict, peak: Any) -> optax.Schedule:
+  """The schedule `config.schedule` names, peaking at `peak`.
+
+  A traced `peak` (vectorized trials, experiments/harness/vectorized.py) scales the schedule of
+  peak 1: optax's cosine decay branches in Python on its peak value.
+  """
+  if not isinstance(peak, (int, float)):
+    unit = make_schedule(config, 1.0)
+    return lambda count: peak * unit(count)
   s, steps = config.schedule, config.train.steps
   warmup = min(int(s.warmup_steps), steps)
   end = peak * float(s.final_lr_fraction)
@@ -58,19 +66,33 @@ def lr_scale(config: ml_collections.ConfigDict) -> float:
   return ratio ** 0.5 if rule == "sqrt" else ratio
 
 
-def make_optimizer(config: ml_collections.ConfigDict):
+def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None):
   """The optimizer from `config.optimizer`; every `*learning_rate` becomes a schedule.
+
+  `overrides`: hyperparameters set over the config's, by dotted name (`inner_hparams.b2`) as in
+  a search space, whose values may be traced scalars (vectorized trials: one compiled program
+  for every trial's values).
 
   Returns (transformation, schedule of the main learning rate).
   """
   hparams = {k: v for k, v in config.optimizer.items() if k != "name"}
   hparams = {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
              for k, v in hparams.items()}
+  for name, value in (overrides or {}).items():
+    *path, leaf = name.split(".")
+    node = hparams
+    for key in path:
+      node = node[key]
+    if leaf not in node:
+      raise validate_lib.ConfigError(f"optimizer: no hyperparameter {name!r} to override in "
+                                     f"{config.optimizer.name}'s block")
+    node[leaf] = value
   scale = lr_scale(config)
   main_schedule = None
   for k, v in list(hparams.items()):
-    if k.endswith("learning_rate") and isinstance(v, (int, float)):
-      hparams[k] = make_schedule(config, float(v) * scale)
+    if k.endswith("learning_rate") and isinstance(v, (int, float, jax.Array)):
+      hparams[k] = make_schedule(config, v * scale if isinstance(v, jax.Array)
+                                 else float(v) * scale)
       if k == "learning_rate":
         main_schedule = hparams[k]
   if int(config.get("mesh", {}).get("stage", 1)) > 1:
