@@ -111,6 +111,14 @@ _STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws
 _QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(QUICK_WORKLOADS)}, 2 trials, "
                            "1 study (minutes, for checking the pipeline).")
 _RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
+_VECTORIZE = flags.DEFINE_enum(
+    "vectorize", "auto", ["auto", "always", "never"],
+    "sweep: train the trials of one (workload, optimizer) as one vmapped program "
+    "(experiments/harness/vectorized.py; times from a timing record measured alone) or one "
+    "trainer run at a time. auto: wherever scripts/bench_vectorized.py measured it faster "
+    "(runs.VECTORIZE_SPEEDUP).")
+_MAX_TRIALS = flags.DEFINE_integer("max_trials_per_program", 25,
+                                   "sweep: at most this many trials in one vectorized program.")
 
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs go.")
@@ -120,39 +128,114 @@ _WORKSPACE = flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"
 COMMANDS = ("score", "sweep", "plots", "all")
 
 
+def _check_draws(specs: Sequence[RunSpec], records: Sequence[dict], records_dir: str) -> None:
+  """A recorded run whose hyperparameters differ from the plan's draw for the same key was drawn
+  from another search space: mixing the two would score neither."""
+  planned = {sp.key(): sp.hparams for sp in specs}
+  for r in records:
+    hp = planned.get(record_key(r))
+    if hp is None:
+      continue
+    same = set(hp) == set(r["hparams"]) and all(
+        abs(float(hp[k]) - float(r["hparams"][k])) <= 1e-9 * max(abs(float(hp[k])), 1e-30)
+        if isinstance(hp[k], (int, float)) else hp[k] == r["hparams"][k] for k in hp)
+    if not same:
+      raise app.UsageError(
+          f"{records_dir} holds {r['workload']}/{r['optimizer']} study {r['study']} trial "
+          f"{r['trial']} with {r['hparams']}, but the search space now draws {hp} there: it was "
+          "recorded under another search space. Sweep into a new records directory (or move "
+          "the old records into a subdirectory, which scoring does not read).")
+
+
+def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
+  """The runs to do, in plan order, as programs: each (workload, optimizer)'s runs, across
+  studies, in chunks of at most `max_trials`."""
+  by_pair: dict[tuple, list[RunSpec]] = {}
+  for sp in todo:
+    by_pair.setdefault((sp.workload, sp.optimizer, tuple(sorted(sp.hparams))), []).append(sp)
+  out = []
+  for group in by_pair.values():
+    out += [group[i:i + max_trials] for i in range(0, len(group), max(max_trials, 1))]
+  return out
+
+
 def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[str],
-              trials: int, studies: int, runs_dir: str) -> list[dict]:
-  """Trains every run of the sweep not yet in `records_dir`, printing progress and an ETA."""
+              trials: int, studies: int, runs_dir: str, vectorize: str = "never",
+              max_trials_per_program: int = 25) -> list[dict]:
+  """Trains every run of the sweep not yet in `records_dir`, printing progress and an ETA.
+
+  vectorize: "never" (one trainer run at a time), "always" (every (workload, optimizer) as
+  vectorized programs of at most `max_trials_per_program` trials, except configs only the
+  trainer runs) or "auto" (vectorized where `runs.vectorize_faster` says it was measured
+  faster).
+  """
   unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
   unknown += [o for o in optimizers if o not in SEARCH_SPACES]
   if unknown:
     raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
                          f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+  if max_trials_per_program < 1:
+    raise app.UsageError(f"--max_trials_per_program must be >= 1, not {max_trials_per_program}")
   specs = [sp for w in workloads_ for sp in plan(w, optimizers, trials, range(studies))]
   if not flags.FLAGS["verbosity"].present:
     # Each run is one progress line here; the trainer's and orbax's INFO logs of hundreds of
     # runs would bury them (each run's own log is its workdir's metrics.jsonl).
     logging.set_verbosity(logging.WARNING)
   t0 = time.time()
-  done = {record_key(r) for r in read_records(records_dir)}
+  recorded = read_records(records_dir)
+  _check_draws(specs, recorded, records_dir)
+  done = {record_key(r) for r in recorded}
   todo = [sp for sp in specs if sp.key() not in done]
   print(f"{len(specs)} runs planned ({trials} trials x {studies} studies x {len(optimizers)} "
         f"optimizers x {len(workloads_)} workloads), {len(specs) - len(todo)} already recorded")
+  prov = provenance()
+  new: list[dict] = []
+  count = [0]
 
-  def run_fn(spec, _count=[0]):  # pylint: disable=dangerous-default-value
-    _count[0] += 1
+  def progress(what: str, n: int) -> None:
     elapsed = time.time() - t0
-    eta = elapsed / max(_count[0] - 1, 1) * (len(todo) - _count[0] + 1) if _count[0] > 1 else 0
-    print(f"[{_count[0]}/{len(todo)}] {spec.workload} {spec.optimizer} study {spec.study} "
-          f"trial {spec.trial} {spec.hparams} (elapsed {elapsed / 60:.1f} min, ETA "
-          f"{eta / 60:.1f} min)", flush=True)
-    return train_run(spec, runs_dir)
+    eta = elapsed / count[0] * (len(todo) - count[0]) if count[0] else 0.0
+    first = count[0] + 1
+    span = f"{first}" if n == 1 else f"{first}-{count[0] + n}"
+    print(f"[{span}/{len(todo)}] {what} (elapsed {elapsed / 60:.1f} min, ETA "
+          f"{eta / 60:.1f} min)" if count[0] else
+          f"[{span}/{len(todo)}] {what} (elapsed {elapsed / 60:.1f} min)", flush=True)
 
+  def one_at_a_time(group):
+    for spec in group:
+      progress(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
+               f"{spec.hparams}", 1)
+      record = make_record(spec, train_run(spec, runs_dir), prov)
+      append_record(records_dir, record)
+      new.append(record)
+      count[0] += 1
+
+  from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   try:
-    new = sweep(specs, records_dir, run_fn)
-  except SweepInterrupted as e:
-    # The trainer took the signal (and saved a checkpoint); the sweep stops too, recording
-    # nothing for the unfinished run.
+    for group in _groups(todo, max_trials_per_program):
+      spec = group[0]
+      use = vectorize == "always" or (
+          vectorize == "auto" and runs_lib.vectorize_faster(spec.workload, spec.optimizer))
+      if use and len(group) > 1:
+        try:
+          vectorized.check_config(run_config(spec))
+        except vectorized.NotVectorizable as e:
+          print(f"{spec.workload} {spec.optimizer}: {e}")
+          use = False
+      if not use or len(group) == 1:
+        one_at_a_time(group)
+        continue
+      studies_ = sorted({str(sp.study) for sp in group})
+      progress(f"{spec.workload} {spec.optimizer}: {len(group)} trials vectorized "
+               f"(studies {', '.join(studies_)})", len(group))
+      import jax  # pylint: disable=g-import-not-at-top
+      devices = jax.devices() if jax.device_count() > 1 and not len(group) % jax.device_count() \
+          else None
+      new += vectorized.sweep_group(group, records_dir, devices)
+      count[0] += len(group)
+  except (SweepInterrupted, vectorized.Interrupted) as e:
+    # A trainer run took the signal (and saved a checkpoint), or a vectorized program did: the
+    # sweep stops too, recording nothing for the unfinished run or program.
     print(f"sweep stopped: {e}; rerun the same command to resume it")
     sys.exit(128 + e.signum)
   print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
@@ -173,7 +256,8 @@ def update_from_flags(records_dir: str) -> bool:
 def main(argv):
   usage = ("usage: python -m experiments.compare {score,sweep,plots,all} RECORDS_DIR\n"
            "  sweep/all: [--quick] [--workloads=...] [--optimizers=...] [--trials=N] "
-           "[--studies=K] [--runs_dir=DIR]; plots/all: [--out_dir=results]; all: "
+           "[--studies=K] [--runs_dir=DIR] [--vectorize=auto|always|never]; "
+           "plots/all: [--out_dir=results]; all: "
            "[--workspace=WORKSPACE.md]")
   if len(argv) != 3 or argv[1] not in COMMANDS:
     raise app.UsageError(usage)
@@ -182,7 +266,8 @@ def main(argv):
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
-    run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value)
+    run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value,
+              _VECTORIZE.value, _MAX_TRIALS.value)
   records = read_records(records_dir)
   if not records:
     raise app.UsageError(f"no records in {records_dir}")

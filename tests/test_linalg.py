@@ -76,11 +76,16 @@ def _params():
           "bias": jnp.ones((5,))}
 
 
-def _lapack_calls(tx):
-  """{kernel: [num_batch_dims of each call]} in the lowered update."""
+def _lapack_calls(tx, trials=None):
+  """{kernel: [num_batch_dims of each call]} in the lowered update; `trials`: the update vmapped
+  over a leading trial axis of that size (experiments/harness/vectorized.py)."""
   params = _params()
   state = tx.init(params)
-  text = jax.jit(tx.update).lower(params, state, params).as_text()
+  update = tx.update
+  if trials:
+    params, state = jax.tree.map(lambda x: jnp.stack([x] * trials), (params, state))
+    update = jax.vmap(update)
+  text = jax.jit(update).lower(params, state, params).as_text()
   calls = {}
   for line in text.splitlines():
     for name in ("geqrf", "orgqr", "syevd"):
@@ -89,13 +94,16 @@ def _lapack_calls(tx):
   return calls
 
 
+@pytest.mark.parametrize("trials", [None, 3])
 @pytest.mark.parametrize("name,kw,kernels", [
     ("soap", {"block_size": 16}, {"geqrf", "orgqr", "syevd"}),
     ("shampoo", {"block_size": 16, "root_method": "eigh"}, {"syevd"}),
     ("dion", {}, {"geqrf", "orgqr"}),
 ])
-def test_every_decomposition_is_one_matrix_per_call(name, kw, kernels):
-  calls = _lapack_calls(optimizers.create(name, learning_rate=1e-3, **kw))
+def test_every_decomposition_is_one_matrix_per_call(name, kw, kernels, trials):
+  # Also under vmap over trials, which would otherwise batch every per-matrix call by K (an
+  # mlp_digits Shampoo sweep of 5 vectorized trials hung so).
+  calls = _lapack_calls(optimizers.create(name, learning_rate=1e-3, **kw), trials)
   assert set(calls) == kernels
   assert all(n == "0" for batch_dims in calls.values() for n in batch_dims), calls
 

@@ -11,7 +11,10 @@ on any real difference (a wrong learning rate, a shared seed, a step off by one)
 """
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -109,3 +112,43 @@ def test_timing_record_is_measured_once_and_reused(tmp_path):
   # Not a run record: the scoring reads only the records directory's top level.
   assert records_lib.read_records(str(tmp_path)) == []
   assert os.path.exists(vectorized.timing_path(str(tmp_path), "logreg"))
+
+
+def _compare(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "experiments.compare", *args], env=env,
+                        capture_output=True, text=True, timeout=600, check=False,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_compare_sweep_vectorized_as_a_user_runs_it(tmp_path):
+  """`compare sweep --vectorize=always` records what `--vectorize=never` records (the same runs,
+  steps to target), with the timing record beside; a rerun trains nothing; a records directory
+  whose draws differ from the search space's is refused."""
+  vec, ref = str(tmp_path / "vec"), str(tmp_path / "ref")
+  common = ["--workloads=logreg", "--optimizers=adamw", "--trials=3", "--studies=1",
+            f"--runs_dir={tmp_path / 'runs'}"]
+  out = _compare("sweep", vec, *common, "--vectorize=always")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "3 trials vectorized" in out.stdout
+  out_ref = _compare("sweep", ref, *common, "--vectorize=never")
+  assert out_ref.returncode == 0, out_ref.stderr[-3000:]
+  got = sorted(records_lib.read_records(vec), key=lambda r: r["trial"])
+  want = sorted(records_lib.read_records(ref), key=lambda r: r["trial"])
+  assert [r["trial"] for r in got] == [0, 1, 2]
+  assert all(r["vectorized_trials"] == 3 for r in got)
+  assert [r["steps_to_target"] for r in got] == [r["steps_to_target"] for r in want]
+  assert [r["hparams"] for r in got] == [r["hparams"] for r in want]
+  assert len(vectorized.read_timings(vec, "logreg")) == 1
+  again = _compare("sweep", vec, *common, "--vectorize=always")
+  assert again.returncode == 0 and "3 already recorded" in again.stdout
+  assert len(records_lib.read_records(vec)) == 3
+
+  path = os.path.join(vec, "logreg.jsonl")
+  rows = [json.loads(line) for line in open(path)]
+  rows[1]["hparams"]["learning_rate"] *= 2
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  bad = _compare("sweep", vec, *common)
+  assert bad.returncode != 0
+  assert "another search space" in bad.stderr

@@ -17,6 +17,12 @@ WORKLOAD_CONFIGS = {
     "mlp_digits": "configs/workload_mlp_digits.py",
 }
 QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
+# Vectorized trials (one program for K trials) over K trainer runs, wall-clock ratio per
+# (workload, optimizer), K = 5, measured by scripts/bench_vectorized.py in one run on the 2-core
+# CPU (WORKSPACE.md, "Vectorized trials"); `compare sweep --vectorize=auto` vectorizes where it
+# is above 1. A pair not measured follows its workload's AdamW.
+VECTORIZE_SPEEDUP = {
+}
 # The repository root (this file is experiments/harness/runs.py).
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,6 +42,13 @@ def overlay(base: dict, hparams: dict) -> dict:
                        f"{sorted(base)} ({base.get('name')})")
     node[leaf] = value
   return out
+
+
+def vectorize_faster(workload: str, optimizer: str) -> bool:
+  """Whether vectorized trials were measured faster than trainer runs there (VECTORIZE_SPEEDUP)."""
+  speedup = VECTORIZE_SPEEDUP.get((workload, optimizer),
+                                  VECTORIZE_SPEEDUP.get((workload, "adamw"), 0.0))
+  return speedup > 1.0
 
 
 def run_config(spec: records_lib.RunSpec):

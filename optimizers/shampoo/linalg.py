@@ -22,15 +22,40 @@ import jax
 import jax.numpy as jnp
 
 
+def _sequential_under_vmap(fn: Callable) -> Callable:
+  """fn on one matrix, which `jax.vmap` maps over one matrix at a time instead of batching.
+
+  Vectorized trials (experiments/harness/vectorized.py) vmap the whole optimizer over a trial
+  axis, which would batch the per-matrix call below again (vmap of `lax.map` batches its body):
+  a LAPACK batch of K, the deadlock above. This rule keeps every call at one matrix.
+  """
+  @jax.custom_batching.custom_vmap
+  def one(x):
+    return fn(x)
+
+  @one.def_vmap
+  def _rule(axis_size, in_batched, x):
+    del axis_size
+    (batched,) = in_batched
+    out = jax.lax.map(one, x) if batched else one(x)
+    return out, jax.tree.map(lambda _: batched, out)
+
+  return one
+
+
 def _per_matrix(fn: Callable, stack: jax.Array):
-  """fn over a stack (n, ...): batched off CPU; on CPU, one LAPACK call per matrix (see above)."""
+  """fn over a stack (n, ...): batched off CPU; on CPU, one LAPACK call per matrix (see above),
+  also under `jax.vmap`."""
   if jax.default_backend() != "cpu":
     return fn(stack)
-  return jax.lax.map(fn, stack)
+  return jax.lax.map(_SEQUENTIAL[fn], stack)
 
 
 def _q(a: jax.Array) -> jax.Array:
   return jnp.linalg.qr(a)[0]
+
+
+_SEQUENTIAL = {f: _sequential_under_vmap(f) for f in (_q, jnp.linalg.eigh)}
 
 
 def qr_orthogonal(stacks: Sequence[jax.Array]) -> list[jax.Array]:
