@@ -28,6 +28,7 @@ scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -117,6 +118,14 @@ _VECTORIZE = flags.DEFINE_enum(
     "(experiments/harness/vectorized.py; times from a timing record measured alone) or one "
     "trainer run at a time. auto: wherever scripts/bench_vectorized.py measured it faster "
     "(runs.VECTORIZE_SPEEDUP).")
+_RULESET = flags.DEFINE_enum(
+    "ruleset", "external", ["external", "self_tuning"],
+    "sweep: AlgoPerf's external-tuning ruleset (--trials drawn points per study) or its "
+    "self-tuning one (each optimizer once per study at its defaults, recorded under "
+    f"RECORDS_DIR/{records_lib.SELF_TUNING_DIR} and scored apart).")
+_FULL_BUDGET = flags.DEFINE_bool(
+    "full_budget", False, "sweep: train every run to its step budget instead of stopping at "
+    "the target (the baseline runs that set targets; records.retarget scores them on another).")
 _MAX_TRIALS = flags.DEFINE_integer("max_trials_per_program", 25,
                                    "sweep: at most this many trials in one vectorized program.")
 
@@ -161,13 +170,15 @@ def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
 
 def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[str],
               trials: int, studies: int, runs_dir: str, vectorize: str = "never",
-              max_trials_per_program: int = 25) -> list[dict]:
+              max_trials_per_program: int = 25, ruleset: str = "external",
+              full_budget: bool = False) -> list[dict]:
   """Trains every run of the sweep not yet in `records_dir`, printing progress and an ETA.
 
   vectorize: "never" (one trainer run at a time), "always" (every (workload, optimizer) as
   vectorized programs of at most `max_trials_per_program` trials, except configs only the
   trainer runs) or "auto" (vectorized where `runs.vectorize_faster` says it was measured
-  faster).
+  faster). ruleset "self_tuning": each optimizer once per study at its defaults, into
+  `<records_dir>/self_tuning` (`trials` unused).
   """
   unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
   unknown += [o for o in optimizers if o not in SEARCH_SPACES]
@@ -176,7 +187,15 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
                          f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
   if max_trials_per_program < 1:
     raise app.UsageError(f"--max_trials_per_program must be >= 1, not {max_trials_per_program}")
-  specs = [sp for w in workloads_ for sp in plan(w, optimizers, trials, range(studies))]
+  if ruleset == "self_tuning":
+    records_dir = os.path.join(records_dir, records_lib.SELF_TUNING_DIR)
+    runs_dir = os.path.join(runs_dir, records_lib.SELF_TUNING_DIR)
+    specs = [dataclasses.replace(sp, full_budget=full_budget) for w in workloads_
+             for sp in records_lib.plan_self_tuning(w, optimizers, range(studies))]
+    trials = 1
+  else:
+    specs = [sp for w in workloads_
+             for sp in plan(w, optimizers, trials, range(studies), full_budget)]
   if not flags.FLAGS["verbosity"].present:
     # Each run is one progress line here; the trainer's and orbax's INFO logs of hundreds of
     # runs would bury them (each run's own log is its workdir's metrics.jsonl).
@@ -186,8 +205,9 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
   _check_draws(specs, recorded, records_dir)
   done = {record_key(r) for r in recorded}
   todo = [sp for sp in specs if sp.key() not in done]
-  print(f"{len(specs)} runs planned ({trials} trials x {studies} studies x {len(optimizers)} "
-        f"optimizers x {len(workloads_)} workloads), {len(specs) - len(todo)} already recorded")
+  print(f"{len(specs)} runs planned ({ruleset} ruleset: {trials} trials x {studies} studies x "
+        f"{len(optimizers)} optimizers x {len(workloads_)} workloads), "
+        f"{len(specs) - len(todo)} already recorded")
   prov = provenance()
   new: list[dict] = []
   count = [0]
@@ -256,7 +276,8 @@ def update_from_flags(records_dir: str) -> bool:
 def main(argv):
   usage = ("usage: python -m experiments.compare {score,sweep,plots,all} RECORDS_DIR\n"
            "  sweep/all: [--quick] [--workloads=...] [--optimizers=...] [--trials=N] "
-           "[--studies=K] [--runs_dir=DIR] [--vectorize=auto|always|never]; "
+           "[--studies=K] [--runs_dir=DIR] [--vectorize=auto|always|never] "
+           "[--ruleset=external|self_tuning]; "
            "plots/all: [--out_dir=results]; all: "
            "[--workspace=WORKSPACE.md]")
   if len(argv) != 3 or argv[1] not in COMMANDS:
@@ -267,14 +288,19 @@ def main(argv):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
     run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value,
-              _VECTORIZE.value, _MAX_TRIALS.value)
+              _VECTORIZE.value, _MAX_TRIALS.value, _RULESET.value, _FULL_BUDGET.value)
   records = read_records(records_dir)
-  if not records:
+  self_tuning = read_records(os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
+  if not records and not self_tuning:
     raise app.UsageError(f"no records in {records_dir}")
   if command in ("score", "sweep", "all"):
-    print(report(records, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
-                 _BASELINE.value, _BY.value))
-  if command in ("plots", "all"):
+    # The external-tuning ruleset's report last: its last line is the JSON of its scores.
+    for title, rs in (("Self-tuning ruleset", self_tuning), ("External-tuning ruleset", records)):
+      if rs:
+        print(f"# {title}: {len(rs)} runs\n")
+        print(report(rs, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
+                     _BASELINE.value, _BY.value))
+  if command in ("plots", "all") and records:
     # Imported here: the plots module loads matplotlib (and picks its Agg backend).
     from experiments.harness import plots as plots_lib  # pylint: disable=g-import-not-at-top
     for path in plots_lib.plot_all(records, _OUT_DIR.value, _R_MAX.value, _BY.value):

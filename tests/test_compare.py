@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import compare
+from experiments.harness import records as records_lib
 
 INF = math.inf
 
@@ -134,10 +135,12 @@ def test_draw_trials_deterministic_in_range_and_per_study():
   assert a == compare.draw_trials("adamw", 8, study=0)
   assert a != compare.draw_trials("adamw", 8, study=1)
   lrs = [t["learning_rate"] for t in a]
-  assert all(1e-4 <= v <= 1e-1 for v in lrs) and all(0.9 <= t["b2"] <= 0.999 for t in a)
+  lo, hi = compare.SEARCH_SPACES["adamw"]["learning_rate"]
+  b2_lo, b2_hi = (1 - x for x in reversed(compare.SEARCH_SPACES["adamw"]["one_minus_b2"]))
+  assert all(lo <= v <= hi for v in lrs) and all(b2_lo <= t["b2"] <= b2_hi for t in a)
   assert len(set(lrs)) == 8
   # Quasi-random: 8 Sobol points put one in each eighth of the log-lr range.
-  bins = np.floor((np.log10(lrs) + 4) / 3 * 8).astype(int)
+  bins = np.floor((np.log10(lrs) - np.log10(lo)) / np.log10(hi / lo) * 8).astype(int)
   assert sorted(bins) == list(range(8))
   for opt in compare.SEARCH_SPACES:
     (trial,) = compare.draw_trials(opt, 1, study=0)
@@ -171,3 +174,17 @@ def test_welch_by_hand():
   assert res["t"] == pytest.approx((150.0 - 320.0) / math.sqrt(800.0 / 2))
   assert compare.welch([150.0, 150.0], [300.0, 300.0]) == {
       "holds": None, "why": "no spread in either sample"}
+
+
+def test_retarget_scores_a_full_budget_curve_on_another_target():
+  rec = {"workload": "w", "optimizer": "a", "study": 0, "trial": 0, "target": 1.0,
+         "steps_to_target": 20, "time_to_target_s": 2.0, "full_budget": True,
+         "curve": [[0, 0.0, 3.0], [10, 1.0, 1.5], [20, 2.0, 0.9], [30, 3.0, 0.7]]}
+  assert records_lib.retarget(rec, 0.8)["steps_to_target"] == 30
+  assert records_lib.retarget(rec, 0.8)["time_to_target_s"] == 3.0
+  assert records_lib.retarget(rec, 2.0)["steps_to_target"] == 10
+  assert records_lib.retarget(rec, 0.5)["steps_to_target"] is None
+  stopped = dict(rec, full_budget=False, curve=rec["curve"][:3])
+  assert records_lib.retarget(stopped, 2.0)["steps_to_target"] == 10  # higher: in the curve
+  with pytest.raises(ValueError, match="stopped at target"):
+    records_lib.retarget(stopped, 0.8)

@@ -152,3 +152,24 @@ def test_compare_sweep_vectorized_as_a_user_runs_it(tmp_path):
   bad = _compare("sweep", vec, *common)
   assert bad.returncode != 0
   assert "another search space" in bad.stderr
+
+
+def test_self_tuning_ruleset_sweeps_defaults_into_its_own_directory(tmp_path):
+  records = str(tmp_path / "records")
+  out = _compare("sweep", records, "--ruleset=self_tuning", "--workloads=logreg",
+                 "--optimizers=adamw,sgd", "--studies=2", "--vectorize=always",
+                 f"--runs_dir={tmp_path / 'runs'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert records_lib.read_records(records) == []  # the external ruleset's: none
+  got = records_lib.read_records(os.path.join(records, records_lib.SELF_TUNING_DIR))
+  assert sorted((r["optimizer"], r["study"], r["seed"]) for r in got) == [
+      ("adamw", 0, 0), ("adamw", 1, 1000), ("sgd", 0, 0), ("sgd", 1, 1000)]
+  assert all(r["hparams"] == {} and r["vectorized_trials"] == 2 for r in got)
+  assert "Self-tuning ruleset: 4 runs" in out.stdout
+  # At its defaults each study's run is its trainer run (same config, other seed).
+  spec = records_lib.plan_self_tuning("logreg", ["sgd"], [1])[0]
+  ref = runs_lib.train_run(spec, str(tmp_path / "ref"))
+  vec = next(r for r in got if r["optimizer"] == "sgd" and r["study"] == 1)
+  assert vec["steps_to_target"] == ref["steps_to_target"]
+  np.testing.assert_allclose([c[2] for c in vec["curve"]], [c[2] for c in ref["curve"]],
+                             rtol=1e-4)
