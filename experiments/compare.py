@@ -4,6 +4,8 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
   python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
+  python -m experiments.compare targets records/   # each workload's target by the AdamW rule
+  python -m experiments.compare retarget records/  # rescore records on the configs' targets
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
 optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
@@ -29,6 +31,7 @@ scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -134,7 +137,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs
 _WORKSPACE = flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"),
                                  "all: the file whose marked results section is regenerated.")
 
-COMMANDS = ("score", "sweep", "plots", "all")
+COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget")
 
 
 def _check_draws(specs: Sequence[RunSpec], records: Sequence[dict], records_dir: str) -> None:
@@ -262,6 +265,58 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
   return new
 
 
+def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) -> None:
+  """Each workload's target by the rule (`scoring.baseline_target`) beside its config's."""
+  records = read_records(records_dir)
+  print(f"| workload | config's target | rule's target | studies' best at "
+        f"{scoring.TARGET_BUDGET_FRACTION:.0%} of the budget (sorted) | floor |")
+  print("|---|---|---|---|---|")
+  for w in workloads_:
+    try:
+      t = scoring.baseline_target(records, w, baseline)
+    except ValueError as e:
+      print(f"| {w} | {runs_lib.workload_target(w):.4g} | {e} | | |")
+      continue
+    print(f"| {w} | {runs_lib.workload_target(w):.4g} | {t['target']:.4g} | "
+          f"{', '.join(f'{v:.4g}' for v in t['per_study'])} | {t['floor']:.2g} |")
+
+
+def retarget_records(records_dir: str) -> int:
+  """Rewrites every record whose target is not its workload config's current one (runs trained
+  to the full budget, or a target their curve already reached); returns how many changed."""
+  changed = 0
+  for name in sorted(os.listdir(records_dir)):
+    if not name.endswith(".jsonl"):
+      continue
+    path = os.path.join(records_dir, name)
+    rows = read_records_file(path)
+    out, stuck = [], []
+    for r in rows:
+      target = runs_lib.workload_target(r["workload"])
+      if r["target"] == target:
+        out.append(r)
+        continue
+      try:
+        out.append(records_lib.retarget(r, target))
+        changed += 1
+      except ValueError as e:
+        stuck.append(str(e))
+    if stuck:
+      raise app.UsageError(f"{len(stuck)} records cannot be retargeted (rerun them): " +
+                           "; ".join(stuck[:5]))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r, default=float) + "\n" for r in out)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return changed
+
+
+def read_records_file(path: str) -> list[dict]:
+  return [json.loads(line) for line in open(path) if line.strip()]
+
+
 def update_from_flags(records_dir: str) -> bool:
   """`workspace.update` as this module's flags say (--workspace, --out_dir, --baseline,
   --r_max, --alpha); `python -m scripts.update_workspace` runs it too."""
@@ -274,7 +329,8 @@ def update_from_flags(records_dir: str) -> bool:
 
 
 def main(argv):
-  usage = ("usage: python -m experiments.compare {score,sweep,plots,all} RECORDS_DIR\n"
+  usage = ("usage: python -m experiments.compare {score,sweep,plots,all,targets,retarget} "
+           "RECORDS_DIR\n"
            "  sweep/all: [--quick] [--workloads=...] [--optimizers=...] [--trials=N] "
            "[--studies=K] [--runs_dir=DIR] [--vectorize=auto|always|never] "
            "[--ruleset=external|self_tuning]; "
@@ -284,6 +340,12 @@ def main(argv):
     raise app.UsageError(usage)
   command, records_dir = argv[1], argv[2]
   t0 = time.time()
+  if command == "targets":
+    print_targets(records_dir, _WORKLOADS.value, _BASELINE.value)
+    return
+  if command == "retarget":
+    print(f"{retarget_records(records_dir)} records rescored on their workloads' targets")
+    return
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)

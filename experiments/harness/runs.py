@@ -52,6 +52,13 @@ def overlay(base: dict, hparams: dict) -> dict:
   return out
 
 
+def workload_target(workload: str) -> float:
+  """The workload config's current validation target."""
+  from experiments import configs_util  # pylint: disable=g-import-not-at-top
+  cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[workload]))
+  return float(cfg.train.target_val_loss)
+
+
 def vectorize_faster(workload: str, optimizer: str) -> bool:
   """Whether vectorized trials were measured faster than trainer runs there (VECTORIZE_SPEEDUP)."""
   speedup = VECTORIZE_SPEEDUP.get((workload, optimizer),
