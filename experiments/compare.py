@@ -211,7 +211,6 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
   print(f"{len(specs)} runs planned ({ruleset} ruleset: {trials} trials x {studies} studies x "
         f"{len(optimizers)} optimizers x {len(workloads_)} workloads), "
         f"{len(specs) - len(todo)} already recorded")
-  prov = provenance()
   new: list[dict] = []
   count = [0]
 
@@ -224,14 +223,12 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
           f"{eta / 60:.1f} min)" if count[0] else
           f"[{span}/{len(todo)}] {what} (elapsed {elapsed / 60:.1f} min)", flush=True)
 
-  def one_at_a_time(group):
-    for spec in group:
-      progress(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
-               f"{spec.hparams}", 1)
-      record = make_record(spec, train_run(spec, runs_dir), prov)
-      append_record(records_dir, record)
-      new.append(record)
-      count[0] += 1
+  def run_fn(spec):
+    progress(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
+             f"{spec.hparams}", 1)
+    result = train_run(spec, runs_dir)
+    count[0] += 1
+    return result
 
   from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   try:
@@ -246,7 +243,7 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
           print(f"{spec.workload} {spec.optimizer}: {e}")
           use = False
       if not use or len(group) == 1:
-        one_at_a_time(group)
+        new += sweep(group, records_dir, run_fn)
         continue
       studies_ = sorted({str(sp.study) for sp in group})
       progress(f"{spec.workload} {spec.optimizer}: {len(group)} trials vectorized "
@@ -284,37 +281,30 @@ def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) ->
 def retarget_records(records_dir: str) -> int:
   """Rewrites every record whose target is not its workload config's current one (runs trained
   to the full budget, or a target their curve already reached); returns how many changed."""
-  changed = 0
-  for name in sorted(os.listdir(records_dir)):
-    if not name.endswith(".jsonl"):
-      continue
-    path = os.path.join(records_dir, name)
-    rows = read_records_file(path)
-    out, stuck = [], []
+  by_workload: dict[str, list[dict]] = {}
+  for r in read_records(records_dir):
+    by_workload.setdefault(r["workload"], []).append(r)
+  changed, stuck, out = 0, [], {}
+  for w, rows in by_workload.items():
+    target = runs_lib.workload_target(w)
+    out[w] = []
     for r in rows:
-      target = runs_lib.workload_target(r["workload"])
-      if r["target"] == target:
-        out.append(r)
-        continue
       try:
-        out.append(records_lib.retarget(r, target))
-        changed += 1
+        out[w].append(r if r["target"] == target else records_lib.retarget(r, target))
+        changed += r["target"] != target
       except ValueError as e:
         stuck.append(str(e))
-    if stuck:
-      raise app.UsageError(f"{len(stuck)} records cannot be retargeted (rerun them): " +
-                           "; ".join(stuck[:5]))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r, default=float) + "\n" for r in out)
+  if stuck:
+    raise app.UsageError(f"{len(stuck)} records cannot be retargeted (rerun them): " +
+                         "; ".join(stuck[:5]))
+  for w, rows in out.items():  # each workload's file replaced whole (records.append_record's)
+    path = os.path.join(records_dir, f"{w}.jsonl")
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r, default=float) + "\n" for r in rows)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(path + ".tmp", path)
   return changed
-
-
-def read_records_file(path: str) -> list[dict]:
-  return [json.loads(line) for line in open(path) if line.strip()]
 
 
 def update_from_flags(records_dir: str) -> bool:
