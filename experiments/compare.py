@@ -280,7 +280,29 @@ def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) ->
 
 def retarget_records(records_dir: str) -> int:
   """Rewrites every record whose target is not its workload config's current one (runs trained
-  to the full budget, or a target their curve already reached); returns how many changed."""
+  to the full budget, or a target their curve already reached), in both rulesets' directories;
+  returns how many changed. Nothing is written unless every record can be rescored."""
+  dirs = [d for d in (records_dir, os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
+          if os.path.isdir(d)]
+  plans = [(d, _retarget_plan(d)) for d in dirs]
+  stuck = [e for _, (_, _, errors) in plans for e in errors]
+  if stuck:
+    raise app.UsageError(f"{len(stuck)} records cannot be retargeted (rerun them): " +
+                         "; ".join(stuck[:5]))
+  for d, (out, _, _) in plans:
+    for w, rows in out.items():  # each workload's file replaced whole (records.append_record's)
+      path = os.path.join(d, f"{w}.jsonl")
+      with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r, default=float) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(path + ".tmp", path)
+  return sum(changed for _, (_, changed, _) in plans)
+
+
+def _retarget_plan(records_dir: str) -> tuple[dict[str, list[dict]], int, list[str]]:
+  """One directory's records rescored on the configs' targets: (rows per workload, how many
+  changed, the records that cannot be rescored)."""
   by_workload: dict[str, list[dict]] = {}
   for r in read_records(records_dir):
     by_workload.setdefault(r["workload"], []).append(r)
@@ -294,17 +316,7 @@ def retarget_records(records_dir: str) -> int:
         changed += r["target"] != target
       except ValueError as e:
         stuck.append(str(e))
-  if stuck:
-    raise app.UsageError(f"{len(stuck)} records cannot be retargeted (rerun them): " +
-                         "; ".join(stuck[:5]))
-  for w, rows in out.items():  # each workload's file replaced whole (records.append_record's)
-    path = os.path.join(records_dir, f"{w}.jsonl")
-    with open(path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r, default=float) + "\n" for r in rows)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-  return changed
+  return out, changed, stuck
 
 
 def update_from_flags(records_dir: str) -> bool:

@@ -188,3 +188,72 @@ def test_retarget_scores_a_full_budget_curve_on_another_target():
   assert records_lib.retarget(stopped, 2.0)["steps_to_target"] == 10  # higher: in the curve
   with pytest.raises(ValueError, match="stopped at target"):
     records_lib.retarget(stopped, 0.8)
+
+
+def _full_budget_run(study, best, late):
+  """An AdamW logreg record trained to its 400-step budget: 1.0 at step 0, `best` at step 300,
+  `late` at step 400 (past 90% of the budget, which the target rule ignores)."""
+  return {"workload": "logreg", "optimizer": "adamw", "hparams": {"learning_rate": 0.03},
+          "seed": 1000 * study, "study": study, "trial": 0, "target": 0.5,
+          "metric": "val_suboptimality", "step_budget": 400, "full_budget": True,
+          "steps_to_target": 300, "time_to_target_s": 3.0, "final_metric": late,
+          "curve": [[0, 0.0, 1.0], [200, 2.0, 0.1], [300, 3.0, best], [400, 4.0, late]],
+          "git_sha": "x", "versions": {}, "device": "cpu"}
+
+
+def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
+  from experiments.harness import runs as runs_lib
+  target = runs_lib.workload_target("logreg")
+  bests = [4e-4, 2e-3, 1e-3, 3e-3, 5e-3]  # sorted: 4e-4, 1e-3, 2e-3, 3e-3 (the 4th), 5e-3
+  rows = [_full_budget_run(s, b, 1e-5) for s, b in enumerate(bests)]
+  records_lib.append_record(str(tmp_path), rows[0])
+  for r in rows[1:]:
+    records_lib.append_record(str(tmp_path), r)
+  cmd = [sys.executable, "-m", "experiments.compare"]
+  out = subprocess.run(cmd + ["targets", str(tmp_path), "--workloads=logreg"], check=True,
+                       capture_output=True, text=True).stdout
+  line = next(ln for ln in out.splitlines() if ln.startswith("| logreg"))
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert cells[1] == f"{target:.4g}" and cells[2] == "0.003"  # the 4th best, not step 400's
+  assert cells[3] == "0.0004, 0.001, 0.002, 0.003, 0.005"
+
+  out = subprocess.run(cmd + ["retarget", str(tmp_path)], check=True, capture_output=True,
+                       text=True).stdout
+  assert "5 records rescored" in out
+  got = {r["study"]: r for r in compare.read_records(str(tmp_path))}
+  for s, b in enumerate(bests):  # the first evaluation at or below the config's target
+    want = 300 if b <= target else 400
+    assert got[s]["target"] == target and got[s]["steps_to_target"] == want
+    assert got[s]["time_to_target_s"] == want / 100
+  again = subprocess.run(cmd + ["retarget", str(tmp_path)], check=True, capture_output=True,
+                         text=True).stdout
+  assert "0 records rescored" in again
+
+  # A run stopped at a target above the config's holds no later evaluation: refused, and
+  # nothing is rewritten (the self-tuning directory is rescored with the rest).
+  stopped = dict(rows[0], full_budget=False, target=0.05, steps_to_target=200,
+                 curve=rows[0]["curve"][:2])
+  records_lib.append_record(str(tmp_path / records_lib.SELF_TUNING_DIR), stopped)
+  before = (tmp_path / "logreg.jsonl").read_text()
+  bad = subprocess.run(cmd + ["retarget", str(tmp_path)], capture_output=True, text=True)
+  assert bad.returncode != 0 and "1 records cannot be retargeted" in bad.stderr
+  assert (tmp_path / "logreg.jsonl").read_text() == before
+
+
+def test_checked_in_targets_follow_the_rule_and_adamw_reaches_them():
+  """configs/workload_*.py's targets against records/: each is the rule's value (rounded up no
+  further than the next study's best), the records are scored on it, and tuned AdamW reaches
+  it in at least TARGET_STUDIES of its studies."""
+  from experiments.harness import runs as runs_lib
+  from experiments.harness import scoring
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  records = compare.read_records(os.path.join(root, "records"))
+  for w in compare.WORKLOAD_CONFIGS:
+    rule = scoring.baseline_target(records, w)
+    config = runs_lib.workload_target(w)
+    above = [v for v in rule["per_study"] if v > rule["target"]]
+    assert rule["target"] <= config < (min(above) if above else 1.01 * rule["target"]), w
+    adamw = [r for r in records if r["workload"] == w and r["optimizer"] == "adamw"]
+    assert {r["target"] for r in adamw} == {config}, f"{w}: run compare retarget records"
+    reached = {r["study"] for r in adamw if r["steps_to_target"] is not None}
+    assert len(reached) >= scoring.TARGET_STUDIES, (w, reached)
