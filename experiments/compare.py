@@ -2,6 +2,7 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
 
   python -m experiments.compare all records/ [--quick]     # sweep + score + plots + WORKSPACE.md
   python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
+  python -m experiments.compare all records/ --budget=algoperf  # the whole comparison, resumable
   python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
   python -m experiments.compare targets records/   # each workload's target by the AdamW rule
@@ -129,6 +130,12 @@ _RULESET = flags.DEFINE_enum(
 _FULL_BUDGET = flags.DEFINE_bool(
     "full_budget", False, "sweep: train every run to its step budget instead of stopping at "
     "the target (the baseline runs that set targets; records.retarget scores them on another).")
+_BUDGET = flags.DEFINE_enum(
+    "budget", "flags", ["flags", "algoperf"],
+    "sweep, all: `flags` sweeps --optimizers x --trials x --studies under --ruleset; `algoperf` "
+    "runs the whole comparison of issue 21 (algoperf_phases: the baseline AdamW 5x5 to the full "
+    "budget, the core optimizers 5x5, the frontier 5 trials x 3 studies, every optimizer "
+    "self-tuned x 5 studies), resumable, one progress count and ETA over all of it.")
 _MAX_TRIALS = flags.DEFINE_integer("max_trials_per_program", 25,
                                    "sweep: at most this many trials in one vectorized program.")
 
@@ -171,6 +178,62 @@ def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One part of a sweep: its runs and where their records and workdirs go."""
+  name: str
+  records_dir: str
+  runs_dir: str
+  specs: tuple[RunSpec, ...]
+
+
+def plan_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
+               optimizers: Sequence[str], trials: int, studies: int,
+               ruleset: str = "external", full_budget: bool = False,
+               name: str | None = None) -> Phase:
+  """A sweep's runs: `trials` drawn points x `studies` per optimizer and workload (external
+  ruleset), or each optimizer once per study at its defaults into `<records_dir>/self_tuning`."""
+  unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
+  unknown += [o for o in optimizers if o not in SEARCH_SPACES]
+  if unknown:
+    raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
+                         f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+  if ruleset == "self_tuning":
+    specs = [dataclasses.replace(sp, full_budget=full_budget) for w in workloads_
+             for sp in records_lib.plan_self_tuning(w, optimizers, range(studies))]
+    records_dir = os.path.join(records_dir, records_lib.SELF_TUNING_DIR)
+    runs_dir = os.path.join(runs_dir, records_lib.SELF_TUNING_DIR)
+    trials = 1
+  else:
+    specs = [sp for w in workloads_
+             for sp in plan(w, optimizers, trials, range(studies), full_budget)]
+  name = name or (f"{ruleset} ruleset: {trials} trials x {studies} studies x "
+                  f"{len(optimizers)} optimizers x {len(workloads_)} workloads")
+  return Phase(name, records_dir, runs_dir, tuple(specs))
+
+
+# AlgoPerf's budget (issue 21): the six core optimizers 5 trials x 5 studies, the frontier entries
+# 5 trials x 3 studies (the same tuning budget per study, fewer studies), every optimizer once
+# per study at its defaults (self-tuning), and first the baseline AdamW trained to the full step
+# budget, whose curves set the workloads' targets (`compare targets`).
+CORE = ("adamw", "muon", "shampoo", "soap", "sgd", "adamw_8bit")
+FRONTIER = tuple(o for o in SEARCH_SPACES if o not in CORE)
+
+
+def algoperf_phases(records_dir: str, runs_dir: str, workloads_: Sequence[str]) -> list[Phase]:
+  """The whole comparison of issue 21, as phases `run_phases` runs (resumable)."""
+  return [
+      plan_phase(records_dir, runs_dir, workloads_, ["adamw"], 5, 5, full_budget=True,
+                 name="baseline: AdamW 5 trials x 5 studies to the full budget (sets targets)"),
+      plan_phase(records_dir, runs_dir, workloads_, CORE[1:], 5, 5,
+                 name=f"core: {', '.join(CORE[1:])}, 5 trials x 5 studies"),
+      plan_phase(records_dir, runs_dir, workloads_, FRONTIER, 5, 3,
+                 name=f"frontier: {', '.join(FRONTIER)}, 5 trials x 3 studies"),
+      plan_phase(records_dir, runs_dir, workloads_, CORE + FRONTIER, 1, 5, "self_tuning",
+                 name=f"self-tuning: all {len(CORE + FRONTIER)} at their defaults x 5 studies"),
+  ]
+
+
 def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[str],
               trials: int, studies: int, runs_dir: str, vectorize: str = "never",
               max_trials_per_program: int = 25, ruleset: str = "external",
@@ -183,76 +246,81 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
   faster). ruleset "self_tuning": each optimizer once per study at its defaults, into
   `<records_dir>/self_tuning` (`trials` unused).
   """
-  unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
-  unknown += [o for o in optimizers if o not in SEARCH_SPACES]
-  if unknown:
-    raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
-                         f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+  phase = plan_phase(records_dir, runs_dir, workloads_, optimizers, trials, studies, ruleset,
+                     full_budget)
+  return run_phases([phase], vectorize, max_trials_per_program)
+
+
+def _use_vectorized(group: Sequence[RunSpec], vectorize: str) -> bool:
+  spec = group[0]
+  use = len(group) > 1 and (vectorize == "always" or (
+      vectorize == "auto" and runs_lib.vectorize_faster(spec.workload, spec.optimizer)))
+  if use:
+    from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
+    try:
+      vectorized.check_config(run_config(spec))
+    except vectorized.NotVectorizable as e:
+      print(f"{spec.workload} {spec.optimizer}: {e}")
+      use = False
+  return use
+
+
+def run_phases(phases: Sequence[Phase], vectorize: str = "never",
+               max_trials_per_program: int = 25) -> list[dict]:
+  """Trains every run of `phases` not yet recorded: the vectorized programs first (seconds
+  each), then the trainer runs, each in phase order; one progress count over all of them, with
+  an ETA summed per workload (experiments/harness/progress.py)."""
+  from experiments.harness import progress as progress_lib  # pylint: disable=g-import-not-at-top
+  from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   if max_trials_per_program < 1:
     raise app.UsageError(f"--max_trials_per_program must be >= 1, not {max_trials_per_program}")
-  if ruleset == "self_tuning":
-    records_dir = os.path.join(records_dir, records_lib.SELF_TUNING_DIR)
-    runs_dir = os.path.join(runs_dir, records_lib.SELF_TUNING_DIR)
-    specs = [dataclasses.replace(sp, full_budget=full_budget) for w in workloads_
-             for sp in records_lib.plan_self_tuning(w, optimizers, range(studies))]
-    trials = 1
-  else:
-    specs = [sp for w in workloads_
-             for sp in plan(w, optimizers, trials, range(studies), full_budget)]
   if not flags.FLAGS["verbosity"].present:
     # Each run is one progress line here; the trainer's and orbax's INFO logs of hundreds of
     # runs would bury them (each run's own log is its workdir's metrics.jsonl).
     logging.set_verbosity(logging.WARNING)
   t0 = time.time()
-  recorded = read_records(records_dir)
-  _check_draws(specs, recorded, records_dir)
-  done = {record_key(r) for r in recorded}
-  todo = [sp for sp in specs if sp.key() not in done]
-  print(f"{len(specs)} runs planned ({ruleset} ruleset: {trials} trials x {studies} studies x "
-        f"{len(optimizers)} optimizers x {len(workloads_)} workloads), "
-        f"{len(specs) - len(todo)} already recorded")
+  programs, history = [], []
+  for phase in phases:
+    recorded = read_records(phase.records_dir)
+    history += recorded
+    _check_draws(phase.specs, recorded, phase.records_dir)
+    done = {record_key(r) for r in recorded}
+    todo = [sp for sp in phase.specs if sp.key() not in done]
+    print(f"{phase.name}: {len(phase.specs)} runs planned, {len(phase.specs) - len(todo)} "
+          "already recorded")
+    programs += [(phase, g, _use_vectorized(g, vectorize))
+                 for g in _groups(todo, max_trials_per_program)]
+  programs.sort(key=lambda p: not p[2])  # stable: phase order within each kind
+  progress = progress_lib.Progress(
+      [(sp.workload, use) for _, g, use in programs for sp in g],
+      progress_lib.trainer_priors(history))
   new: list[dict] = []
-  count = [0]
 
-  def progress(what: str, n: int) -> None:
-    elapsed = time.time() - t0
-    eta = elapsed / count[0] * (len(todo) - count[0]) if count[0] else 0.0
-    first = count[0] + 1
-    span = f"{first}" if n == 1 else f"{first}-{count[0] + n}"
-    print(f"[{span}/{len(todo)}] {what} (elapsed {elapsed / 60:.1f} min, ETA "
-          f"{eta / 60:.1f} min)" if count[0] else
-          f"[{span}/{len(todo)}] {what} (elapsed {elapsed / 60:.1f} min)", flush=True)
+  def run_fn_for(phase):
+    def run_fn(spec):
+      progress.start(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
+                     f"{spec.hparams}")
+      t = time.time()
+      result = train_run(spec, phase.runs_dir)
+      progress.finish((spec.workload, False), 1, time.time() - t)
+      return result
+    return run_fn
 
-  def run_fn(spec):
-    progress(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
-             f"{spec.hparams}", 1)
-    result = train_run(spec, runs_dir)
-    count[0] += 1
-    return result
-
-  from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   try:
-    for group in _groups(todo, max_trials_per_program):
-      spec = group[0]
-      use = vectorize == "always" or (
-          vectorize == "auto" and runs_lib.vectorize_faster(spec.workload, spec.optimizer))
-      if use and len(group) > 1:
-        try:
-          vectorized.check_config(run_config(spec))
-        except vectorized.NotVectorizable as e:
-          print(f"{spec.workload} {spec.optimizer}: {e}")
-          use = False
-      if not use or len(group) == 1:
-        new += sweep(group, records_dir, run_fn)
+    for phase, group, use in programs:
+      if not use:
+        new += sweep(group, phase.records_dir, run_fn_for(phase))
         continue
+      spec = group[0]
       studies_ = sorted({str(sp.study) for sp in group})
-      progress(f"{spec.workload} {spec.optimizer}: {len(group)} trials vectorized "
-               f"(studies {', '.join(studies_)})", len(group))
+      progress.start(f"{spec.workload} {spec.optimizer}: {len(group)} trials vectorized "
+                     f"(studies {', '.join(studies_)})", len(group))
       import jax  # pylint: disable=g-import-not-at-top
       devices = jax.devices() if jax.device_count() > 1 and not len(group) % jax.device_count() \
           else None
-      new += vectorized.sweep_group(group, records_dir, devices)
-      count[0] += len(group)
+      t = time.time()
+      new += vectorized.sweep_group(group, phase.records_dir, devices)
+      progress.finish((spec.workload, True), len(group), time.time() - t)
   except (SweepInterrupted, vectorized.Interrupted) as e:
     # A trainer run took the signal (and saved a checkpoint), or a vectorized program did: the
     # sweep stops too, recording nothing for the unfinished run or program.
@@ -276,6 +344,26 @@ def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) ->
       continue
     print(f"| {w} | {runs_lib.workload_target(w):.4g} | {t['target']:.4g} | "
           f"{', '.join(f'{v:.4g}' for v in t['per_study'])} | {t['floor']:.2g} |")
+
+
+def warn_stale_targets(records_dir: str, workloads_: Sequence[str], baseline: str) -> list[str]:
+  """Prints (and returns) the workloads whose config's target is not the rule's from the
+  baseline's records: the config must be edited (then `compare retarget`), not silently moved."""
+  records = read_records(records_dir)
+  stale = []
+  for w in workloads_:
+    try:
+      rule = scoring.baseline_target(records, w, baseline)
+    except ValueError:
+      continue
+    config = runs_lib.workload_target(w)
+    above = [v for v in rule["per_study"] if v > rule["target"]]
+    if not rule["target"] <= config < (min(above) if above else 1.01 * rule["target"]):
+      stale.append(w)
+      print(f"WARNING: {w}'s target is {config:.4g} but the rule gives {rule['target']:.4g} "
+            f"from {baseline}'s records: set it in {WORKLOAD_CONFIGS[w].split(':')[0]}, then "
+            f"run `python -m experiments.compare retarget {records_dir}`")
+  return stale
 
 
 def retarget_records(records_dir: str) -> int:
@@ -335,7 +423,7 @@ def main(argv):
            "RECORDS_DIR\n"
            "  sweep/all: [--quick] [--workloads=...] [--optimizers=...] [--trials=N] "
            "[--studies=K] [--runs_dir=DIR] [--vectorize=auto|always|never] "
-           "[--ruleset=external|self_tuning]; "
+           "[--ruleset=external|self_tuning] [--budget=flags|algoperf]; "
            "plots/all: [--out_dir=results]; all: "
            "[--workspace=WORKSPACE.md]")
   if len(argv) != 3 or argv[1] not in COMMANDS:
@@ -351,8 +439,13 @@ def main(argv):
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
-    run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value,
-              _VECTORIZE.value, _MAX_TRIALS.value, _RULESET.value, _FULL_BUDGET.value)
+    if _BUDGET.value == "algoperf":
+      run_phases(algoperf_phases(records_dir, _RUNS.value, workloads_), _VECTORIZE.value,
+                 _MAX_TRIALS.value)
+      warn_stale_targets(records_dir, workloads_, _BASELINE.value)
+    else:
+      run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value,
+                _VECTORIZE.value, _MAX_TRIALS.value, _RULESET.value, _FULL_BUDGET.value)
   records = read_records(records_dir)
   self_tuning = read_records(os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
   if not records and not self_tuning:

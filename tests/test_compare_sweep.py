@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from configs import workload_logreg
 from experiments import compare
 from experiments import compare_plots
 from experiments import trainer
@@ -26,7 +27,8 @@ def test_sweep_through_the_trainer_writes_records_and_rerun_skips(tmp_path):
     assert set(r) >= {"workload", "optimizer", "hparams", "seed", "study", "trial", "target",
                       "metric", "step_budget", "steps_to_target", "time_to_target_s",
                       "final_metric", "curve", "git_sha", "versions", "device"}
-    assert r["metric"] == "suboptimality" and r["target"] == 1e-3 and r["step_budget"] == 400
+    assert r["metric"] == "suboptimality" and r["target"] == workload_logreg.TARGET
+    assert r["step_budget"] == 400
     steps = [c[0] for c in r["curve"]]
     seconds = [c[1] for c in r["curve"]]
     assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3
