@@ -44,6 +44,7 @@ import optax
 
 from optimizers import nonfinite
 from optimizers._registry import register
+from optimizers.shampoo import linalg
 
 MEMORY_SAVE_MODES = (None, "one_diag", "all_diag")
 BALANCE_PROBABILITY = 0.01
@@ -100,13 +101,13 @@ def _along(x: jax.Array, q: jax.Array, axis: int, transpose: bool = False) -> ja
 
 
 def _solve_transposed_along(x: jax.Array, q: jax.Array, axis: int) -> jax.Array:
-  """x with q^{-T} applied along `axis` (one 2-D triangular solve: no batched LAPACK call)."""
+  """x with q^{-T} applied along `axis` (one 2-D triangular solve: no batched LAPACK call,
+  also under vmap: linalg.solve_upper_transposed)."""
   if q.ndim == 1:
     return x / q.reshape((-1,) + (1,) * (x.ndim - 1 - axis))
   moved = jnp.moveaxis(x, axis, 0)
   flat = moved.reshape(moved.shape[0], -1)
-  solved = jax.lax.linalg.triangular_solve(q, flat, left_side=True, lower=False,
-                                           transpose_a=True)
+  solved = linalg.solve_upper_transposed(q, flat)
   return jnp.moveaxis(solved.reshape(moved.shape), 0, axis)
 
 

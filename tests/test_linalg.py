@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import configs_util
+from experiments.harness import records as records_lib
+from experiments.training import train_state
 import optimizers
 from optimizers.shampoo import linalg
 
@@ -88,7 +91,7 @@ def _lapack_calls(tx, trials=None):
   text = jax.jit(update).lower(params, state, params).as_text()
   calls = {}
   for line in text.splitlines():
-    for name in ("geqrf", "orgqr", "syevd"):
+    for name in ("geqrf", "orgqr", "syevd", "trsm"):
       if f"lapack_s{name}_ffi" in line:
         calls.setdefault(name, []).append(re.search(r'num_batch_dims = "(\d+)"', line)[1])
   return calls
@@ -99,10 +102,11 @@ def _lapack_calls(tx, trials=None):
     ("soap", {"block_size": 16}, {"geqrf", "orgqr", "syevd"}),
     ("shampoo", {"block_size": 16, "root_method": "eigh"}, {"syevd"}),
     ("dion", {}, {"geqrf", "orgqr"}),
+    ("psgd_kron", {}, {"trsm"}),
 ])
 def test_every_decomposition_is_one_matrix_per_call(name, kw, kernels, trials):
   # Also under vmap over trials, which would otherwise batch every per-matrix call by K (an
-  # mlp_digits Shampoo sweep of 5 vectorized trials hung so).
+  # mlp_digits Shampoo sweep of 5 vectorized trials hung so, and PSGD-Kron's 15 on its trsm).
   calls = _lapack_calls(optimizers.create(name, learning_rate=1e-3, **kw), trials)
   assert set(calls) == kernels
   assert all(n == "0" for batch_dims in calls.values() for n in batch_dims), calls
@@ -139,3 +143,19 @@ def test_soap_with_many_groups_does_not_deadlock():
   except subprocess.TimeoutExpired:
     pytest.fail("SOAP's update did not return within 120 s: LAPACK deadlock")
   assert "finished" in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(records_lib.SEARCH_SPACES))
+def test_no_swept_optimizer_batches_a_lapack_call_under_vmap(name):
+  """Every optimizer a sweep vectorizes, built as the sweep builds it (its CPU speedrun
+  config's block) and vmapped over 3 trials: any LAPACK kernel in its update, whichever, is
+  called one matrix at a time."""
+  cfg = configs_util.load(os.path.join(_ROOT, "configs", f"{records_lib.BASE_CONFIGS[name]}.py"))
+  tx, _ = train_state.make_optimizer(cfg)
+  params = _params()
+  state = tx.init(params)
+  stacked = jax.tree.map(lambda x: jnp.stack([x] * 3), (params, state))
+  text = jax.jit(jax.vmap(tx.update)).lower(stacked[0], stacked[1], stacked[0]).as_text()
+  batch_dims = [re.search(r'num_batch_dims = "(\d+)"', ln) for ln in text.splitlines()
+                if "lapack_" in ln]
+  assert all(m is None or m[1] == "0" for m in batch_dims), [m[0] for m in batch_dims if m]

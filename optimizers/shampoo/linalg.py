@@ -23,22 +23,27 @@ import jax.numpy as jnp
 
 
 def _sequential_under_vmap(fn: Callable) -> Callable:
-  """fn on one matrix, which `jax.vmap` maps over one matrix at a time instead of batching.
+  """fn on one matrix (or one set of arguments), which `jax.vmap` maps over one at a time
+  instead of batching.
 
   Vectorized trials (experiments/harness/vectorized.py) vmap the whole optimizer over a trial
   axis, which would batch the per-matrix call below again (vmap of `lax.map` batches its body):
-  a LAPACK batch of K, the deadlock above. This rule keeps every call at one matrix.
+  a LAPACK batch of K, the deadlock above. This rule keeps every call at one matrix; an
+  argument vmap does not batch is broadcast to the others' size.
   """
   @jax.custom_batching.custom_vmap
-  def one(x):
-    return fn(x)
+  def one(*args):
+    return fn(*args)
 
   @one.def_vmap
-  def _rule(axis_size, in_batched, x):
-    del axis_size
-    (batched,) = in_batched
-    out = jax.lax.map(one, x) if batched else one(x)
-    return out, jax.tree.map(lambda _: batched, out)
+  def _rule(axis_size, in_batched, *args):
+    if not any(in_batched):
+      out = one(*args)
+      return out, jax.tree.map(lambda _: False, out)
+    args = [a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+            for a, b in zip(args, in_batched)]
+    out = jax.lax.map(lambda xs: one(*xs), args)
+    return out, jax.tree.map(lambda _: True, out)
 
   return one
 
@@ -56,6 +61,22 @@ def _q(a: jax.Array) -> jax.Array:
 
 
 _SEQUENTIAL = {f: _sequential_under_vmap(f) for f in (_q, jnp.linalg.eigh)}
+
+
+def _upper_transposed_solve(q: jax.Array, b: jax.Array) -> jax.Array:
+  return jax.lax.linalg.triangular_solve(q, b, left_side=True, lower=False, transpose_a=True)
+
+
+_SEQUENTIAL_SOLVE = _sequential_under_vmap(_upper_transposed_solve)
+
+
+def solve_upper_transposed(q: jax.Array, b: jax.Array) -> jax.Array:
+  """q^{-T} b for one upper-triangular q (n, n) and b (n, m): one LAPACK trsm call, which on CPU
+  stays one matrix per call under `jax.vmap` too (a batched trsm is one of the kernels above;
+  PSGD-Kron's vectorized trials hung on it)."""
+  if jax.default_backend() != "cpu":
+    return _upper_transposed_solve(q, b)
+  return _SEQUENTIAL_SOLVE(q, b)
 
 
 def qr_orthogonal(stacks: Sequence[jax.Array]) -> list[jax.Array]:
