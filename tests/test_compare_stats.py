@@ -104,7 +104,8 @@ def test_update_rewrites_workspace_and_readme_blocks_idempotently(tmp_path):
   assert first_readme.endswith(update_workspace.HEADLINE_END + "\n\n## Layout\n")
   assert "old 0.52x" not in first_readme
   head = first_readme.split(update_workspace.HEADLINE_BEGIN)[1]
-  assert "from the 15 runs in `records/`: 3 optimizers on 1 workloads, 1 trials x 5 studies" in head
+  assert "from the 15 runs in `records/`: 3 optimizers on 1 workloads." in head
+  assert "**Budget** (trials per study x studies): adamw 1 x 5, fast 1 x 5, same 1 x 5" in head
   assert "measurably fewer steps than adamw: fast 0.50x [" in head
   assert "no measurable difference from adamw: same 1.00x [" in head
   assert "Measurable differences from adamw: fast on w, 0.50x [" in head

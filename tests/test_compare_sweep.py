@@ -111,7 +111,8 @@ def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
                           + update_workspace.BEGIN)
   assert first.endswith(update_workspace.END + "\n\n## Old results\n\nKeep me.\n")
   body = first.split(update_workspace.BEGIN)[1].split(update_workspace.END)[0]
-  assert "adamw 2 x 3, fast 2 x 3, noisy 2 x 3 - the same for every optimizer" in body
+  assert "adamw 2 x 3, fast 2 x 3, noisy 2 x 3 - the same tuning budget per study for every " \
+         "optimizer." in body
   # w1 ratios: fast 1, adamw 2, noisy 1.8 by steps (and by time: time = steps / 10).
   assert "| fast | 0.500 | 0.500 |" in body and "| noisy | 0.367 | 0.367 |" in body
   assert "| adamw | 0.333 | 0.333 |" in body
@@ -227,3 +228,24 @@ def test_a_run_stopped_by_a_signal_is_not_recorded_and_stops_the_sweep(tmp_path,
   monkeypatch.setattr(trainer, "train_and_evaluate", real)
   compare.run_sweep(records_dir, ["mds"], ["adamw", "sgd"], 1, 1, runs_dir)
   assert [r["optimizer"] for r in compare.read_records(records_dir)] == ["adamw", "sgd"]
+
+
+def test_budget_line_names_what_a_stopped_sweep_has_not_run():
+  from experiments.harness import workspace as workspace_lib
+  recs = [_rec(w, o, s, t, 10.0) for w in ("w1", "w2") for o in ("a", "b") for s in range(3)
+          for t in range(2)]
+  recs += [_rec("w1", "c", s, t, 10.0) for s in range(2) for t in range(2)]  # c: no w2 yet
+  recs = [r for r in recs if not (r["workload"] == "w2" and r["optimizer"] == "b" and
+                                  r["study"] == 2 and r["trial"] == 1)]
+  assert workspace_lib.coverage(recs)["b"] == {"w1": (2, 3), "w2": (1, 3)}
+  assert workspace_lib.coverage(recs)["c"] == {"w1": (2, 2), "w2": (0, 0)}
+  assert workspace_lib.budget(recs) == {"a": (2, 3), "b": (2, 3), "c": (2, 2)}
+  line = workspace_lib.budget_sentence(recs)
+  assert "a 2 x 3, b 2 x 3, c 2 x 2 - the same tuning budget per study" in line
+  assert "(fewer studies: wider intervals, not a handicap)" in line
+  assert "**Incomplete**" in line and "b (2 x 3 elsewhere): w2 1 x 3" in line
+  assert "c (2 x 2 elsewhere): w2 0 x 0" in line
+  complete = [r for r in recs if r["optimizer"] == "a"]
+  assert "Incomplete" not in workspace_lib.budget_sentence(complete)
+  uneven = complete + [_rec(w, "d", 0, 0, 10.0) for w in ("w1", "w2")]
+  assert "NOT the same for every optimizer" in workspace_lib.budget_sentence(uneven)
