@@ -18,18 +18,20 @@ WORKLOAD_CONFIGS = {
 }
 QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
 # Vectorized trials (one program for K trials) over K trainer runs, wall-clock ratio per
-# (workload, optimizer), K = 5, measured by scripts/bench_vectorized.py in one run on the 2-core
-# CPU (WORKSPACE.md, "Vectorized trials"); `compare sweep --vectorize=auto` vectorizes where it
-# is above 1. A pair not measured follows its workload's AdamW.
+# (workload, optimizer), K = 5, measured by scripts/bench_vectorized.py on the 2-core CPU
+# (WORKSPACE.md, "Vectorized trials"); `compare sweep --vectorize=auto` vectorizes where it is
+# above 1. A pair not measured follows its workload's AdamW. AdamW: one run over all five
+# workloads (results/bench_vectorized_adamw.json); Shampoo: an earlier run over the small three
+# (results/bench_vectorized.json).
 VECTORIZE_SPEEDUP = {
-    ("mds", "adamw"): 5.54, ("mds", "shampoo"): 2.77,
-    ("logreg", "adamw"): 7.68, ("logreg", "shampoo"): 6.36,
-    ("mlp_digits", "adamw"): 4.46, ("mlp_digits", "shampoo"): 1.71,
+    ("mds", "adamw"): 5.06, ("mds", "shampoo"): 2.77,
+    ("logreg", "adamw"): 6.84, ("logreg", "shampoo"): 6.36,
+    ("mlp_digits", "adamw"): 4.24, ("mlp_digits", "shampoo"): 1.71,
     # Compute-bound on 2 cores: K trials cost K steps' arithmetic either way, and a trial that
     # reached its target computes on (masked) until the program's last trial ends.
-    ("speedrun", "adamw"): 0.91,
-    # gpt_deep: not measured yet; the same GPT, deeper, so it follows the speedrun.
-    ("gpt_deep", "adamw"): 0.91,
+    ("speedrun", "adamw"): 0.93,
+    # Half the speedrun's width: small enough matmuls that batching K of them still pays a little.
+    ("gpt_deep", "adamw"): 1.13,
 }
 # The repository root (this file is experiments/harness/runs.py).
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -204,7 +204,7 @@ def headline(records: Sequence[dict], records_dir: str = "records", baseline: st
                 if c["verdict"]]
   lines += ["", "Measurable differences from " + baseline + ": " +
             ("; ".join(f"{o} on {w}, {scoring.ratio_text(c, baseline)}" for w, o, c in measurable)
-             if measurable else "none at this budget.") +
+             + "." if measurable else "none at this budget.") +
             " Time to target, the scores and every table: WORKSPACE.md."]
   return "\n".join(lines)
 
