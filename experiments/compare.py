@@ -267,9 +267,9 @@ def _use_vectorized(group: Sequence[RunSpec], vectorize: str) -> bool:
 
 def run_phases(phases: Sequence[Phase], vectorize: str = "never",
                max_trials_per_program: int = 25) -> list[dict]:
-  """Trains every run of `phases` not yet recorded: the vectorized programs first (seconds
-  each), then the trainer runs, each in phase order; one progress count over all of them, with
-  an ETA summed per workload (experiments/harness/progress.py)."""
+  """Trains every run of `phases` not yet recorded: the vectorized programs first, then the
+  trainer runs, each cheapest workload first and in phase order; one progress count over all
+  of them, with an ETA summed per workload (experiments/harness/progress.py)."""
   from experiments.harness import progress as progress_lib  # pylint: disable=g-import-not-at-top
   from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   if max_trials_per_program < 1:
@@ -290,10 +290,13 @@ def run_phases(phases: Sequence[Phase], vectorize: str = "never",
           "already recorded")
     programs += [(phase, g, _use_vectorized(g, vectorize))
                  for g in _groups(todo, max_trials_per_program)]
-  programs.sort(key=lambda p: not p[2])  # stable: phase order within each kind
+  priors = progress_lib.trainer_priors(history)
+  # Vectorized programs first, cheapest workload first (by its trainer runs' seconds so far, 0
+  # where there are none: the small workloads), so a stopped sitting has done the most runs;
+  # stable, so phase order within a workload.
+  programs.sort(key=lambda p: (not p[2], priors.get((p[1][0].workload, False), 0.0)))
   progress = progress_lib.Progress(
-      [(sp.workload, use) for _, g, use in programs for sp in g],
-      progress_lib.trainer_priors(history))
+      [(sp.workload, use) for _, g, use in programs for sp in g], priors)
   new: list[dict] = []
 
   def run_fn_for(phase):
