@@ -34,7 +34,10 @@ OPTIMIZERS = {
 def config(name, **overrides):
   values = {"model.hidden": (16,), "train.steps": 6, "train.batch_size": 32,
             "train.eval_every": 3, "train.log_every": 1, "train.checkpoint_every": 3,
-            "schedule.warmup_steps": 2, "mesh.data": 1}
+            "schedule.warmup_steps": 2, "mesh.data": 1,
+            # The workload's target when the fixture was written; since moved (issue 21), and a
+            # resume under another config is refused (ConfigDriftError), which is not under test.
+            "train.target_val_loss": 0.02}
   values.update(OPTIMIZERS[name])
   values.update(overrides)
   return configs_util.load(CONFIG, values)
