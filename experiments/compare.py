@@ -32,7 +32,6 @@ scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -360,8 +359,7 @@ def warn_stale_targets(records_dir: str, workloads_: Sequence[str], baseline: st
     except ValueError:
       continue
     config = runs_lib.workload_target(w)
-    above = [v for v in rule["per_study"] if v > rule["target"]]
-    if not rule["target"] <= config < (min(above) if above else 1.01 * rule["target"]):
+    if not scoring.follows_rule(rule, config):
       stale.append(w)
       print(f"WARNING: {w}'s target is {config:.4g} but the rule gives {rule['target']:.4g} "
             f"from {baseline}'s records: set it in {WORKLOAD_CONFIGS[w].split(':')[0]}, then "
@@ -381,13 +379,8 @@ def retarget_records(records_dir: str) -> int:
     raise app.UsageError(f"{len(stuck)} records cannot be retargeted (rerun them): " +
                          "; ".join(stuck[:5]))
   for d, (out, _, _) in plans:
-    for w, rows in out.items():  # each workload's file replaced whole (records.append_record's)
-      path = os.path.join(d, f"{w}.jsonl")
-      with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r, default=float) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(path + ".tmp", path)
+    for w, rows in out.items():
+      records_lib.write_records(d, w, rows)
   return sum(changed for _, (_, changed, _) in plans)
 
 

@@ -229,9 +229,24 @@ def append_record(records_dir: str, record: dict) -> None:
       if data and not data.endswith(b"\n"):
         f.truncate(data.rfind(b"\n") + 1)
   with open(path, "a") as f:
-    f.write(json.dumps(record, default=float) + "\n")
+    f.write(_line(record))
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_records(records_dir: str, workload: str, rows: Sequence[dict]) -> None:
+  """Replaces `<records_dir>/<workload>.jsonl` with `rows`, atomically (a kill leaves the old
+  file or the new one, never half of either)."""
+  path = os.path.join(records_dir, f"{workload}.jsonl")
+  with open(path + ".tmp", "w") as f:
+    f.writelines(_line(r) for r in rows)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + ".tmp", path)
+
+
+def _line(record: dict) -> str:
+  return json.dumps(record, default=float) + "\n"
 
 
 def plan(workload: str, optimizers: Sequence[str], num_trials: int,

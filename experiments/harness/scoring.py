@@ -321,3 +321,10 @@ def baseline_target(records: Sequence[dict], workload: str, baseline: str = "ada
   floor = TARGET_FLOOR * float(np.median(starts)) if starts else 0.0
   return {"target": max(per_study[TARGET_STUDIES - 1], floor), "per_study": per_study,
           "floor": floor, "studies": len(per_study), "runs": len(rs)}
+
+
+def follows_rule(rule: dict, target: float) -> bool:
+  """Whether a config's `target` is `baseline_target`'s `rule` rounded up no further than the
+  next study's best (it admits the same studies; 1% above the rule where no study is above)."""
+  above = [v for v in rule["per_study"] if v > rule["target"]]
+  return rule["target"] <= target < (min(above) if above else 1.01 * rule["target"])

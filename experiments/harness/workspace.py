@@ -36,15 +36,16 @@ def coverage(records: Sequence[dict]) -> dict[str, dict[str, tuple[int, int]]]:
   """optimizer -> workload -> (trials in its least-tried study, studies), for every workload in
   `records` ((0, 0) where the optimizer has no runs)."""
   workloads = sorted({r["workload"] for r in records})
-  runs: dict[tuple, set] = {}
+  trials: dict[tuple, dict] = {}  # (optimizer, workload) -> study -> its trials
   for r in records:
     if isinstance(r["study"], int):
-      runs.setdefault((r["optimizer"], r["workload"], r["study"]), set()).add(r["trial"])
+      studies = trials.setdefault((r["optimizer"], r["workload"]), {})
+      studies.setdefault(r["study"], set()).add(r["trial"])
   out: dict[str, dict[str, tuple[int, int]]] = {}
-  for o in sorted({k[0] for k in runs}):
+  for o in sorted({o for o, _ in trials}):
     out[o] = {}
     for w in workloads:
-      per_study = [len(t) for (o_, w_, _), t in runs.items() if o_ == o and w_ == w]
+      per_study = [len(t) for t in trials.get((o, w), {}).values()]
       out[o][w] = (min(per_study), len(per_study)) if per_study else (0, 0)
   return out
 
