@@ -53,8 +53,13 @@ def exit_status(returncode: int) -> int:
 
 
 # Lines that only say the processes found each other: in the log files, not on the terminal.
-CHATTER = re.compile(r"\[Gloo\] Rank \d+ is connected to|"
-                     r"(Starting|Connecting to) JAX distributed service on")
+CHATTER = re.compile(r"(Starting|Connecting to) JAX distributed service on")
+# Gloo's message, printed by C++ threads through C stdio's buffer when a collective first
+# connects: a flush can put it, without its newline, in front of a line the program itself
+# writes (CI lost a process's `STOPPED` line that way), so only the message is cut out and its
+# newline, arriving later on a line of its own, is dropped.
+GLOO = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. "
+                  r"Expected number of connected peer ranks is : \d+")
 # "step 12/400 | loss", "Done: step 400/400", "Stopped by signal 15 at step 12/400", ...
 STEP = re.compile(r"\bstep (\d+)/(\d+)")
 
@@ -65,6 +70,25 @@ class _Output:
   def __init__(self, index: int, log_path: str, verbose: bool):
     self.index, self.log_path, self.verbose = index, log_path, verbose
     self.last_step: str | None = None
+    self._stray_newlines = 0  # Gloo messages seen without their newline
+
+  def shown(self, line: str) -> str | None:
+    """What of `line` goes to the terminal (None: nothing)."""
+    if self.verbose:
+      return line
+    if CHATTER.search(line):
+      return None
+    body = line.rstrip("\n")
+    found = list(GLOO.finditer(body))
+    if found:
+      # A message with more text after it on the line: its newline comes later.
+      self._stray_newlines += sum(m.end() < len(body) for m in found)
+      rest = GLOO.sub("", body)
+      return rest + line[len(body):] if rest.strip() else None
+    if not body.strip() and self._stray_newlines:
+      self._stray_newlines -= 1
+      return None
+    return line
 
   def pump(self, stream, lock: threading.Lock) -> None:
     with open(self.log_path, "w", encoding="utf-8") as log:
@@ -75,9 +99,10 @@ class _Output:
         steps = STEP.findall(line)
         if steps:
           self.last_step = "/".join(steps[-1])
-        if self.verbose or not CHATTER.search(line):
+        shown = self.shown(line)
+        if shown is not None:
           with lock:
-            sys.stdout.write(f"[{self.index}] {line}")
+            sys.stdout.write(f"[{self.index}] {shown}")
             sys.stdout.flush()
     stream.close()
 

@@ -90,8 +90,10 @@ def test_two_processes_agree_with_one_process_of_eight_devices():
 
 
 def _stops(run: Launch) -> dict[int, tuple[int, bool]]:
+  # `.*?`: a piece of Gloo's connection message, split by another C++ thread's flush, can
+  # still stand in front of the line (the launcher cuts out only whole messages).
   return {int(m[1]): (int(m[2]), m[3] == "True")
-          for m in run.find(r"^\[(\d)\] STOPPED step=(\d+) local_flag=(True|False)")}
+          for m in run.find(r"^\[(\d)\] .*?STOPPED step=(\d+) local_flag=(True|False)")}
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step():
@@ -138,6 +140,24 @@ def test_explicit_coordinator_needs_every_field():
 def test_launcher_helpers():
   assert launch_local.exit_status(-signal.SIGTERM) == 143
   assert launch_local.exit_status(2) == 2
+
+
+def test_launcher_cuts_gloo_messages_out_of_the_programs_lines():
+  gloo = ("[Gloo] Rank 1 is connected to 1 peer ranks. "
+          "Expected number of connected peer ranks is : 1")
+  out = launch_local._Output(1, os.devnull, verbose=False)
+  assert out.shown(gloo + "\n") is None
+  assert out.shown("I1206 distributed.py:172] Connecting to JAX distributed service on x\n") is None
+  # What CI once printed: a C++ flush put the message, without its newline, in front of the
+  # program's own line, and the newline came next on its own.
+  assert out.shown(gloo + "STOPPED step=3 local_flag=True\n") == "STOPPED step=3 local_flag=True\n"
+  assert out.shown("\n") is None
+  assert out.shown("\n") == "\n"  # a line the program printed empty stays
+  assert out.shown(gloo + gloo + "x\n") == "x\n"
+  assert out.shown("\n") is None and out.shown("\n") is None and out.shown("\n") == "\n"
+  torn = "[Gloo] Rank 1 is conSTOPPED step=3\n"  # a message split inside: shown, not lost
+  assert out.shown(torn) == torn
+  assert launch_local._Output(1, os.devnull, verbose=True).shown(gloo + "\n") == gloo + "\n"
   env = launch_local.child_env(4)
   assert env["XLA_FLAGS"].split().count("--xla_force_host_platform_device_count=4") == 1
   assert "device_count=8" not in env["XLA_FLAGS"]  # conftest's 8 replaced
