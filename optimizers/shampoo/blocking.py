@@ -185,14 +185,14 @@ class Layout:
     return {key: tuple((len(m), self.shapes[key][i], self.shapes[key][i])
                        for i in self.dims[key]) for key, m in self.members.items()}
 
-  def zero_factors(self) -> dict[str, tuple[jax.Array, ...]]:
-    """Per group, float32 zeros for each factor (the statistics before any gradient)."""
-    return {k: tuple(jnp.zeros(s, jnp.float32) for s in shapes)
+  def zero_factors(self, dtype: Any = jnp.float32) -> dict[str, tuple[jax.Array, ...]]:
+    """Per group, zeros (float32) for each factor (the statistics before any gradient)."""
+    return {k: tuple(jnp.zeros(s, dtype) for s in shapes)
             for k, shapes in self.factor_shapes().items()}
 
-  def identity_factors(self) -> dict[str, tuple[jax.Array, ...]]:
-    """Per group, a float32 stack of identities for each factor (roots or bases at start)."""
-    return {k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=jnp.float32), s) for s in shapes)
+  def identity_factors(self, dtype: Any = jnp.float32) -> dict[str, tuple[jax.Array, ...]]:
+    """Per group, a stack of identities (float32) for each factor (roots or bases at start)."""
+    return {k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=dtype), s) for s in shapes)
             for k, shapes in self.factor_shapes().items()}
 
   def gather(self, leaves: Sequence[jax.Array]) -> dict[str, jax.Array]:

@@ -44,15 +44,26 @@ def layout_fn(*, block_size: int | None, max_preconditioner_dim: int | None,
   return layout_of
 
 
+def state_dtype(tree: Any) -> Any:
+  """The dtype of the optimizer's arithmetic and state: float32, or float64 for float64 leaves.
+
+  float32 for float32, bfloat16 and float16 parameters alike; float64 only where JAX's x64 mode
+  made float64 parameters (the parity tests run the algorithm so, to compare it with a float64
+  reference at float64 rounding, not at the eigensolver's float32 one, which differs between
+  LAPACK builds).
+  """
+  return jnp.result_type(jnp.float32, *(jnp.dtype(x.dtype) for x in jax.tree.leaves(tree)))
+
+
 def zeros(params: Any) -> Any:
-  """A float32 moment of zeros shaped like `params`."""
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  """A moment of zeros shaped like `params`, in `state_dtype`."""
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, state_dtype(params)), params)
 
 
-def init_factors(layout: blocking.Layout) -> tuple[dict[str, tuple[jax.Array, ...]],
-                                                   dict[str, tuple[jax.Array, ...]]]:
+def init_factors(layout: blocking.Layout, dtype: Any = jnp.float32
+                 ) -> tuple[dict[str, tuple[jax.Array, ...]], dict[str, tuple[jax.Array, ...]]]:
   """(statistics, applied matrices) before any gradient: per group, zeros and identities."""
-  return layout.zero_factors(), layout.identity_factors()
+  return layout.zero_factors(dtype), layout.identity_factors(dtype)
 
 
 def state_specs(state: Any, path: tuple, ctx: partition.Context, *,

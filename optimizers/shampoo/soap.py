@@ -125,7 +125,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims, batch_axes=batch_axes)
 
   def init_fn(params):
-    stats, bases = layout_lib.init_factors(layout_of(params))
+    stats, bases = layout_lib.init_factors(layout_of(params), layout_lib.state_dtype(params))
     return SoapState(count=jnp.zeros([], jnp.int32), mu=layout_lib.zeros(params),
                      nu=layout_lib.zeros(params), stats=stats, bases=bases)
 
@@ -135,7 +135,8 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
     leaves, treedef = jax.tree.flatten(updates)
     layout = layout_of(updates)
     count = optax.safe_increment(state.count)
-    grads = [g.astype(jnp.float32) for g in leaves]
+    dtype = layout_lib.state_dtype(updates)  # float32 (float64 only for float64 gradients)
+    grads = [g.astype(dtype) for g in leaves]
     g_blocks = layout.gather(grads)
 
     def first_step(state):
@@ -158,7 +159,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
                        count=s)
       nu_leaves = treedef.flatten_up_to(state.nu)
       # The authors' code: eps on sqrt(nu); sqrt(1 - b2^s) scales the step.
-      debias = jnp.sqrt(1.0 - b2 ** s.astype(jnp.float32))
+      debias = jnp.sqrt(1.0 - b2 ** s.astype(dtype))
       rotate = lambda blocks, k, back=False: statistics.batched_mode_products(
           blocks, state.bases[k], layout.dims[k], transpose=back)
       m_blocks, nu_blocks = layout.gather(m), layout.gather(nu_leaves)
@@ -208,9 +209,9 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       if _hparams.nonzero(weight_decay):
         # The same lr as optax.scale_by_learning_rate's at this step (its count is ours).
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        lr = jnp.asarray(lr, jnp.float32)
+        lr = jnp.asarray(lr, dtype)
         p_leaves = treedef.flatten_up_to(params)
-        out = [o + weight_decay * (p.astype(jnp.float32) - lr * o)
+        out = [o + weight_decay * (p.astype(dtype) - lr * o)
                for o, p in zip(out, p_leaves)]
       return out, SoapState(count, treedef.unflatten(mu), treedef.unflatten(nu), stats, bases)
 

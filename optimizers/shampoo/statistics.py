@@ -23,8 +23,9 @@ _HIGHEST = lax.Precision.HIGHEST
 
 
 def factor_products(block: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
-  """`[G_(i) G_(i)^T for i in dims]`, G_(i) the mode-i unfolding of `block` (float32)."""
-  block = block.astype(jnp.float32)
+  """`[G_(i) G_(i)^T for i in dims]`, G_(i) the mode-i unfolding of `block` (float32, or
+  float64 for a float64 block)."""
+  block = block.astype(jnp.result_type(jnp.float32, block.dtype))
   out = []
   for i in dims:
     others = [j for j in range(block.ndim) if j != i]
