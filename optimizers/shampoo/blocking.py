@@ -186,12 +186,12 @@ class Layout:
                        for i in self.dims[key]) for key, m in self.members.items()}
 
   def zero_factors(self, dtype: Any = jnp.float32) -> dict[str, tuple[jax.Array, ...]]:
-    """Per group, zeros (float32) for each factor (the statistics before any gradient)."""
+    """Per group, zeros (float32 by default) for each factor: the statistics before any data."""
     return {k: tuple(jnp.zeros(s, dtype) for s in shapes)
             for k, shapes in self.factor_shapes().items()}
 
   def identity_factors(self, dtype: Any = jnp.float32) -> dict[str, tuple[jax.Array, ...]]:
-    """Per group, a stack of identities (float32) for each factor (roots or bases at start)."""
+    """Per group, identities (float32 by default) for each factor: roots or bases at start."""
     return {k: tuple(jnp.broadcast_to(jnp.eye(s[-1], dtype=dtype), s) for s in shapes)
             for k, shapes in self.factor_shapes().items()}
 

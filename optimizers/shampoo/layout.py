@@ -44,20 +44,9 @@ def layout_fn(*, block_size: int | None, max_preconditioner_dim: int | None,
   return layout_of
 
 
-def state_dtype(tree: Any) -> Any:
-  """The dtype of the optimizer's arithmetic and state: float32, or float64 for float64 leaves.
-
-  float32 for float32, bfloat16 and float16 parameters alike; float64 only where JAX's x64 mode
-  made float64 parameters (the parity tests run the algorithm so, to compare it with a float64
-  reference at float64 rounding, not at the eigensolver's float32 one, which differs between
-  LAPACK builds).
-  """
-  return jnp.result_type(jnp.float32, *(jnp.dtype(x.dtype) for x in jax.tree.leaves(tree)))
-
-
-def zeros(params: Any) -> Any:
-  """A moment of zeros shaped like `params`, in `state_dtype`."""
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, state_dtype(params)), params)
+def zeros(params: Any, dtype: Any = jnp.float32) -> Any:
+  """A moment of zeros shaped like `params` (float32)."""
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), params)
 
 
 def init_factors(layout: blocking.Layout, dtype: Any = jnp.float32

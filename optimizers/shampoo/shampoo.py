@@ -81,7 +81,7 @@ def momentum(mu, grads, *, b1: float, nesterov: bool, count: jax.Array):
   if _hparams.is_zero(b1):
     return mu, list(grads)
   mu = [b1 * m + (1.0 - b1) * g for m, g in zip(mu, grads)]
-  t = count.astype(jnp.result_type(jnp.float32, *(g.dtype for g in grads)))
+  t = count.astype(statistics.state_dtype(grads))
   if nesterov:
     m = [b1 * x / (1.0 - b1 ** (t + 1)) + (1.0 - b1) * g / (1.0 - b1 ** t)
          for x, g in zip(mu, grads)]

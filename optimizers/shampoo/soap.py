@@ -125,9 +125,10 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
       graft_only_dim=graft_only_dim, merge_small_dims=merge_small_dims, batch_axes=batch_axes)
 
   def init_fn(params):
-    stats, bases = layout_lib.init_factors(layout_of(params), layout_lib.state_dtype(params))
-    return SoapState(count=jnp.zeros([], jnp.int32), mu=layout_lib.zeros(params),
-                     nu=layout_lib.zeros(params), stats=stats, bases=bases)
+    dtype = statistics.state_dtype(params)  # float32 (float64 only for float64 parameters)
+    stats, bases = layout_lib.init_factors(layout_of(params), dtype)
+    return SoapState(count=jnp.zeros([], jnp.int32), mu=layout_lib.zeros(params, dtype),
+                     nu=layout_lib.zeros(params, dtype), stats=stats, bases=bases)
 
   def update_fn(updates, state, params=None):
     if _hparams.nonzero(weight_decay) and params is None:
@@ -135,7 +136,7 @@ def scale_by_soap(*, b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8,
     leaves, treedef = jax.tree.flatten(updates)
     layout = layout_of(updates)
     count = optax.safe_increment(state.count)
-    dtype = layout_lib.state_dtype(updates)  # float32 (float64 only for float64 gradients)
+    dtype = statistics.state_dtype(updates)
     grads = [g.astype(dtype) for g in leaves]
     g_blocks = layout.gather(grads)
 

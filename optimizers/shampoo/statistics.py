@@ -11,7 +11,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +22,19 @@ from optimizers import _hparams
 _HIGHEST = lax.Precision.HIGHEST
 
 
+def state_dtype(tree: Any) -> Any:
+  """The dtype of the arithmetic and state: float32, or float64 for float64 leaves.
+
+  float32 for float32, bfloat16 and float16 parameters alike; float64 only where JAX's x64 mode
+  made float64 parameters (SOAP's parity test runs so, to compare with a float64 reference at
+  float64 rounding, not at the float32 eigensolver's, which differs between LAPACK builds).
+  """
+  return jnp.result_type(jnp.float32, *(jnp.dtype(x.dtype) for x in jax.tree.leaves(tree)))
+
+
 def factor_products(block: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
-  """`[G_(i) G_(i)^T for i in dims]`, G_(i) the mode-i unfolding of `block` (float32, or
-  float64 for a float64 block)."""
-  block = block.astype(jnp.result_type(jnp.float32, block.dtype))
+  """`[G_(i) G_(i)^T for i in dims]`, G_(i) the mode-i unfolding of `block` (`state_dtype`)."""
+  block = block.astype(state_dtype(block))
   out = []
   for i in dims:
     others = [j for j in range(block.ndim) if j != i]
