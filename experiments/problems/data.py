@@ -1,14 +1,18 @@
-"""Token data: the shard format, the built-in corpus and the deterministic batch iterator.
+"""Token data: the shard format, the built-in corpora and the deterministic batch iterator.
 
 Shard format (modded-nanogpt's FineWeb `.bin`): a header of 256 little-endian int32 (magic
 20240520, version 1, token count, then zeros) followed by the tokens as little-endian uint16.
 
-The built-in corpus needs no download: the bytes of the CPython standard library's own `.py`
-sources (no tests, no site-packages) in sorted path order, every 20th file held out for
-validation, written once as shards with a content hash. Vocabulary: the 256 byte values.
-A second built-in corpus, `stdlib_docs`, holds the standard library's prose instead (its
-`.txt` and `.rst` files: licence, IDLE's news and readme, ...; about 150 KB, none of it in the
-first): the last tenth of every file is validation. It is the new text for LoRA fine-tuning.
+The built-in corpus needs no download and is the same bytes on every interpreter: the CPython
+3.11.7 standard library's own `.py` sources (no tests, no site-packages) in sorted path order,
+every 20th file held out for validation, shipped xz-compressed in `corpora/` (1.9 MB; the
+PSF-licensed sources, whose licence text is part of `stdlib_docs`) and checked against its
+pinned SHA-256 each time it is unpacked. Vocabulary: the 256 byte values. A second built-in
+corpus, `stdlib_docs`, holds that standard library's prose instead (its `.txt` and `.rst` files:
+licence, IDLE's news and readme, ...; about 150 KB, none of it in the first): the last tenth of
+every file is validation. It is the new text for LoRA fine-tuning. `python -m
+scripts.make_corpus` rebuilds both files from a standard library tree (the builder below is the
+one that made them) and refuses a tree whose bytes differ from the pins.
 
 Batches are a pure function of (seed, step): the iterator's whole state is its position, which
 the checkpoint stores, so a resumed run sees exactly the batches it would have seen.
@@ -20,6 +24,7 @@ import dataclasses
 import glob as glob_lib
 import hashlib
 import json
+import lzma
 import os
 import sysconfig
 from typing import Iterator, Sequence
@@ -181,21 +186,83 @@ def _digest(train: Sequence[bytes], val: Sequence[bytes]) -> str:
   return digest.hexdigest()
 
 
+# The shipped corpora: name -> SHA-256 of its train and val streams (`_digest`), built by
+# `scripts/make_corpus.py` from CPython 3.11.7's standard library (the corpus every record before
+# the move to Python 3.12 was made on, so those records stay comparable).
+SHIPPED = {
+    "stdlib": "80ff680a7f188c0f8aa5237d11a01881de8fa8312c82b83096bc79925b8c67ff",
+    "stdlib_docs": "e898ae69ebe4f153495f553d875618adb85bfdfa9a22ca6783ed296bb039bf60",
+}
+SHIPPED_FROM = "CPython 3.11.7"
+CORPORA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora")
+
+
+class CorpusError(ValueError):
+  """A shipped corpus file that is missing or whose bytes differ from its pinned hash."""
+
+
+def shipped_corpus_path(kind: str, split: str) -> str:
+  """The compressed stream `split` ("train" or "val") of the shipped corpus `kind`."""
+  return os.path.join(CORPORA_DIR, f"{kind}.{split}.xz")
+
+
+def write_shipped_corpus(kind: str, train: Sequence[bytes], val: Sequence[bytes],
+                         out_dir: str = CORPORA_DIR) -> str:
+  """Compresses the streams of corpus `kind` into `out_dir` (xz, level 9e); returns the hash."""
+  os.makedirs(out_dir, exist_ok=True)
+  for split, chunks in (("train", train), ("val", val)):
+    path = os.path.join(out_dir, f"{kind}.{split}.xz")
+    with open(path + ".tmp", "wb") as f:
+      f.write(lzma.compress(b"".join(chunks), preset=9 | lzma.PRESET_EXTREME))
+    os.replace(path + ".tmp", path)
+  return _digest(train, val)
+
+
+def read_shipped_corpus(kind: str) -> tuple[bytes, bytes]:
+  """The (train, val) bytes of the shipped corpus `kind`, verified against `SHIPPED[kind]`."""
+  if kind not in SHIPPED:
+    raise ValueError(f"unknown built-in corpus {kind!r}; choose from {sorted(SHIPPED)}")
+  streams = []
+  for split in ("train", "val"):
+    path = shipped_corpus_path(kind, split)
+    try:
+      with open(path, "rb") as f:
+        streams.append(lzma.decompress(f.read()))
+    except (OSError, lzma.LZMAError) as e:
+      raise CorpusError(f"cannot read the built-in corpus file {path}: {e}; restore it with "
+                        f"`git checkout -- {os.path.relpath(path)}`") from e
+  digest = _digest([streams[0]], [streams[1]])
+  if digest != SHIPPED[kind]:
+    raise CorpusError(f"the built-in corpus {kind!r} in {CORPORA_DIR} has SHA-256 "
+                      f"{digest[:16]}..., not the pinned {SHIPPED[kind][:16]}...: the files are damaged or "
+                      "replaced; restore them with `git checkout -- experiments/problems/corpora`")
+  return streams[0], streams[1]
+
+
 def cached_stdlib_corpus(cache_root: str | None = None, root: str | None = None,
                          kind: str = "stdlib") -> Corpus:
-  """The built-in corpus `kind` under `<cache_root>/<kind>_<hash>`: built once, shared.
+  """The built-in corpus `kind` as shards under `<cache_root>/<kind>_<hash>`: written once, shared.
 
-  The directory is keyed by the content hash of the sources (reading 12 MB takes ~0.1 s), so a
-  different Python version gets its own corpus and a damaged cache is never mistaken for it.
+  With `root=None` (the default) it is the shipped corpus, the same bytes on every interpreter;
+  a standard library tree `root` builds one from that tree instead. The directory is keyed by
+  the content hash, so a damaged cache is never mistaken for it.
   """
-  files = _files(kind, root)
-  digest = _digest(*KINDS[kind][1](files))
+  if root is None:
+    if kind not in SHIPPED:
+      raise ValueError(f"unknown built-in corpus {kind!r}; choose from {sorted(SHIPPED)}")
+    digest = SHIPPED[kind]
+  else:
+    digest = _digest(*KINDS[kind][1](_files(kind, root)))
   out_dir = os.path.join(cache_root or default_cache_root(), f"{kind}_{digest[:16]}")
   return build_stdlib_corpus(out_dir, root, kind)
 
 
 def build_stdlib_corpus(out_dir: str, root: str | None = None, kind: str = "stdlib") -> Corpus:
-  """Writes the built-in corpus `kind` as shards into `out_dir` once; later calls reuse it."""
+  """Writes the built-in corpus `kind` as shards into `out_dir` once; later calls reuse it.
+
+  `root=None` unpacks the shipped corpus (verified against its pinned hash); a standard library
+  tree `root` builds the corpus from that tree's files.
+  """
   manifest_path = os.path.join(out_dir, f"{kind}_corpus.json")  # kinds may share out_dir
   if os.path.exists(manifest_path):
     with open(manifest_path) as f:
@@ -204,10 +271,18 @@ def build_stdlib_corpus(out_dir: str, root: str | None = None, kind: str = "stdl
                     m["num_train_tokens"], m["num_val_tokens"])
     for path in corpus.train_files + corpus.val_files:
       read_shard(path, 256)  # a damaged cache is an error, not silently different data
+    if root is None and corpus.sha256 != SHIPPED.get(kind):
+      raise CorpusError(f"{manifest_path} holds corpus {corpus.sha256[:16]}..., not the built-in "
+                        f"{kind!r} ({SHIPPED.get(kind, '?')[:16]}...): delete {out_dir}")
     return corpus
-  files = _files(kind, root)
+  if root is None:
+    train_bytes, val_bytes = read_shipped_corpus(kind)
+    train, val, num_files = [train_bytes], [val_bytes], None
+  else:
+    files = _files(kind, root)
+    train, val = KINDS[kind][1](files)
+    num_files = len(files)
   os.makedirs(out_dir, exist_ok=True)
-  train, val = KINDS[kind][1](files)
   digest = _digest(train, val)
   written = {}
   for split, chunks in (("train", train), ("val", val)):
@@ -222,7 +297,9 @@ def build_stdlib_corpus(out_dir: str, root: str | None = None, kind: str = "stdl
                   written["train"][1], written["val"][1])
   tmp = manifest_path + f".tmp{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(dataclasses.asdict(corpus) | {"num_files": len(files)}, f, indent=1)
+    json.dump(dataclasses.asdict(corpus) | {"num_files": num_files,
+                                            "source": root or f"shipped ({SHIPPED_FROM})"},
+              f, indent=1)
   os.replace(tmp, manifest_path)
   return corpus
 
