@@ -234,8 +234,8 @@ def read_shipped_corpus(kind: str) -> tuple[bytes, bytes]:
   digest = _digest([streams[0]], [streams[1]])
   if digest != SHIPPED[kind]:
     raise CorpusError(f"the built-in corpus {kind!r} in {CORPORA_DIR} has SHA-256 "
-                      f"{digest[:16]}..., not the pinned {SHIPPED[kind][:16]}...: the files are damaged or "
-                      "replaced; restore them with `git checkout -- experiments/problems/corpora`")
+                      f"{digest[:16]}..., not the pinned {SHIPPED[kind][:16]}...: the files are "
+                      "damaged or replaced; restore them with `git checkout -- experiments/problems/corpora`")
   return streams[0], streams[1]
 
 
