@@ -235,7 +235,8 @@ def read_shipped_corpus(kind: str) -> tuple[bytes, bytes]:
   if digest != SHIPPED[kind]:
     raise CorpusError(f"the built-in corpus {kind!r} in {CORPORA_DIR} has SHA-256 "
                       f"{digest[:16]}..., not the pinned {SHIPPED[kind][:16]}...: the files are "
-                      "damaged or replaced; restore them with `git checkout -- experiments/problems/corpora`")
+                      "damaged or replaced; restore them with "
+                      "`git checkout -- experiments/problems/corpora`")
   return streams[0], streams[1]
 
 
