@@ -98,3 +98,76 @@ def test_path_strings_are_unchanged_by_keystr():
   assert routing.key_name("mu") == "mu"
   m = optimizers.collect_metrics(tree)
   assert list(m) == ["root_failures"]
+
+
+# Every bad value a clear error at `create`, and non-float leaves left alone (issue 40). ---------
+
+def _base_hparams(name):
+  """What `create(name)` needs besides the hyperparameter under test."""
+  return {} if name in ("cautious", "sam") else {"learning_rate": 0.1}
+
+
+def _lr_may_be_none(name) -> bool:
+  return optimizers.hyperparameters(name)["learning_rate"] is None
+
+
+@pytest.mark.parametrize("name", optimizers.names())
+def test_every_entry_refuses_a_nonsense_learning_rate_at_create(name):
+  bad = ["3e-3", float("nan"), float("inf"), -1.0, True]
+  if not _lr_may_be_none(name):
+    bad.append(None)
+  for value in bad:
+    with pytest.raises(ValueError, match=f"'{name}': hyperparameter learning_rate="):
+      optimizers.create(name, learning_rate=value)
+  if _lr_may_be_none(name):  # documented: the inner optimizer's learning rate
+    optimizers.create(name, learning_rate=None, inner_hparams={"learning_rate": 0.1})
+
+
+def test_sizes_choices_and_flags_are_checked_at_create():
+  for value in (0, -3, 2.5, "8"):
+    with pytest.raises(ValueError, match=f"block_size={value!r}"):
+      optimizers.create("shampoo", learning_rate=0.1, block_size=value)
+  cases = [("muon", "ns_steps", 0), ("soap", "precondition_every", -1), ("adamw", "b1", 1.5),
+           ("adamw", "eps", -1e-8), ("adamw", "weight_decay", None), ("adamw", "nesterov", "no"),
+           ("muon", "ns_dtype", "int8"), ("optax_muon", "scale", "bogus"),
+           ("muon", "adam_learning_rate", "1e-3"), ("adamw", "mu_dtype", "float33")]
+  for name, key, value in cases:
+    with pytest.raises(ValueError, match=f"hyperparameter {key}="):
+      optimizers.create(name, learning_rate=0.1, **{key: value})
+  # Values that mean something are still accepted: 0 warmup, a None default, a schedule.
+  optimizers.create("muon", learning_rate=optax.constant_schedule(0.1), momentum_warmup_steps=0)
+  optimizers.create("sgd", learning_rate=0, momentum=None)
+  optimizers.create("adamw", learning_rate=jnp.float32(0.1), mu_dtype="bfloat16")
+
+
+def test_help_names_every_entry_and_how_to_see_its_hyperparameters():
+  doc = optimizers.create.__doc__
+  for name in optimizers.names():
+    assert f" {name}," in doc or f" {name}." in doc, name
+  assert "optimizers.hyperparameters(name)" in doc
+  assert optimizers.hyperparameters.__doc__.count("default") >= 2
+
+
+@pytest.mark.parametrize("name", optimizers.names())
+def test_every_entry_leaves_integer_and_boolean_leaves_unchanged(name):
+  """One rule for the registry: a non-float leaf gets a zero update and no state."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.ones((3,)),
+            "count": jnp.array(7, jnp.int32), "mask": jnp.array([True, False])}
+  grads = {"w": jnp.full((4, 3), 0.5), "b": jnp.full((3,), 0.5),
+           "count": jnp.array(1, jnp.int32), "mask": jnp.array([False, True])}
+  tx = optimizers.create(name, **_base_hparams(name), **(
+      {"inner_hparams": {"learning_rate": 0.1}} if name in ("cautious", "sam") else {}))
+  state = tx.init(params)
+  float_only = {"w": params["w"], "b": params["b"]}
+  assert (jax.tree.structure(jax.eval_shape(tx.init, float_only)).num_leaves
+          == jax.tree.structure(state).num_leaves), name  # no state for the other leaves
+  extra = {"grad_fn": lambda p: grads} if name == "sam" else {}  # SAM's perturbed gradient
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
+  for _ in range(2):
+    updates, state = step(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert int(params["count"]) == 7 and params["count"].dtype == jnp.int32
+  assert params["mask"].tolist() == [True, False]
+  assert int(updates["count"]) == 0 and not updates["mask"].any()
+  assert float(jnp.abs(params["w"] - jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)).max()) > 0
+  assert jnp.all(jnp.isfinite(params["w"]))
