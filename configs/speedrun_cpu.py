@@ -2,7 +2,7 @@
 
   python -m experiments.train --config=configs/speedrun_cpu.py --workdir=runs/speedrun_cpu
 
-800 AdamW steps, batch 32 x 128 bytes; about six minutes on two CPU cores. Override any field,
+800 AdamW steps, batch 32 x 128 bytes; 6-8 minutes on two CPU cores. Override any field,
 e.g. `--config.optimizer.learning_rate=1e-3 --config.train.steps=400`.
 """
 
@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.source = "stdlib"  # "stdlib" (built-in corpus) or "bin" (FineWeb-style shards)
   c.data.train_glob = FieldReference(None, field_type=str)  # for source="bin"
   c.data.val_glob = FieldReference(None, field_type=str)  # for source="bin"
-  c.data.cache_dir = FieldReference(None, field_type=str)  # None: <workdir>/data
+  # None: $SOJ_CACHE_DIR, else ~/.cache/second_order_jax (shared by every run on the machine)
+  c.data.cache_dir = FieldReference(None, field_type=str)
   c.data.seq_len = 128
 
   c.optimizer = ml_collections.ConfigDict()

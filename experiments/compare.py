@@ -32,7 +32,9 @@ scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import signal
 import sys
 import time
 from typing import Sequence
@@ -268,9 +270,12 @@ def run_phases(phases: Sequence[Phase], vectorize: str = "never",
                max_trials_per_program: int = 25) -> list[dict]:
   """Trains every run of `phases` not yet recorded: the vectorized programs first, then the
   trainer runs, each cheapest workload first and in phase order; one progress count over all
-  of them, with an ETA summed per workload (experiments/harness/progress.py)."""
-  from experiments.harness import progress as progress_lib  # pylint: disable=g-import-not-at-top
-  from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
+  of them, with an ETA summed per workload (experiments/harness/progress.py).
+
+  SIGTERM / SIGINT stop it after the running trial's record is written (or within the running
+  vectorized program, which records nothing), with one line saying to rerun the same command;
+  the exit status is 128 + the signal's number, as the trainer's.
+  """
   if max_trials_per_program < 1:
     raise app.UsageError(f"--max_trials_per_program must be >= 1, not {max_trials_per_program}")
   if not flags.FLAGS["verbosity"].present:
@@ -278,6 +283,43 @@ def run_phases(phases: Sequence[Phase], vectorize: str = "never",
     # runs would bury them (each run's own log is its workdir's metrics.jsonl).
     logging.set_verbosity(logging.WARNING)
   t0 = time.time()
+  stop = _StopRequest()
+  old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    return _run_programs(phases, vectorize, max_trials_per_program, stop, t0)
+  finally:
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+
+
+class _StopRequest:
+  """The sweep's SIGTERM / SIGINT handler: the sweep stops once the running trial's record is
+  written (a trainer run or a vectorized program that sees the signal stops sooner, recording
+  nothing for itself). `observes_signals`: the trainer's and the vectorized programs' own
+  handlers pass signals on to it."""
+
+  observes_signals = True
+
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, signum, frame):
+    del frame
+    if self.signum is None:
+      print(f"signal {signum}: the sweep stops after the running trial's record is written",
+            flush=True)
+    self.signum = signum
+
+  def check(self, done: int) -> None:
+    if self.signum is not None:
+      print(f"sweep stopped by signal {self.signum} after {done} new run(s); rerun the same "
+            "command to resume it", flush=True)
+      sys.exit(128 + self.signum)
+
+
+def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[dict]:
+  from experiments.harness import progress as progress_lib  # pylint: disable=g-import-not-at-top
+  from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   programs, history = [], []
   for phase in phases:
     recorded = read_records(phase.records_dir)
@@ -300,6 +342,7 @@ def run_phases(phases: Sequence[Phase], vectorize: str = "never",
 
   def run_fn_for(phase):
     def run_fn(spec):
+      stop.check(len(new))  # the previous trial's record is written by now
       progress.start(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
                      f"{spec.hparams}")
       t = time.time()
@@ -310,6 +353,7 @@ def run_phases(phases: Sequence[Phase], vectorize: str = "never",
 
   try:
     for phase, group, use in programs:
+      stop.check(len(new))
       if not use:
         new += sweep(group, phase.records_dir, run_fn_for(phase))
         continue
@@ -326,8 +370,9 @@ def run_phases(phases: Sequence[Phase], vectorize: str = "never",
   except (SweepInterrupted, vectorized.Interrupted) as e:
     # A trainer run took the signal (and saved a checkpoint), or a vectorized program did: the
     # sweep stops too, recording nothing for the unfinished run or program.
-    print(f"sweep stopped: {e}; rerun the same command to resume it")
+    print(f"sweep stopped: {e}; rerun the same command to resume it", flush=True)
     sys.exit(128 + e.signum)
+  stop.check(len(new))
   print(f"sweep done in {(time.time() - t0) / 60:.1f} min")
   return new
 
@@ -422,9 +467,23 @@ def main(argv):
            "[--ruleset=external|self_tuning] [--budget=flags|algoperf]; "
            "plots/all: [--out_dir=results]; all: "
            "[--workspace=WORKSPACE.md]")
-  if len(argv) != 3 or argv[1] not in COMMANDS:
-    raise app.UsageError(usage)
+  del usage
+  if len(argv) < 2:
+    _fail(f"a command is needed: python -m experiments.compare {{{','.join(COMMANDS)}}} "
+          "RECORDS_DIR (--help lists the flags)")
+  if argv[1] not in COMMANDS:
+    close = difflib.get_close_matches(argv[1], COMMANDS, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    _fail(f"unknown command {argv[1]!r}; {hint}the commands are: {', '.join(COMMANDS)}")
+  if len(argv) != 3:
+    _fail(f"{argv[1]} takes one RECORDS_DIR, got {len(argv) - 2} argument(s): "
+          f"{' '.join(argv[2:]) or '(none)'}; e.g. python -m experiments.compare {argv[1]} "
+          "records/")
   command, records_dir = argv[1], argv[2]
+  if command not in ("sweep", "all") and not os.path.isdir(records_dir):
+    why = ("is not a directory" if os.path.exists(records_dir) else
+           "does not exist (`python -m experiments.compare sweep DIR` creates one)")
+    _fail(f"the records directory {records_dir!r} {why}")
   t0 = time.time()
   if command == "targets":
     print_targets(records_dir, _WORKLOADS.value, _BASELINE.value)
@@ -445,7 +504,8 @@ def main(argv):
   records = read_records(records_dir)
   self_tuning = read_records(os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
   if not records and not self_tuning:
-    raise app.UsageError(f"no records in {records_dir}")
+    _fail(f"no records in {records_dir} (no <workload>.jsonl there; "
+          "`python -m experiments.compare sweep` writes them)")
   if command in ("score", "sweep", "all"):
     # The external-tuning ruleset's report last: its last line is the JSON of its scores.
     for title, rs in (("Self-tuning ruleset", self_tuning), ("External-tuning ruleset", records)):
@@ -463,5 +523,37 @@ def main(argv):
     print(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 
+def _fail(message: str, status: int = 2):
+  print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with --help exiting 0 and a bad flag as one line (status 2)."""
+  wants_help = any(a.startswith("-") and a.lstrip("-").split("=", 1)[0] in _HELP_FLAGS
+                   for a in argv[1:])
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as e:
+    if wants_help and e.code in (None, 0, 1):  # absl's help flags exit 1 after printing it
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    _fail(f"{e} (--help lists the flags)")
+
+
+def _main(argv):
+  try:
+    main(argv)
+  except app.UsageError as e:
+    _fail(e)
+  except KeyboardInterrupt:  # Ctrl-C before a sweep's own handler was in place
+    print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGINT)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(_main, flags_parser=_parse_flags)

@@ -8,7 +8,10 @@ r"""Trains a model as a config file says; resumes from the checkpoints in --work
 Exit status: 0 when done (or already done, or after --help), 1 when the loss diverged (the last good
 checkpoint is kept), 2 for a user error (bad config or flag, unusable data or checkpoint, workdir in
 use: one `ERROR:` line says what and how to fix it; `--traceback` shows the Python traceback too),
-128+N when stopped by signal N after saving a checkpoint (rerun the same command to resume).
+3 when the workdir cannot be written (no space left, read-only, no permission, a file in the way:
+one `ERROR:` line names the path and the cause; a checkpoint cut short is removed, so a rerun
+resumes from the last complete one), 128+N when stopped by signal N after saving a checkpoint
+(rerun the same command to resume).
 """
 
 import os
@@ -33,6 +36,7 @@ from experiments import configs_util
 from experiments.problems import data
 from experiments.parallel import distributed
 from experiments.training import loop as trainer
+from experiments.training import metrics
 from experiments.training import validate
 from experiments.training import workdir_lock
 
@@ -46,12 +50,30 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False,
 
 # Errors a user can fix from the message alone: one line, no traceback.
 USER_ERRORS = (validate.ConfigError, checkpoints.CheckpointError, data.ShardError,
-               workdir_lock.WorkdirLockedError, FileNotFoundError)
+               workdir_lock.WorkdirLockedError, metrics.MetricsHistoryError, FileNotFoundError)
+
+
+STORAGE_ERROR_STATUS = 3
 
 
 def _fail(message: str, status: int = 2):
   print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def _fail_storage(error: checkpoints.StorageError):
+  """One line and status 3. Standard output and error are closed first: orbax's and
+  TensorStore's threads whose writes failed print tracebacks until the interpreter is gone."""
+  if _TRACEBACK.value:
+    traceback.print_exc()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  real = os.dup(checkpoints.real_stderr())
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 1)
+  os.dup2(devnull, 2)
+  os.write(real, f"ERROR: {' '.join(str(error).split())}\n".encode())
+  sys.exit(STORAGE_ERROR_STATUS)
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -195,10 +217,17 @@ def main(argv):
   except trainer.TrainingDivergedError as e:
     logging.error("%s", e)
     _fail(e, status=1)
+  except checkpoints.StorageError as e:
+    _fail_storage(e)
   except USER_ERRORS as e:
     if _TRACEBACK.value:
       traceback.print_exc()
     _fail(e)
+  except OSError as e:  # a write failed mid-run (metrics, TensorBoard, run records)
+    error = checkpoints.storage_error(e, _WORKDIR.value, "write to the workdir")
+    if error is None:
+      raise
+    _fail_storage(error)
   _report(summary, config)
   if summary["stopped_by_signal"]:
     sys.exit(128 + summary["stopped_by_signal"])

@@ -170,6 +170,8 @@ def _meaning(status: int) -> str:
     return " (diverged or failed)"
   if status == 2:
     return " (user error)"
+  if status == 3:
+    return " (workdir cannot be written)"
   if status > 128:
     return f" (signal {status - 128})"
   return ""

@@ -287,9 +287,16 @@ def train_trials(specs: Sequence[records_lib.RunSpec], timing: dict,
         if stop_at_target:
           done_at_target[i] = True
 
-  got_signal = []
-  handler = lambda signum, frame: got_signal.append(signum)
-  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  got_signal, old = [], {}
+
+  def handler(signum, frame):
+    got_signal.append(signum)
+    if getattr(old.get(signum), "observes_signals", False):  # a sweep running this program
+      old[signum](signum, frame)
+
+  old.update({s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)})
+  got_signal += [h.signum for h in old.values()  # a sweep's stop that came during the setup
+                 if getattr(h, "observes_signals", False) and getattr(h, "signum", None)][:1]
   try:
     if every:
       evaluate(0, alive_host)

@@ -18,10 +18,16 @@ its own (it checks metadata, not values), hence the checksums here.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -42,6 +48,104 @@ class CheckpointMismatchError(CheckpointError):
 
 class _Damaged(Exception):
   pass
+
+
+class StorageError(OSError):
+  """The workdir cannot be written (no space, read-only, no permission, not a directory): one
+  line naming the path, the cause and what to do. The trainer exits with status 3."""
+
+  def __init__(self, code: int, message: str):
+    super().__init__(code, message)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.message
+
+
+_STORAGE_HINTS = {
+    errno.ENOSPC: "free some space there (df -h) and rerun the same command: it resumes from "
+                  "the last complete checkpoint",
+    errno.EDQUOT: "the disk quota is used up: free some space and rerun the same command (it "
+                  "resumes from the last complete checkpoint)",
+    errno.EROFS: "the file system is mounted read-only: use a --workdir on a writable one",
+    errno.EACCES: "no permission to write there: use another --workdir, or fix its owner and "
+                  "mode",
+    errno.EPERM: "the operation is not permitted (an immutable directory? `lsattr -d` shows "
+                 "it): use another --workdir, or `chattr -i` it",
+    errno.EEXIST: "a file (not a directory) is in the way: use another --workdir, or move the "
+                  "file",
+    errno.ENOTDIR: "a path component is a file, not a directory: use another --workdir",
+    errno.EISDIR: "a directory is where a file should be: use another --workdir",
+    errno.EIO: "the device reported an I/O error: check the disk, then rerun the same command",
+    errno.EFBIG: "a file grew past the file system's size limit: use another --workdir",
+}
+_STORAGE_TEXT = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+                 "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT}
+
+
+def storage_error(error: BaseException, path: str, doing: str) -> StorageError | None:
+  """`error` as a one-line StorageError when a filesystem failure caused it (an OSError in its
+  chain, or orbax's / TensorStore's text of one); None when it is something else."""
+  code, e = None, error
+  while e is not None and code is None:
+    if isinstance(e, StorageError):
+      return e
+    if isinstance(e, OSError) and e.errno in _STORAGE_HINTS:
+      code, path = e.errno, e.filename or path
+    e = e.__cause__ or e.__context__
+  text = str(error)
+  if code is None:
+    found = re.search(r"os_error_code='?(\d+)", text)
+    code = int(found.group(1)) if found else next(
+        (c for t, c in _STORAGE_TEXT.items() if t in text), None)
+  if code not in _STORAGE_HINTS:
+    return None
+  return StorageError(code, f"cannot {doing} {path}: {os.strerror(code)}; {_STORAGE_HINTS[code]}")
+
+
+# The real stderr's descriptor once a failed save pointed descriptor 2 at /dev/null.
+_real_stderr: int | None = None
+
+
+def real_stderr() -> int:
+  """The descriptor that reaches the user's stderr (see `_stderr_held`)."""
+  return 2 if _real_stderr is None else _real_stderr
+
+
+@contextlib.contextmanager
+def _stderr_held():
+  """Holds back what is written to file descriptor 2 during a save; yields a list that gets the
+  text, for the caller to replay. When the save fails on the filesystem, orbax's and
+  TensorStore's threads go on printing tracebacks ("Event loop is closed", ...) until the
+  process ends: descriptor 2 then stays on /dev/null and `real_stderr()` is the user's stderr,
+  where the one-line report goes."""
+  global _real_stderr
+  held: list[str] = []
+  try:
+    sys.stderr.flush()
+    saved, spool = os.dup(2), tempfile.TemporaryFile()
+  except OSError:  # no file descriptors or no temporary space: do not hold anything
+    yield held
+    return
+  os.dup2(spool.fileno(), 2)
+  restore = True
+  try:
+    yield held
+  except BaseException as e:
+    if storage_error(e, "", "") is not None and _real_stderr is None:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 2)
+      os.close(devnull)
+      _real_stderr, restore = saved, False
+    raise
+  finally:
+    sys.stderr.flush()
+    if restore:
+      os.dup2(saved, 2)
+      os.close(saved)
+    spool.seek(0)
+    held.append(spool.read().decode(errors="replace"))
+    spool.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,14 +232,20 @@ class Checkpointer:
       raise ValueError(f"keep must be at least 1 (or None for all), got {keep}")
     self.directory = os.path.abspath(directory)
     self.damaged_dir = self.directory + "_damaged"
+    # cleanup_tmp_directories: a save cut short (a full disk, a kill) leaves orbax's temporary
+    # directory; the next run removes it.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options,
           item_handlers={"state": _state_handler(),
                          "record": ocp.JsonCheckpointHandler()})
     except Exception as e:  # pylint: disable=broad-except
+      error = storage_error(e, self.directory, "create the checkpoint directory")
+      if error is not None:
+        raise error from e
       raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {e}") from e
 
   def latest_step(self) -> int | None:
@@ -145,12 +255,47 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, record: dict) -> None:
+    """Saves checkpoint `step`. On a filesystem failure (a full disk, ...) the partial
+    checkpoint is removed, so the previous one stays the newest, and `StorageError` says so."""
     record = dict(record, checksums=checksums(state))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
-    self._manager.wait_until_finished()
+    try:
+      with _stderr_held() as held:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+        self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+          self._write_file_hashes(step)
+    except Exception as e:  # pylint: disable=broad-except
+      error = storage_error(e, self.directory, f"save checkpoint {step} in")
+      if error is None:
+        sys.stderr.write("".join(held))
+        raise
+      self._discard(step)
+      raise error from e
+    sys.stderr.write("".join(held))
     if jax.process_index() == 0:
-      self._write_file_hashes(step)
+      self._prune_file_hashes()
+
+  def _discard(self, step: int) -> None:
+    """Removes what a failed save of `step` left (orbax's temporary directory, the step)."""
+    if jax.process_index() == 0:
+      for path in [os.path.join(self.directory, str(step)), self._hash_path(step),
+                   *glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))]:
+        if os.path.isdir(path):
+          shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+          with contextlib.suppress(OSError):
+            os.remove(path)
+    with contextlib.suppress(Exception):
+      self._manager.reload()
+
+  def _prune_file_hashes(self) -> None:
+    """Drops the hash files of checkpoints that `keep_checkpoints` pruned."""
+    kept = {f"{s}.json" for s in self.all_steps()}
+    with contextlib.suppress(OSError):
+      for name in os.listdir(self.directory + "_hashes"):
+        if name.endswith(".json") and name not in kept:
+          os.remove(os.path.join(self.directory + "_hashes", name))
 
   # File hashes, checked before orbax opens anything: a checkpoint whose files were damaged is
   # rejected without handing garbage to TensorStore (whose failed reads leave asyncio callbacks
@@ -267,7 +412,20 @@ class Checkpointer:
     return dst
 
   def close(self) -> None:
-    self._manager.close()
+    try:
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Closing the checkpoint manager of %s failed: %s", self.directory,
+                      _one_line(e))
+
+
+def latest_step_on_disk(directory: str) -> int | None:
+  """The newest step directory under `directory` (orbax's temporary ones aside), without orbax."""
+  try:
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+  except OSError:
+    return None
+  return max(steps) if steps else None
 
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:

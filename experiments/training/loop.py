@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -173,15 +174,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"split evenly over the {batch_devices} devices that hold batch rows")
   tx, schedule = make_optimizer(config)
 
-  os.makedirs(workdir, exist_ok=True)
+  created = not os.path.lexists(workdir)
   lock = workdir_lock.WorkdirLock(workdir)
-  if jax.process_index() == 0:
-    lock.acquire()
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      lock.acquire()
+  except OSError as e:
+    if created:
+      _remove_new_workdir(workdir)
+    raise ckpt_lib.storage_error(e, workdir, "create or write the workdir") or e
   try:
     with strategy.context():
       return _train(config, workdir, workload, strategy, tx, schedule)
+  except Exception as e:  # pylint: disable=broad-except
+    error = None
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+      error = ckpt_lib.storage_error(e, workdir, "write to the workdir")
+    if created and (error is not None or isinstance(e, _SETUP_ERRORS)):
+      # Validated too late to write nothing, or out of space before a checkpoint: leave no
+      # workdir behind.
+      _remove_new_workdir(workdir)
+    if error is None:
+      raise
+    latest = ckpt_lib.latest_step_on_disk(os.path.join(workdir, "checkpoints"))
+    where = f"step {latest}" if latest is not None else "none yet"
+    raise ckpt_lib.StorageError(error.errno,
+                                f"{error.message} (last complete checkpoint: {where})") from e
   finally:
     lock.release()
+
+
+# Errors after which a workdir this run created, holding no checkpoint, is removed.
+_SETUP_ERRORS = (validate_lib.ConfigError, data_lib.ShardError, ckpt_lib.CheckpointError,
+                 FileNotFoundError, ckpt_lib.StorageError)
+
+
+def _remove_new_workdir(workdir: str) -> None:
+  """Removes `workdir` (created by this run) unless it holds a checkpoint."""
+  if (jax.process_index() == 0 and
+      ckpt_lib.latest_step_on_disk(os.path.join(workdir, "checkpoints")) is None):
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _check_model_parallel(config, mesh, workload) -> None:
@@ -253,7 +286,8 @@ class Run:
     self.checkpointer.save(step, view, {"data": self.batches.state(),
                                         "fingerprint": self.fingerprint,
                                         "config": _json_config(self.config),
-                                        "train_time_s": self.clock()})
+                                        "train_time_s": self.clock(),
+                                        "metrics_rows": self.writer.rows})
     self.last_good_ckpt = step
 
   def __call__(self, signum, frame):  # the SIGTERM / SIGINT handler: stop at the next step
@@ -378,6 +412,8 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
                "stopped_by_signal": None, "steps_to_target": None, "already_complete": False,
                "train_time_s": train_time_s, "time_to_target_s": None}
 
+    if resumed_from is not None and main:  # a lost metrics.jsonl is rebuilt or refused
+      metrics_lib.check_history(workdir, resumed_from, record.get("metrics_rows"))
     # Only process 0 writes run records, metrics and TensorBoard events.
     writer = (metrics_lib.MetricWriter(workdir, resume_step=resumed_from) if main else
               metrics_lib.NullWriter())
@@ -452,8 +488,18 @@ def _signals_and_watchdog(run: Run, stall_s: float):
         "Python stacks follow on stderr.", seconds, run.step, pid, run.last_good_ckpt, pid)
     faulthandler.dump_traceback(all_threads=True)
 
+  def on_signal(signum, frame):
+    run(signum, frame)
+    previous = old_handlers.get(signum)
+    if getattr(previous, "observes_signals", False):  # e.g. a sweep running this run
+      previous(signum, frame)
+
   watchdog = watchdog_lib.StallWatchdog(stall_s, on_stall).start() if stall_s else None
-  old_handlers = {s: signal.signal(s, run) for s in (signal.SIGTERM, signal.SIGINT)}
+  old_handlers = {}
+  old_handlers.update({s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)})
+  for previous in old_handlers.values():  # a sweep's stop that came while this run set up
+    if getattr(previous, "observes_signals", False) and getattr(previous, "signum", None):
+      run(previous.signum, None)
   try:
     yield watchdog.beat if watchdog else (lambda: None)
   finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import struct
 from typing import Any, Mapping
 
 from absl import logging
@@ -24,6 +26,7 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(self.path):
       _truncate_after(self.path, -1 if resume_step is None else resume_step)
+    self.rows = len(read_metrics(workdir)) if os.path.exists(self.path) else 0
     self._file = open(self.path, "a", buffering=1)
     self._tb = None
     if tensorboard:
@@ -39,11 +42,13 @@ class MetricWriter:
       if self._tb is not None:
         self._tb.add_scalar(k, v, int(step))
     self._file.write(json.dumps(record) + "\n")
+    self.rows += 1
 
   def write_event(self, step: int, name: str, detail: Any) -> None:
     """A non-scalar row, e.g. {"step": 20, "event": "config_change", "detail": {...}}."""
     self._file.write(json.dumps({"step": int(step), "event": name, "detail": detail},
                                 default=str) + "\n")
+    self.rows += 1
 
   def close(self) -> None:
     self._file.close()
@@ -72,6 +77,8 @@ def _tensorboardx_summary_writer():
 
 class NullWriter:
   """MetricWriter's interface, writing nothing (every process but the main one)."""
+
+  rows = None
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     del step, scalars
@@ -114,6 +121,78 @@ def _truncate_after(path: str, step: int) -> None:
   with open(tmp, "w") as f:
     f.writelines(kept)
   os.replace(tmp, path)
+
+
+class MetricsHistoryError(RuntimeError):
+  """metrics.jsonl lost rows that the checkpoint a run resumes from says it held."""
+
+
+def check_history(workdir: str, step: int, expected_rows: int | None) -> None:
+  """Makes sure a resume from checkpoint `step` continues the whole history in metrics.jsonl.
+
+  `expected_rows` is the number of rows the file held when the checkpoint was saved (None for
+  checkpoints written before it was recorded: nothing to check). A missing or truncated file is
+  rebuilt from the TensorBoard events under `<workdir>/tb` (the same scalars, as float32; event
+  rows such as config changes are not there) with a warning; without events to rebuild it from,
+  MetricsHistoryError says what to do, rather than a history that silently starts at `step`.
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not expected_rows:
+    return
+  rows = [r for r in read_metrics(workdir) if r["step"] <= step] if os.path.exists(path) else []
+  if len(rows) >= expected_rows:
+    return
+  what = (f"{path} is missing" if not os.path.exists(path) else
+          f"{path} holds {len(rows)} row(s) up to step {step}")
+  rebuilt = rows_from_tensorboard(os.path.join(workdir, "tb"), step)
+  have = {(r["step"], k) for r in rows if "event" not in r for k in r if k != "step"}
+  if not rebuilt or not have <= {(r["step"], k) for r in rebuilt for k in r if k != "step"}:
+    raise MetricsHistoryError(
+        f"{what}, but checkpoint step {step} was saved when it held {expected_rows}: it was "
+        "deleted or truncated, and there are no TensorBoard events under "
+        f"{os.path.join(workdir, 'tb')} to rebuild it from. Put the file back (from a backup), "
+        "or start the run over in a new --workdir; resuming here would log a history that "
+        f"starts at step {step}.")
+  events = [r for r in rows if "event" in r]
+  kept = sorted(rebuilt + events, key=lambda r: (r["step"], "event" in r))
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+  os.replace(tmp, path)
+  logging.warning("%s, but checkpoint step %d was saved when it held %d: rebuilt it from the "
+                  "TensorBoard events (%d rows up to step %d; float32 values).", what, step,
+                  expected_rows, len(rebuilt), step)
+
+
+def rows_from_tensorboard(tb_dir: str, last_step: int) -> list[dict]:
+  """One row per step up to `last_step` from the scalars in the TensorBoard event files (the
+  last value written for each step and tag wins: reruns of a step write the same values)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  values: dict[int, dict[str, Any]] = {}
+  for name in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+    for data in _tfrecords(name):
+      event = event_pb2.Event.FromString(data)
+      if event.step > last_step or not event.HasField("summary"):
+        continue
+      for v in event.summary.value:
+        if v.HasField("simple_value"):
+          x = float(v.simple_value)
+          values.setdefault(int(event.step), {})[v.tag] = x if math.isfinite(x) else str(x)
+  return [{"step": s, **values[s]} for s in sorted(values)]
+
+
+def _tfrecords(path: str):
+  """The records of a TFRecord file (length, its CRC, data, its CRC); stops at a torn end."""
+  with open(path, "rb") as f:
+    while True:
+      head = f.read(12)
+      if len(head) < 12:
+        return
+      (length,) = struct.unpack("<Q", head[:8])
+      data = f.read(length)
+      if len(data) < length or len(f.read(4)) < 4:
+        return
+      yield data
 
 
 def read_metrics(workdir: str) -> list[dict]:
