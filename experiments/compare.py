@@ -305,9 +305,9 @@ class _StopRequest:
 
   def __call__(self, signum, frame):
     del frame
-    if self.signum is None:
-      print(f"signal {signum}: the sweep stops after the running trial's record is written",
-            flush=True)
+    if self.signum is None:  # os.write: a print here could re-enter one in progress
+      os.write(1, f"signal {signum}: the sweep stops after the running trial's record is "
+                  "written\n".encode())
     self.signum = signum
 
   def check(self, done: int) -> None:
@@ -460,14 +460,6 @@ def update_from_flags(records_dir: str) -> bool:
 
 
 def main(argv):
-  usage = ("usage: python -m experiments.compare {score,sweep,plots,all,targets,retarget} "
-           "RECORDS_DIR\n"
-           "  sweep/all: [--quick] [--workloads=...] [--optimizers=...] [--trials=N] "
-           "[--studies=K] [--runs_dir=DIR] [--vectorize=auto|always|never] "
-           "[--ruleset=external|self_tuning] [--budget=flags|algoperf]; "
-           "plots/all: [--out_dir=results]; all: "
-           "[--workspace=WORKSPACE.md]")
-  del usage
   if len(argv) < 2:
     _fail(f"a command is needed: python -m experiments.compare {{{','.join(COMMANDS)}}} "
           "RECORDS_DIR (--help lists the flags)")
@@ -480,7 +472,8 @@ def main(argv):
           f"{' '.join(argv[2:]) or '(none)'}; e.g. python -m experiments.compare {argv[1]} "
           "records/")
   command, records_dir = argv[1], argv[2]
-  if command not in ("sweep", "all") and not os.path.isdir(records_dir):
+  if not os.path.isdir(records_dir) and (command not in ("sweep", "all") or
+                                          os.path.exists(records_dir)):
     why = ("is not a directory" if os.path.exists(records_dir) else
            "does not exist (`python -m experiments.compare sweep DIR` creates one)")
     _fail(f"the records directory {records_dir!r} {why}")

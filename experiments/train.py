@@ -224,7 +224,7 @@ def main(argv):
       traceback.print_exc()
     _fail(e)
   except OSError as e:  # a write failed mid-run (metrics, TensorBoard, run records)
-    error = checkpoints.storage_error(e, _WORKDIR.value, "write to the workdir")
+    error = checkpoints.storage_error(e, _WORKDIR.value, "write to")
     if error is None:
       raise
     _fail_storage(error)

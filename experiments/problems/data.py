@@ -69,7 +69,10 @@ def read_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
   if size < HEADER_BYTES:
     raise ShardError(
         f"{path}: truncated: {size} bytes is shorter than the {HEADER_BYTES}-byte header")
-  header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+  try:
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+  except OSError as e:  # e.g. no read permission
+    raise ShardError(f"{path}: cannot read shard ({e.strerror or e})") from e
   if header[0] != MAGIC:
     raise ShardError(f"{path}: bad magic number {header[0]} (expected {MAGIC}); not a token shard")
   if header[1] != VERSION:

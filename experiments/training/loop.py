@@ -147,7 +147,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises `validate.ConfigError` for a config that cannot run (before anything is written),
   `workdir_lock.WorkdirLockedError` when another process uses `workdir`, `ConfigDriftError`
   on a resume under changed settings, `checkpoints.CheckpointError` when no checkpoint can be
-  used, `data.ShardError` for unreadable data, `TrainingDivergedError` on NaN/Inf.
+  used, `data.ShardError` for unreadable data, `metrics.MetricsHistoryError` when a resume
+  finds metrics.jsonl cut short with nothing to rebuild it from, `checkpoints.StorageError`
+  when the workdir cannot be written (naming the last complete checkpoint),
+  `TrainingDivergedError` on NaN/Inf. A workdir this call created is removed again when a
+  setup or storage error ends it before its first checkpoint.
   """
   for warning in validate_lib.validate(config):
     logging.warning("Config: %s", warning)
@@ -183,14 +187,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   except OSError as e:
     if created:
       _remove_new_workdir(workdir)
-    raise ckpt_lib.storage_error(e, workdir, "create or write the workdir") or e
+    raise ckpt_lib.storage_error(e, workdir, "create or write the workdir") or (
+        ckpt_lib.StorageError(e.errno, f"cannot create or write the workdir {workdir}: "
+                                       f"{e.strerror or e}; use another --workdir")) from e
   try:
     with strategy.context():
       return _train(config, workdir, workload, strategy, tx, schedule)
   except Exception as e:  # pylint: disable=broad-except
     error = None
     if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
-      error = ckpt_lib.storage_error(e, workdir, "write to the workdir")
+      error = ckpt_lib.storage_error(e, workdir, "write to")
     if created and (error is not None or isinstance(e, _SETUP_ERRORS)):
       # Validated too late to write nothing, or out of space before a checkpoint: leave no
       # workdir behind.
