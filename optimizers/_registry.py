@@ -222,11 +222,14 @@ def _is_float_leaf(x: Any) -> bool:
   return jnp.issubdtype(dtype, jnp.inexact)
 
 
-def _zero_update(u: Any) -> Any:
-  dtype = getattr(u, "dtype", None)
-  if dtype is None or dtype == jax.dtypes.float0:
-    return u  # already nothing to apply
-  return jnp.zeros(jnp.shape(u), dtype)
+def _zero_update(u: Any, p: Any) -> Any:
+  """A zero update for a non-float leaf: in the parameter's dtype (so `optax.apply_updates`
+  leaves it as it is, even from a float0 gradient), or the update's without `params`."""
+  if p is not None:
+    return jnp.zeros_like(p)
+  if getattr(u, "dtype", None) == jax.dtypes.float0:
+    return u  # the gradient of an integer input: already nothing to apply
+  return jnp.zeros_like(u)
 
 
 def float_leaves_only(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -264,8 +267,9 @@ def float_leaves_only(tx: optax.GradientTransformation) -> optax.GradientTransfo
       extra_args = dict(extra_args, grad_fn=hidden_grad_fn)
     new, state = tx.update(hide(updates, keep, treedef), state,
                            None if params is None else hide(params, keep, treedef), **extra_args)
-    out = [n if k else _zero_update(u) for n, u, k in
-           zip(treedef.flatten_up_to(new), treedef.flatten_up_to(updates), keep)]
+    flat_params = [None] * len(keep) if params is None else treedef.flatten_up_to(params)
+    out = [n if k else _zero_update(u, p) for n, u, p, k in zip(
+        treedef.flatten_up_to(new), treedef.flatten_up_to(updates), flat_params, keep)]
     return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -153,8 +154,9 @@ def test_every_entry_leaves_integer_and_boolean_leaves_unchanged(name):
   """One rule for the registry: a non-float leaf gets a zero update and no state."""
   params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.ones((3,)),
             "count": jnp.array(7, jnp.int32), "mask": jnp.array([True, False])}
+  # An integer gradient for one, and for the other what jax.grad(..., allow_int=True) gives.
   grads = {"w": jnp.full((4, 3), 0.5), "b": jnp.full((3,), 0.5),
-           "count": jnp.array(1, jnp.int32), "mask": jnp.array([False, True])}
+           "count": jnp.array(1, jnp.int32), "mask": np.zeros((2,), jax.dtypes.float0)}
   tx = optimizers.create(name, **_base_hparams(name), **(
       {"inner_hparams": {"learning_rate": 0.1}} if name in ("cautious", "sam") else {}))
   state = tx.init(params)
