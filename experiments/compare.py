@@ -24,6 +24,11 @@ The speedrun's optimizer track (modded-nanogpt) accepts a record when the mean f
 seeds is below the target by at least c / sqrt(n); `record_rule` applies it and `welch` tests a
 claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
+Exit status: 0 done (also --help), 2 a usage error (a wrong command, flag or records directory:
+one `ERROR:` line), 3 a workdir or records directory that cannot be written (no space left, ...:
+one line), 128+N stopped by signal N (SIGTERM, Ctrl-C: after the running trial's record is
+written; rerun the same command to resume).
+
 This module is the command line; the harness itself is experiments/harness/ (records, runs,
 scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as before
 (`compare.plan`, `compare.sweep`, `compare.read_records`, ...).
@@ -543,6 +548,14 @@ def _main(argv):
     main(argv)
   except app.UsageError as e:
     _fail(e)
+  except OSError as e:
+    from experiments.training import checkpoints  # pylint: disable=g-import-not-at-top
+    where = argv[2] if len(argv) > 2 else "the records directory"
+    error = (None if isinstance(e, FileNotFoundError) else
+             checkpoints.storage_error(e, where, "write to"))
+    if error is None:
+      raise
+    _fail(error, 3)
   except KeyboardInterrupt:  # Ctrl-C before a sweep's own handler was in place
     print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)

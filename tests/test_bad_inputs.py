@@ -224,6 +224,12 @@ def test_compare_command_line_mistakes_are_one_line_and_status_2(tmp_path):
   assert rc == 2 and len(out.strip().splitlines()) == 1 and "bogus" in out, out
   rc, out = _compare("--help")
   assert rc == 0 and "--vectorize" in out, out
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  rc, out = _compare("sweep", str(tmp_path / "records"), "--workloads=mds", "--optimizers=adamw",
+                     "--trials=1", "--studies=1", f"--runs_dir={blocker}/runs")
+  assert rc == 3 and len(error_lines(out)) == 1 and "Traceback" not in out, out
+  assert f"{blocker}/runs" in error_lines(out)[0], out
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
