@@ -63,10 +63,8 @@ class StorageError(OSError):
 
 
 _STORAGE_HINTS = {
-    errno.ENOSPC: "free some space there (df -h) and rerun the same command: it resumes from "
-                  "the last complete checkpoint",
-    errno.EDQUOT: "the disk quota is used up: free some space and rerun the same command (it "
-                  "resumes from the last complete checkpoint)",
+    errno.ENOSPC: "free some space there (df -h) and rerun the same command",
+    errno.EDQUOT: "the disk quota is used up: free some space and rerun the same command",
     errno.EROFS: "the file system is mounted read-only: use a --workdir on a writable one",
     errno.EACCES: "no permission to write there: use another --workdir, or fix its owner and "
                   "mode",

@@ -204,9 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if error is None:
       raise
     latest = ckpt_lib.latest_step_on_disk(os.path.join(workdir, "checkpoints"))
-    where = f"step {latest}" if latest is not None else "none yet"
-    raise ckpt_lib.StorageError(error.errno,
-                                f"{error.message} (last complete checkpoint: {where})") from e
+    then = (f"a rerun resumes from checkpoint step {latest}, the last complete one"
+            if latest is not None else "no checkpoint was complete: a rerun starts over")
+    raise ckpt_lib.StorageError(error.errno, f"{error.message}; {then}") from e
   finally:
     lock.release()
 
