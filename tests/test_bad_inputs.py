@@ -232,14 +232,21 @@ def test_compare_command_line_mistakes_are_one_line_and_status_2(tmp_path):
   assert f"{blocker}/runs" in error_lines(out)[0], out
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_a_sweep_after_the_running_trials_record(tmp_path, signum):
+@pytest.mark.parametrize("signum,vectorize", [(signal.SIGTERM, "never"),
+                                              (signal.SIGINT, "never"),
+                                              (signal.SIGTERM, "always")])
+def test_a_signal_stops_a_sweep_after_the_running_trials_record(tmp_path, signum, vectorize):
+  """Sent once the first trial's record (of a vectorized program: its records) is written, the
+  signal stops the sweep before the second's: exit 128+N, one line, a rerun does the rest."""
   records, runs = tmp_path / "records", tmp_path / "runs"
-  args = ("sweep", str(records), "--workloads=mds", "--optimizers=adamw,sgd", "--trials=1",
-          "--studies=1", f"--runs_dir={runs}", "--vectorize=never")
+  trials, workload = (1, "mds") if vectorize == "never" else (2, "logreg")
+  args = ("sweep", str(records), f"--workloads={workload}", "--optimizers=adamw,sgd",
+          f"--trials={trials}", "--studies=1", f"--runs_dir={runs}", f"--vectorize={vectorize}")
+  path = records / f"{workload}.jsonl"
+  recorded = lambda: path.read_text().splitlines() if path.exists() else []
   proc = _compare(*args, wait=False)
   deadline = time.time() + 300
-  while not (records / "mds.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+  while len(recorded()) < trials and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signum)
   out, _ = proc.communicate(timeout=300)
@@ -247,12 +254,10 @@ def test_a_signal_stops_a_sweep_after_the_running_trials_record(tmp_path, signum
   assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
   stops = [l for l in out.splitlines() if "rerun the same command to resume it" in l]
   assert len(stops) == 1, out
-  done = [json.loads(l)["optimizer"] for l in (records / "mds.jsonl").read_text().splitlines()]
-  assert done == ["adamw"], out  # the first trial's record, and not the second's
+  assert [json.loads(l)["optimizer"] for l in recorded()] == ["adamw"] * trials, out
   rc, out = _compare(*args)
-  assert rc == 0 and "1 already recorded" in out, out
-  done = [json.loads(l)["optimizer"] for l in (records / "mds.jsonl").read_text().splitlines()]
-  assert done == ["adamw", "sgd"]
+  assert rc == 0 and f"{trials} already recorded" in out, out
+  assert [json.loads(l)["optimizer"] for l in recorded()] == ["adamw"] * trials + ["sgd"] * trials
 
 
 def test_the_trainer_documents_status_3():
