@@ -555,7 +555,10 @@ def _main(argv):
              checkpoints.storage_error(e, where, "write to"))
     if error is None:
       raise
-    _fail(error, 3)
+    # A checkpoint save that failed left descriptor 2 on /dev/null (orbax's threads go on
+    # printing tracebacks there); the line goes to the user's stderr.
+    os.write(checkpoints.real_stderr(), f"ERROR: {' '.join(str(error).split())}\n".encode())
+    sys.exit(3)
   except KeyboardInterrupt:  # Ctrl-C before a sweep's own handler was in place
     print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
