@@ -88,8 +88,13 @@ def test_a_read_only_or_immutable_workdir_is_one_line_and_status_3(tmp_path, cor
 
 # 2. A full disk during a checkpoint. ----------------------------------------------------------
 
-# Without a mountable tmpfs: checkpoint 20's save fails as orbax reports a full disk.
-_FULL_DISK_HOOK = """
+# Without a mountable tmpfs: checkpoint 20's save fails as orbax reports a full disk, or
+# TensorBoard's writer thread fails after step 10's checkpoint (it once hung the trainer).
+_RUN_TRAINER = """
+sys.argv[0] = "experiments.train"
+runpy.run_module("experiments.train", run_name="__main__", alter_sys=True)
+"""
+_FULL_DISK_HOOKS = {"fault_hook": """
 import runpy, sys
 import orbax.checkpoint as ocp
 real = ocp.CheckpointManager.save
@@ -99,12 +104,20 @@ def save(self, step, *args, **kwargs):
                      "[os_error_code='28']")
   return real(self, step, *args, **kwargs)
 ocp.CheckpointManager.save = save
-sys.argv[0] = "experiments.train"
-runpy.run_module("experiments.train", run_name="__main__", alter_sys=True)
-"""
+""" + _RUN_TRAINER, "tensorboard_hook": """
+import errno, runpy, sys
+from tensorboardX import event_file_writer
+real, events = event_file_writer.EventsWriter._write_serialized_event, []
+def write(self, data):
+  events.append(1)
+  if len(events) > 110:  # after step 10's evaluation and checkpoint
+    raise OSError(errno.ENOSPC, "No space left on device")
+  return real(self, data)
+event_file_writer.EventsWriter._write_serialized_event = write
+""" + _RUN_TRAINER}
 
 
-@pytest.mark.parametrize("how", ["tmpfs", "fault_hook"])
+@pytest.mark.parametrize("how", ["tmpfs", "fault_hook", "tensorboard_hook"])
 def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes_bitwise(
     tmp_path, corpus, straight_30, how):
   fs = tmp_path / "fs"
@@ -118,7 +131,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes_bitwise(
       rc, out = run_cli(wd, corpus, "--config.train.steps=30")
     else:
       args = [f"--config.{k}={v}" for k, v in TINY.items()]
-      rc, out = start([sys.executable, "-c", _FULL_DISK_HOOK, f"--config={CONFIG}",
+      rc, out = start([sys.executable, "-c", _FULL_DISK_HOOKS[how], f"--config={CONFIG}",
                        f"--workdir={wd}", *args, f"--config.data.cache_dir={corpus}",
                        "--config.train.steps=30"])
     # The checkpoint's arrays fill the disk, or a metrics row just before them does.

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import struct
+import threading
 from typing import Any, Mapping
 
 from absl import logging
@@ -31,10 +32,14 @@ class MetricWriter:
     self._tb = None
     if tensorboard:
       SummaryWriter = _tensorboardx_summary_writer()  # pylint: disable=invalid-name
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"),
+      _keep_tensorboard_write_errors()
+      # A queue that never fills: if the writer thread dies (a full disk), adding an event must
+      # not block; the thread's error is raised here instead (`_raise_tensorboard_error`).
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"), max_queue=1 << 30,
                                purge_step=0 if resume_step is None else resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    _raise_tensorboard_error()
     record = {"step": int(step)}
     for k, v in scalars.items():
       v = float(np.asarray(v))
@@ -54,6 +59,33 @@ class MetricWriter:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+# OSErrors of tensorboardX's writer threads (a failed write ends the thread), for the main thread.
+_tensorboard_errors: list[OSError] = []
+
+
+def _keep_tensorboard_write_errors() -> None:
+  """tensorboardX's writer thread dies on a failed write (a full disk) with a thread traceback
+  on stderr, and the run goes on without events: the error is kept instead, for the next
+  `MetricWriter.write` to raise in the main thread (one line from the trainer)."""
+  previous = threading.excepthook
+  if getattr(previous, "keeps_tensorboard_errors", False):
+    return
+
+  def hook(args):
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_EventLoggerThread":
+      _tensorboard_errors.append(args.exc_value)
+      return
+    previous(args)
+
+  hook.keeps_tensorboard_errors = True
+  threading.excepthook = hook
+
+
+def _raise_tensorboard_error() -> None:
+  if _tensorboard_errors:
+    raise _tensorboard_errors.pop(0)
 
 
 def _tensorboardx_summary_writer():
