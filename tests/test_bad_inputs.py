@@ -53,7 +53,7 @@ def _mount_tmpfs(path, options: str) -> bool:
 
 
 def _umount(path):
-  subprocess.run(["umount", str(path)], capture_output=True)
+  subprocess.run(["umount", "-l", str(path)], capture_output=True)  # -l: even if still busy
 
 
 # 1. A workdir that cannot be written. ---------------------------------------------------------
