@@ -13,8 +13,8 @@ Tensor parallelism (Megatron-LM, Shoeybi et al. 2019, arXiv 1909.08053): `logica
 every parameter's dimensions in one place (q/k/v and the MLP's first matrix split their outputs:
 column-parallel; the two output projections split their inputs: row-parallel); activations are
 constrained by the same names (`_constrain`) when logical-axis rules (`flax.core.spmd`, set by
-`experiments.sharding.context`) map them to an axis of the mesh in context. Without rules or
-mesh the model is the plain one, op for op.
+`experiments.parallel.sharding.context`) map them to an axis of the mesh in context. Without
+rules or mesh the model is the plain one, op for op.
 """
 
 from __future__ import annotations
