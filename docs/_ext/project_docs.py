@@ -37,18 +37,24 @@ def _paragraphs(doc: str) -> list[list[str]]:
   return paras
 
 
-def _is_math(lines: list[str]) -> bool:
-  """Equations: a paragraph with `x <- ...` or `x = ...` at a line's start or after a `;`."""
-  text = "\n".join(lines)
-  return bool(re.search(r"(^|;\s+)\s*[\w'^\[\]]+ (<-|=) ", text, re.M))
+_FORMULA = re.compile(r"(^|;\s+)\s*[\w'^\[\]]+(,\s*[\w'^\[\]]+)* (<-|=) ")
+
+
+def _formula_lines(lines: list[str]) -> int:
+  """How many of `lines` (a paragraph) are formulas: `x <- ...` / `x = ...` at the start of a
+  line or after a `;`; a line with `=` or `<-` elsewhere continues them."""
+  if not lines or not _FORMULA.search(lines[0]):
+    return 0
+  n = 1
+  while n < len(lines) and (_FORMULA.search(lines[n]) or re.search(r"(<-| = )", lines[n])):
+    n += 1
+  return n
 
 
 def math_lines(doc: str) -> list[str]:
-  """The update's formulas: the first paragraph after the summary line, if it is equations."""
+  """The update's formulas: the leading formula lines of the paragraph after the summary."""
   paras = _paragraphs(doc)
-  if len(paras) >= 2 and _is_math(paras[1]):
-    return paras[1]
-  return []
+  return paras[1][:_formula_lines(paras[1])] if len(paras) >= 2 else []
 
 
 def paper(doc: str) -> str:
@@ -70,6 +76,32 @@ def _requirement_versions() -> dict[str, str]:
       if m:
         out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
   return out
+
+
+# How the parity files' reference helpers read as the optimizer they build (display only; an
+# unknown helper is shown as written).
+_REFERENCE_HELPERS = (
+    (r"^_torch\('(\w+)',\s*", r"torch.optim.\1("),
+    (r"^_po\(po\.(\w+),\s*", r"pytorch_optimizer.\1("),
+    (r"^_muon\(float32=True,\s*", "torch.optim.Muon(Newton-Schulz in float32, "),
+    (r"^_muon\(", "torch.optim.Muon("),
+    (r"^_kron\(", "pytorch_optimizer.Kron(our random draws, "),
+    (r"^lambda p: _normuon\(p,\s*", "pytorch_optimizer.NorMuon(Newton-Schulz in float32, "),
+    (r"^lambda p: ", ""),
+    (r"^_sf_adamw\(", "schedulefree.AdamWScheduleFree(lr="),
+    (r"^_sf_sgd\(", "schedulefree.SGDScheduleFree(lr="),
+    (r"^_soap\(every, wd, shampoo_b2, lr\)$",
+     "pytorch_optimizer.SOAP(precondition_frequency=every, weight_decay=wd, "
+     "shampoo_beta=shampoo_b2, lr=lr)"),
+    (r"\bpo\.", "pytorch_optimizer."),
+    (r"\(p, ", "("),
+)
+
+
+def _reference(expr: str) -> str:
+  for pattern, repl in _REFERENCE_HELPERS:
+    expr = re.sub(pattern, repl, expr)
+  return expr
 
 
 def _call_name(node: ast.Call) -> str:
@@ -154,9 +186,23 @@ def parity_cases() -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dic
             for kw in sub.keywords:
               if kw.arg == "package" and isinstance(kw.value, ast.Constant):
                 default_package = kw.value.value
-    for node in ast.walk(tree):
-      if not isinstance(node, ast.Call) or _call_name(node) not in ("case", "Case"):
-        continue
+    # Case factories other than `case` (e.g. `_soap_case(every, wd, ...)`): one row per call.
+    factories = {}
+    for node in tree.body:
+      if isinstance(node, ast.FunctionDef) and node.name != "case":
+        for sub in ast.walk(node):
+          if isinstance(sub, ast.Call) and _call_name(sub) == "Case" and any(
+              kw.arg == "entry" and isinstance(kw.value, ast.Constant) for kw in sub.keywords):
+            factories[node.name] = sub
+    calls = []
+    case_lists = [n.value for n in tree.body if isinstance(n, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id.endswith("CASES") for t in n.targets)]
+    for node in (sub for value in case_lists for sub in ast.walk(value)):
+      if isinstance(node, ast.Call) and _call_name(node) in factories:
+        calls.append((factories[_call_name(node)], ast.unparse(node)))
+      elif isinstance(node, ast.Call) and _call_name(node) in ("case", "Case"):
+        calls.append((node, None))
+    for node, factory_call in calls:
       fields = dict(zip(("id", "entry", "hparams", "reference", "tolerance", "why"), node.args))
       fields.update({kw.arg: kw.value for kw in node.keywords if kw.arg})
       entry = fields.get("entry")
@@ -165,9 +211,9 @@ def parity_cases() -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dic
       package = _evaluate(fields.get("package"), env) or default_package or "?"
       key = re.sub(r"[-_.]+", "-", package).lower()
       cases.setdefault(entry.value, []).append(dict(
-          id=_render_id(fields["id"], env), file=f"tests/parity/{filename}",
+          id=factory_call or _render_id(fields["id"], env), file=f"tests/parity/{filename}",
           package=package, version=versions.get(key, ""),
-          reference=ast.unparse(fields["reference"]) if "reference" in fields else "",
+          reference=_reference(ast.unparse(fields["reference"])) if "reference" in fields else "",
           tolerance=_evaluate(fields.get("tolerance"), env),
           why=_evaluate(fields.get("why"), env) or ""))
   return cases, none, notes
@@ -213,8 +259,9 @@ def registry_rst() -> str:
     d = entry_docs(name)
     title = f"``{name}``"
     out += [f".. _opt-{name}:", "", title, "-" * len(title), "",
-            f"``optimizers.create(\"{name}\", ...)`` builds it: **paper**: {_cell(d['paper'])}.",
-            "", f".. autofunction:: {d['builder']}", "", "**Hyperparameters** (defaults):", "",
+            f"**Paper**: {_cell(d['paper']).rstrip('.')}.", "",
+            f"**Build**: ``optimizers.create(\"{name}\", ...)``, which calls:", "",
+            f".. autofunction:: {d['builder']}", "", "**Hyperparameters** (defaults):", "",
             ".. list-table::", "   :header-rows: 1", "   :widths: 40 60", "",
             "   * - Hyperparameter", "     - Default"]
     for hp, value in d["hyperparameters"].items():
@@ -230,9 +277,10 @@ def registry_rst() -> str:
         out += [f"   * - ``{c['id']}``", f"     - ``{_cell(c['reference'])}``",
                 f"     - {pkg}", f"     - {c['tolerance']:g}" if isinstance(
                     c["tolerance"], float) else f"     - {c['tolerance']}"]
-      out += ["", f"Cases in ``{d['parity'][0]['file']}`` (relative parameter difference after "
-              "the last step, at most the tolerance); ``python -m tests.parity.table`` measures "
-              "them.", ""]
+      out += ["", f"Cases in ``{d['parity'][0]['file']}``: the relative parameter difference "
+              "after the last step must be at most the tolerance (``python -m tests.parity.table`` "
+              "measures it). Why each tolerance:", ""]
+      out += [f"* ``{c['id']}``: {_cell(c['why'])}" for c in d["parity"] if c["why"]] + [""]
     else:
       out += [f"No published reference: {_cell(d['parity_none'])}.", ""]
   return "\n".join(out) + "\n"
@@ -421,19 +469,19 @@ def _builders() -> set[str]:
 
 
 def _math_as_literal(app, what, name, obj, options, lines) -> None:
-  """A builder's formulas (the paragraph after its summary) as a literal block, lines kept."""
+  """A builder's formulas (see `math_lines`) as a literal block, their lines kept."""
   if what != "function" or name not in _builders():
     return
-  paras_start = [i for i in range(1, len(lines)) if lines[i].strip() and not lines[i - 1].strip()]
-  if not paras_start:
+  starts = [i for i in range(1, len(lines)) if lines[i].strip() and not lines[i - 1].strip()]
+  if not starts:
     return
-  start = paras_start[0]
-  end = start
+  start = end = starts[0]
   while end < len(lines) and lines[end].strip():
     end += 1
-  if not _is_math(lines[start:end]):
-    return
-  lines[start:end] = ["::", ""] + ["  " + line for line in lines[start:end]]
+  n = _formula_lines(lines[start:end])
+  if n:
+    rest = [""] if start + n < end else []
+    lines[start:start + n] = ["::", ""] + ["  " + line for line in lines[start:start + n]] + rest
 
 
 def setup(app):
