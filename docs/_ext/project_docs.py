@@ -309,8 +309,8 @@ CONFIG_KEYS = {
     "precision": "Mixed precision: ``bf16`` (bfloat16 compute, float32 master weights and "
                  "states), ``fp32``; None: ``model.dtype`` as set.",
     # data
-    "data.source": "``stdlib`` (the built-in corpus of CPython sources) or ``bin`` (FineWeb-style "
-                   "token shards).",
+    "data.source": "``stdlib`` (the built-in corpus of CPython sources), ``stdlib_docs`` (its "
+                   "prose) or ``bin`` (FineWeb-style token shards).",
     "data.train_glob": "Glob of the training shards (``source=\"bin\"``).",
     "data.val_glob": "Glob of the validation shards (``source=\"bin\"``).",
     "data.cache_dir": "Where the built-in corpus is cached; None: ``$SOJ_CACHE_DIR`` or "
@@ -340,8 +340,8 @@ CONFIG_KEYS = {
     "train.steps": "Total optimizer steps; the schedule spans them.",
     "train.stop_at_step": "End this invocation after this step (checkpointing first); rerunning "
                           "resumes. None: run to ``steps``.",
-    "train.batch_size": "Global batch, in sequences (divisible by ``grad_accum_steps`` and the "
-                        "mesh's data axes).",
+    "train.batch_size": "Global batch, in sequences; each of its ``grad_accum_steps`` slices "
+                        "must split evenly over the devices that hold batch rows.",
     "train.grad_accum_steps": "Gradient accumulation: the batch is processed in this many "
                               "slices per step.",
     "train.microbatches": "Pipeline parallelism (``mesh.stage`` > 1): micro-batches per "
