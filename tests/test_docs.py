@@ -69,3 +69,14 @@ def test_every_config_key_has_a_description():
   stale = sorted(set(project_docs.CONFIG_KEYS) - keys)
   assert not undescribed, f"config keys without a description in CONFIG_KEYS: {undescribed}"
   assert not stale, f"CONFIG_KEYS describes keys the config no longer has: {stale}"
+
+
+def test_python_code_blocks_of_the_pages_run():
+  """The getting-started page's snippets (and the front page's) run as written."""
+  for page in ("index.rst", "getting_started.rst"):
+    text = (ROOT / "docs" / page).read_text()
+    blocks = re.findall(r"^\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", text, re.M)
+    assert blocks, page
+    for block in blocks:
+      code = "\n".join(line[3:] for line in block.splitlines())
+      exec(compile(code, f"docs/{page}", "exec"), {})  # noqa: S102 (our own docs)

@@ -116,9 +116,9 @@ def _module_strings(tree: ast.Module) -> dict[str, str]:
     if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
         node.targets[0], ast.Name):
       try:
-        value = eval(compile(ast.Expression(node.value), "<parity>", "eval"),  # noqa: S307
+        value = eval(compile(ast.Expression(node.value), "<parity>", "eval"),
                      {"__builtins__": {}}, dict(env))
-      except Exception:  # noqa: BLE001 (not a plain constant: not needed)
+      except Exception:  # not a plain constant: not needed
         continue
       if isinstance(value, (str, dict)):
         env[node.targets[0].id] = value
@@ -129,9 +129,9 @@ def _evaluate(node: ast.AST | None, env: dict[str, Any]) -> Any:
   if node is None:
     return None
   try:
-    return eval(compile(ast.Expression(node), "<parity>", "eval"),  # noqa: S307
+    return eval(compile(ast.Expression(node), "<parity>", "eval"),
                 {"__builtins__": {}}, dict(env))
-  except Exception:  # noqa: BLE001 (an expression of the test's own helpers)
+  except Exception:  # an expression of the tests' own helpers
     return None
 
 
