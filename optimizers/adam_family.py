@@ -230,6 +230,10 @@ def nadamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
 
   Returns:
     An `optax.GradientTransformation` (`optax.nadamw`).
+
+  References:
+    Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, arXiv 1711.05101.
   """
   return _guard(
       optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
