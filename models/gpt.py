@@ -13,20 +13,20 @@ Tensor parallelism (Megatron-LM, Shoeybi et al. 2019, arXiv 1909.08053): `logica
 every parameter's dimensions in one place (q/k/v and the MLP's first matrix split their outputs:
 column-parallel; the two output projections split their inputs: row-parallel); activations are
 constrained by the same names (`_constrain`) when logical-axis rules (`flax.core.spmd`, set by
-`experiments.sharding.context`) map them to an axis of the mesh in context. Without rules or
-mesh the model is the plain one, op for op.
+`experiments.parallel.sharding.context`) map them to an axis of the mesh in context. Without
+rules or mesh the model is the plain one, op for op.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from flax import nnx
 from flax.core import spmd
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import PartitionSpec as P
 
 
@@ -328,4 +328,6 @@ def unstack_blocks(params: dict) -> dict:
 
 
 def num_params(params: Any) -> int:
-  return optax.tree.size(params)
+  """The number of scalars in `params`, concrete arrays or `jax.ShapeDtypeStruct`s alike
+  (`optax.tree.size` warns on abstract leaves: JAX is making `jnp.size` of one an error)."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -38,6 +38,21 @@ def sgd(*, learning_rate: Any, momentum: float | None = None, nesterov: bool = F
   This is PyTorch's convention (no dampening). `weight_decay` adds `wd * theta` to the gradient
   before momentum (coupled L2, as in `torch.optim.SGD`).
   Parity: torch.optim.SGD (tests/parity/test_torch_optim.py), no flags.
+
+  Args:
+    learning_rate: lr (float or optax schedule).
+    momentum: the momentum coefficient; None: plain SGD.
+    nesterov: Nesterov's form of the momentum.
+    weight_decay: coupled L2, `wd * theta` added to the gradient.
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    Polyak, "Some methods of speeding up the convergence of iteration methods", USSR
+    Computational Mathematics and Mathematical Physics, 1964.
+    Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
+    deep learning", ICML 2013.
   """
   return _guard(
       (optax.add_decayed_weights(weight_decay) if _hparams.nonzero(weight_decay)
@@ -215,6 +230,10 @@ def nadamw(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float
 
   Returns:
     An `optax.GradientTransformation` (`optax.nadamw`).
+
+  References:
+    Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, arXiv 1711.05101.
   """
   return _guard(
       optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))

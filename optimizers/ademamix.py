@@ -127,6 +127,10 @@ def ademamix(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, b3: floa
 
   Returns:
     An `optax.GradientTransformation`.
+
+  References:
+    Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024,
+    arXiv 2409.03137.
   """
   return nonfinite.guard(
       scale_by_ademamix(b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps,

@@ -96,6 +96,11 @@ def cautious_entry(*, inner: str = "adam", inner_hparams: Mapping[str, Any] | No
                    normalization: str = "mean") -> optax.GradientTransformationExtraArgs:
   """The registry entry `inner`, made cautious (Liang et al., 2024); see `cautious`.
 
+  u = inner's update;  phi = 1(-u * g > 0);  u_c = u * phi / max(mean(phi), floor)
+  update = u_c - lr * weight_decay * theta   ("sum_plus_one": u * phi * numel / (sum(phi) + 1))
+
+  For example
+
     optimizers.create("cautious", inner="adam", learning_rate=3e-3, weight_decay=0.1,
                       inner_hparams={"b2": 0.95})
 
@@ -115,6 +120,10 @@ def cautious_entry(*, inner: str = "adam", inner_hparams: Mapping[str, Any] | No
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Liang, Chen, Liu & Liu, "Cautious Optimizers: Improving Training with One Line of Code",
+    2024, arXiv 2411.16085.
   """
   hparams = dict(inner_hparams.items()) if inner_hparams else {}
   if learning_rate is not None:

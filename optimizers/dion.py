@@ -174,8 +174,10 @@ def dion(*, learning_rate: Any, momentum: float = 0.95, rank_fraction: float = 1
          ) -> optax.GradientTransformation:
   """Dion (Ahn et al., 2025) on hidden matrices, AdamW or Lion on the rest.
 
-  theta <- theta - lr * (s * P Q^T + weight_decay * theta) on Dion leaves (module docstring);
-  routing as `muon`'s (`routing.label_fn`).
+  B = M + G;  P = orthonormalize(B Q);  R = B^T P;  M <- B - (1 - mu) P R^T
+  Q <- R / (||R_:j|| + eps);  theta <- theta - lr * (s * P Q^T + weight_decay * theta)
+  on Dion leaves (the module docstring has the details); routing as `muon`'s
+  (`routing.label_fn`).
 
   Args:
     learning_rate: Dion learning rate (float or optax schedule).

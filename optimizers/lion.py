@@ -36,6 +36,10 @@ def lion(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.99,
 
   Returns:
     An `optax.GradientTransformation` (`optax.lion`).
+
+  References:
+    Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023,
+    arXiv 2302.06675.
   """
   return nonfinite.guard(optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay),
                          check_state=False)

@@ -273,6 +273,10 @@ def optax_muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = T
                ) -> optax.GradientTransformation:
   """`optax.contrib.muon` (float32 Newton–Schulz, bias-corrected Nesterov) with our routing.
 
+  m <- beta m + (1 - beta) g;  u = beta m / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t)
+  (Nesterov) or m / (1 - beta^t);  theta <- theta - lr * (s * NS(u) + weight_decay * theta)
+  on Muon leaves; AdamW with the `adam_*` hyperparameters elsewhere, as in `muon`.
+
   Same hyperparameter names and defaults as `muon`; the Muon branch is optax's own
   `scale_by_muon` with our dimension numbers, the rest is the same AdamW as `muon`'s (optax's
   NAdamW with b2 = 0.999 would confound the comparison).

@@ -100,9 +100,11 @@ def normuon(*, learning_rate: Any, momentum: float = 0.95, b2: float = 0.95,
   theta <- theta - lr * (O' + weight_decay * theta)   (Muon leaves; AdamW elsewhere).
 
   Args:
-    learning_rate, momentum, nesterov, momentum_warmup_steps, momentum_start, ns_steps,
-      ns_coeffs, ns_dtype, gram_ns, scale, weight_decay, cautious_weight_decay, adam_*,
-      labels, dimension_numbers: as in `muon.muon`.
+    learning_rate, momentum, nesterov, momentum_warmup_steps, momentum_start: as in `muon.muon`.
+    ns_steps, ns_coeffs, ns_dtype, gram_ns, scale: as in `muon.muon`.
+    weight_decay, cautious_weight_decay: as in `muon.muon`.
+    adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay: as in `muon.muon`.
+    labels, dimension_numbers: as in `muon.muon`.
     b2: decay of the per-neuron second moment (the authors' beta2, 0.95).
 
   Parity: pytorch_optimizer.NorMuon (tests/parity/test_pytorch_optimizer.py), ours with

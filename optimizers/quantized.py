@@ -232,9 +232,9 @@ def adamw_8bit(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: f
                min_quantized_size: int = 4096) -> optax.GradientTransformation:
   """AdamW with 8-bit block-wise moments (Dettmers et al., 2022, arXiv 2110.02861).
 
-  update = -lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta), as `adamw`, with m and v stored
-  as uint8 dynamic-code indices and a float32 absmax per block of `block_size` elements:
-  2 + 8 / block_size bytes per parameter on quantized leaves (AdamW: 8).
+  update = -lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta)  (as `adamw`)
+  m and v are stored as uint8 dynamic-code indices and a float32 absmax per block of
+  `block_size` elements: 2 + 8 / block_size bytes per parameter on quantized leaves (AdamW: 8).
 
   Choices of this implementation: block size 256 by default (the paper uses 2048), the code's
   fractions end at the top of each decade (so a block's absmax is stored exactly), and a

@@ -83,6 +83,12 @@ def sam(*, inner: str = "sgd", inner_hparams: Mapping[str, Any] | None = None,
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update` requires `grad_fn=`.
+
+  References:
+    Foret, Kleiner, Mobahi & Neyshabur, "Sharpness-Aware Minimization for Efficiently
+    Improving Generalization", ICLR 2021, arXiv 2010.01412.
+    Kwon, Kim, Park & Choi, "ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
+    Learning of Deep Neural Networks", ICML 2021, arXiv 2102.11600.
   """
   hparams = dict(inner_hparams.items()) if inner_hparams else {}
   if learning_rate is not None:

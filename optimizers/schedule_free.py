@@ -129,6 +129,10 @@ def schedule_free_adamw(*, learning_rate: Any = 2.5e-3, b1: float = 0.9, b2: flo
                         bias_correction: str = "denominator") -> optax.GradientTransformation:
   """Schedule-Free AdamW (Defazio et al., 2024; the authors' `AdamWScheduleFree`).
 
+  nu <- b2 nu + (1-b2) g^2 (g at y);  z <- z - lr_k (g / (sqrt(nu / (1-b2^t)) + eps) + wd y)
+  x <- (1 - c) x + c z, c = w_k / sum w, w_k = (k+1)^r lr_max^weight_lr_power;  y = b1 x + (1-b1) z
+  The parameters are y; evaluate at x = `eval_params(params, state)`.
+
   See `scale_by_schedule_free`. As in `schedulefree` 1.4.x: the second moment is
   bias-corrected inside the root with eps outside, sqrt(nu / (1 - b2^t)) + eps; lr is not
   rescaled, and it is the lr the averaging weights use (lr_max^weight_lr_power); the warmup is
@@ -151,6 +155,10 @@ def schedule_free_adamw(*, learning_rate: Any = 2.5e-3, b1: float = 0.9, b2: flo
 
   Returns:
     An `optax.GradientTransformation`; evaluate at `eval_params(params, state)`.
+
+  References:
+    Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
+    NeurIPS 2024, arXiv 2405.15682.
   """
   return nonfinite.guard(scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                                 weight_decay=weight_decay, warmup_steps=warmup_steps,
@@ -164,8 +172,9 @@ def schedule_free_sgd(*, learning_rate: Any = 1.0, b1: float = 0.9, weight_decay
                       r: float = 0.0) -> optax.GradientTransformation:
   """Schedule-Free SGD (Defazio et al., 2024; the authors' `SGDScheduleFree`).
 
-  z' = z - lr_k (g + wd y), averaging and interpolation as in `scale_by_schedule_free`; lr_k is
-  lr * min(1, (k+1) / warmup), and it weights the average. `b1` is the reference's momentum.
+  z <- z - lr_k (g + wd y)  (g at y);  lr_k = lr * min(1, (k+1) / warmup)
+  x <- (1 - c) x + c z;  y = b1 x + (1-b1) z  (c as in `schedule_free_adamw`)
+  lr_k also weights the average (`scale_by_schedule_free`); `b1` is the reference's momentum.
 
   Args:
     learning_rate, b1, weight_decay, warmup_steps, weight_lr_power, r: as in
@@ -173,6 +182,10 @@ def schedule_free_sgd(*, learning_rate: Any = 1.0, b1: float = 0.9, weight_decay
 
   Returns:
     An `optax.GradientTransformation`; evaluate at `eval_params(params, state)`.
+
+  References:
+    Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
+    NeurIPS 2024, arXiv 2405.15682.
   """
   return nonfinite.guard(
       scale_by_schedule_free(learning_rate=learning_rate, b1=b1, b2=None, eps=0.0,

@@ -5,7 +5,7 @@ r"""Runs N processes of a JAX program on this machine, as a multi-host cluster w
 
 Each process gets M fake CPU devices (`--xla_force_host_platform_device_count=M`) and the flags
 `--config.distributed.coordinator_address=127.0.0.1:PORT --config.distributed.num_processes=N
---config.distributed.process_id=i` after the user's arguments; `experiments.distributed`
+--config.distributed.process_id=i` after the user's arguments; `experiments.parallel.distributed`
 starts `jax.distributed` with CPU collectives (gloo) from them. Output lines are prefixed with
 `[i]`; the collective library's connection chatter (`[Gloo] Rank ... connected`, "Starting /
 Connecting to JAX distributed service") is left out unless `--verbose`. Every process's whole

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from experiments.training import actions
 from tests.test_train import tiny_config
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

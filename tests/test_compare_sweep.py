@@ -8,8 +8,8 @@ import pytest
 
 from configs import workload_logreg
 from experiments import compare
-from experiments import compare_plots
-from experiments import trainer
+from experiments.harness import plots as compare_plots
+from experiments.training import loop as trainer
 from scripts import update_workspace
 from tests.test_compare import _rec
 

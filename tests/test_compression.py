@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from experiments.parallel import compression
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from tests.test_train import ROOT, TINY, restore_params
 
 N = 8

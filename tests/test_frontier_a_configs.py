@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import configs_util
-from experiments import trainer
+from experiments.training import loop as trainer
 
 CONFIGS = {"lion": "lion", "schedule_free_adamw": "schedule_free_adamw",
            "schedule_free_sgd": "schedule_free_sgd", "ademamix": "ademamix",

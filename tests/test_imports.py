@@ -111,32 +111,35 @@ def test_the_graph_sees_the_project():
   assert "optimizers" in graph["experiments.training.loop"]
 
 
-# Modules that moved into the layer packages keep their old names: each old file makes the
-# old name the new module itself (so imports and monkeypatches through either agree).
-MOVED = {"trainer": "training.loop", "pmap_step": "parallel.pmap",
-         **{m: f"parallel.{m}" for m in ("sharding", "distributed", "pipeline", "compression",
-                                         "memory")},
-         **{m: f"training.{m}" for m in ("checkpoints", "metrics", "validate", "watchdog",
-                                         "workdir_lock", "provenance", "train_state")},
-         **{m: f"problems.{m}" for m in ("workloads", "data", "finetune")}}
+# The names modules had before they moved into the layer packages: gone, with no alias modules
+# left behind (the project has no release and no outside users of them).
+OLD_NAMES = ("trainer", "pmap_step", "sharding", "distributed", "pipeline", "compression",
+             "memory", "checkpoints", "metrics", "validate", "watchdog", "workdir_lock",
+             "provenance", "train_state", "workloads", "data", "finetune", "compare_plots")
 
 
-def test_experiments_is_in_layers_and_old_module_names_still_work():
+def test_experiments_is_in_layers_with_no_alias_modules():
   import importlib  # pylint: disable=g-import-not-at-top
   packages = {m.split(".")[1] for m in project_modules() if m.count(".") >= 2 and
               m.startswith("experiments.")}
   assert {"training", "parallel", "problems", "harness"} <= packages
-  for old, new in MOVED.items():
-    assert importlib.import_module(f"experiments.{old}") is importlib.import_module(
-        f"experiments.{new}"), old
+  # Top level: the two binaries and the config loader, nothing else.
+  top = {m for m in project_modules() if m.startswith("experiments.") and m.count(".") == 1}
+  assert top == {"experiments.train", "experiments.compare", "experiments.configs_util"} | {
+      f"experiments.{p}" for p in packages}, top
+  for old in OLD_NAMES:
+    try:
+      importlib.import_module(f"experiments.{old}")
+    except ModuleNotFoundError:
+      continue
+    raise AssertionError(f"experiments.{old} still imports")
+  # No module anywhere rebinds itself in sys.modules (the way an alias module works).
+  for module, path in project_modules().items():
+    with open(path) as f:
+      assert "sys.modules[__name__]" not in f.read(), module
   # Paths a moved module derives from its own file still reach the repository root.
   from experiments.training import provenance  # pylint: disable=g-import-not-at-top
   assert os.path.exists(os.path.join(provenance.ROOT, "requirements.txt"))
-  # Nothing in the project goes through an old name (they exist for outside code only).
-  graph = import_graph()
-  users = {m: sorted(d for d in deps if d.removeprefix("experiments.") in MOVED)
-           for m, deps in graph.items() if m.removeprefix("experiments.") not in MOVED}
-  assert not {m: d for m, d in users.items() if d}
 
 
 def test_the_lower_layers_never_import_the_loop():

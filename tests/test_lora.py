@@ -16,7 +16,7 @@ import pytest
 
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from experiments.training import validate
 from experiments.problems import workloads
 from models import gpt

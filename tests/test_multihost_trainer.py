@@ -78,3 +78,24 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_the_rerun_resum
   assert rc == 0, out
   assert f"Resumed from checkpoint step {stop_step}" in out
   assert len(losses(wd)) == int(stop_step) + 2
+
+
+def test_a_shared_warm_compilation_cache_does_not_hang_two_processes(tmp_path, monkeypatch):
+  # Two launches on one cache directory: without the trainer turning the cache off for
+  # multi-process CPU runs, the second loads the first's executables and both processes block
+  # in their first collective (jax 0.12.1), until this test's timeout.
+  corpus = tmp_path / "corpus"
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla_cache"))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  for run in ("first", "second"):
+    proc = launch(tmp_path / run, corpus, "--config.train.steps=2", wait=False)
+    try:
+      out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+      for child in psutil.Process(proc.pid).children(recursive=True):
+        child.kill()
+      proc.kill()
+      raise AssertionError(f"the {run} two-process run hung with a shared compilation cache")
+    assert proc.returncode == 0, out
+    assert "[0] Done: step 2/2" in out and "[1] Done: step 2/2" in out, out
+  assert "Persistent compilation cache" in out and "off for this multi-process CPU run" in out

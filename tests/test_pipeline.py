@@ -17,7 +17,7 @@ from experiments import configs_util
 from experiments.parallel import memory
 from experiments.parallel import pipeline
 from experiments.parallel import sharding
-from experiments import trainer
+from experiments.training import loop as trainer
 from models import gpt
 from tests.test_sharded_training import losses
 from tests.test_tensor_parallel import CONFIGS, ROOT, TINY_TP, run_steps, tiny_config

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.parallel import pmap as pmap_step
 from experiments.training import step as step_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from models import gpt
 import optimizers
 

@@ -1,5 +1,7 @@
 """SAM and ASAM against float64 NumPy on problems whose gradients are written by hand."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,8 @@ def logistic_grad_np(p):
   return {"W": X.T @ d, "b": d.sum(axis=0)}
 
 
-def logistic_loss(p):
-  logp = jax.nn.log_softmax(jnp.asarray(X, jnp.float32) @ p["W"] + p["b"])
+def logistic_loss(p, dtype=jnp.float32):
+  logp = jax.nn.log_softmax(jnp.asarray(X, dtype) @ p["W"] + p["b"])
   return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(Y)[:, None], axis=1))
 
 
@@ -46,8 +48,8 @@ def quartic_grad_np(p):
   return {k: A[k] * p[k] + p[k] ** 3 for k in p}
 
 
-def quartic_loss(p):
-  return sum(jnp.sum(jnp.asarray(A[k], jnp.float32) * p[k] ** 2 / 2 + p[k] ** 4 / 4) for k in p)
+def quartic_loss(p, dtype=jnp.float32):
+  return sum(jnp.sum(jnp.asarray(A[k], dtype) * p[k] ** 2 / 2 + p[k] ** 4 / 4) for k in p)
 
 
 def sam_gradient_np(grad_np, p, adaptive):
@@ -71,27 +73,38 @@ PROBLEMS = {"logistic": (logistic_grad_np, logistic_loss,
 @pytest.mark.parametrize("inner,inner_hparams,make_ref", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 def test_matches_numpy_reference(problem, inner, inner_hparams, make_ref, adaptive):
+  # In float64 (x64 mode; the inner optimizers' states follow the parameters' dtype), so the
+  # comparison checks the formula, not float32 rounding: run in float32, the trajectory drifts
+  # from the float64 one by rounding that Adam's sign-like step and momentum's zero crossings
+  # turn into relative errors of 3e-5 on single elements, at a size that depends on how XLA's
+  # CPU dot kernels order their sums (jax 0.12.1's round ~5x coarser than 0.10.2's on small
+  # products, both within float32's n·u bound), so no float32 tolerance is both tight and
+  # portable. In float64 every step agrees to 4e-12 relative, 6e-14 absolute (measured: the
+  # same cancellations, at float64's unit roundoff); the bounds below are 250x above that and
+  # four orders of magnitude tighter than the float32 test's were.
   grad_np, loss, shapes = PROBLEMS[problem]
-  tx = optimizers.create("sam", inner=inner, inner_hparams=inner_hparams, learning_rate=LR,
-                         rho=RHO, adaptive=adaptive, eta=ETA)
-  rng = np.random.default_rng(0)
-  p64 = {k: rng.normal(size=s) for k, s in shapes.items()}
-  p32 = jax.tree.map(jnp.float32, p64)
-  refs = {k: make_ref() for k in shapes}
-  grad_fn = jax.grad(loss)
+  with jax.enable_x64(True):
+    tx = optimizers.create("sam", inner=inner, inner_hparams=inner_hparams, learning_rate=LR,
+                           rho=RHO, adaptive=adaptive, eta=ETA)
+    rng = np.random.default_rng(0)
+    p64 = {k: rng.normal(size=s) for k, s in shapes.items()}
+    params = jax.tree.map(jnp.float64, p64)
+    refs = {k: make_ref() for k in shapes}
+    grad_fn = jax.grad(functools.partial(loss, dtype=jnp.float64))
 
-  @jax.jit
-  def step(params, state):
-    return tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
+    @jax.jit
+    def step(params, state):
+      return tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
 
-  state = tx.init(p32)
-  for t in range(1, 21):
-    updates, state = step(p32, state)
-    g = sam_gradient_np(grad_np, p64, adaptive)
-    expected = {k: refs[k].step(g[k], p64[k], t) for k in shapes}
-    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-6 * LR)
-    p32 = optax.apply_updates(p32, updates)
-    p64 = jax.tree.map(np.add, p64, expected)
+    state = tx.init(params)
+    for t in range(1, 21):
+      updates, state = step(params, state)
+      assert all(u.dtype == jnp.float64 for u in jax.tree.leaves(updates))
+      g = sam_gradient_np(grad_np, p64, adaptive)
+      expected = {k: refs[k].step(g[k], p64[k], t) for k in shapes}
+      chex.assert_trees_all_close(updates, expected, rtol=1e-9, atol=1e-12)
+      params = optax.apply_updates(params, updates)
+      p64 = jax.tree.map(np.add, p64, expected)
 
 
 def test_from_config_dtypes_abstract_init_and_checkpoint(tmp_path):
@@ -146,7 +159,7 @@ def test_adaptive_needs_params():
 def test_trainer_clip_reaches_the_perturbed_gradient():
   # grad_clip_norm in the trainer must clip the gradient SAM's inner optimizer steps with
   # (taken at the perturbed point through grad_fn), not only the first one.
-  from experiments import trainer  # pylint: disable=g-import-not-at-top
+  from experiments.training import loop as trainer  # pylint: disable=g-import-not-at-top
   clip = 1e-3
   tx = trainer.clip_grad_fn(optax.chain(
       optax.clip_by_global_norm(clip),

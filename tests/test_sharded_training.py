@@ -12,7 +12,7 @@ import pytest
 
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from tests.test_train import ROOT, TINY
 
 CONFIGS = {"adamw": "speedrun_cpu.py", "adamw_8bit": "speedrun_cpu_adamw_8bit.py",

@@ -22,7 +22,7 @@ from experiments import configs_util
 from experiments.parallel import memory
 from experiments.parallel import pipeline
 from experiments.parallel import sharding
-from experiments import trainer
+from experiments.training import loop as trainer
 from experiments.training import validate
 from models import gpt
 from tests.test_muon import _np_orthogonalize

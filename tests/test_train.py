@@ -16,7 +16,7 @@ import pytest
 from experiments.training import checkpoints as ckpt_lib
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from experiments.training import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

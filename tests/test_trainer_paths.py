@@ -11,7 +11,7 @@ import pytest
 
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
-from experiments import trainer
+from experiments.training import loop as trainer
 from experiments.training import validate
 from tests.test_train import ROOT, restore_params, tiny_config
 

@@ -1,4 +1,5 @@
-"""`experiments.watchdog.StallWatchdog`: silent until armed, one report per stall, re-armed."""
+"""`experiments.training.watchdog.StallWatchdog`: silent until armed, one report per stall,
+re-armed."""
 
 import threading
 import time

@@ -71,7 +71,26 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+  _no_persistent_cache_for_cpu_collectives()
   return True
+
+
+def _no_persistent_cache_for_cpu_collectives() -> None:
+  """Turns JAX's persistent compilation cache off in a multi-process CPU run.
+
+  On jax 0.12.1 a CPU executable with cross-process (gloo) collectives that is loaded from the
+  cache, instead of compiled in this process, never completes its first collective: every
+  process blocks in it, forever (seen here with `JAX_COMPILATION_CACHE_DIR` set and warm, on
+  the first `device_get` of an evaluation). Compiling in-process costs seconds; a hang costs
+  the job. GPU and TPU runs keep the cache. Must run before the first compilation, as
+  `initialize` does.
+  """
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    if jax.config.jax_compilation_cache_dir:
+      logging.warning("Persistent compilation cache (%s) off for this multi-process CPU run: "
+                      "executables with CPU collectives loaded from it hang",
+                      jax.config.jax_compilation_cache_dir)
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def is_main() -> bool:

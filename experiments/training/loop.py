@@ -28,7 +28,6 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from experiments.training import checkpoints as ckpt_lib
 from experiments.problems import data as data_lib
@@ -447,7 +446,8 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
         record_config_change(workdir, resumed_from, changes)
       writer.write_event(resumed_from, "config_change",
                          {k: {"from": a, "to": b} for k, (a, b) in changes.items()})
-    num_params = int(optax.tree.size(strategy.abstract["params"]))
+    # Abstract leaves: counted from shapes (`optax.tree.size` warns on ShapeDtypeStructs).
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(strategy.abstract["params"]))
     if main:
       write_run_record(workdir, config, data_info, num_params, strategy.mesh, resumed_from,
                        strategy.memory)

@@ -58,8 +58,9 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
     gradient's first element of every leaf becomes NaN ("nan"), Inf ("inf"), or every element
     becomes 1e30 ("huge").
   compressed_grads: wraps the per-device (loss, grads) function into one that averages
-    gradients through a compressor (`experiments.compression.data_parallel_grads`); its state
-    lives in `state["compression"]` and its byte counts are logged under `comm/`.
+    gradients through a compressor
+    (`experiments.parallel.compression.data_parallel_grads`); its state lives in
+    `state["compression"]` and its byte counts are logged under `comm/`.
   axis_name: inside `jax.pmap` (or `shard_map`) over this axis, each device's loss and
     gradient (and SAM's second gradient) are averaged with `lax.pmean` before the update.
   """

@@ -229,7 +229,10 @@ def shampoo(*, learning_rate: Any, b1: float = 0.9, b2: float = 0.95, eps: float
             batch_axes: Any | None = None) -> optax.GradientTransformation:
   """Shampoo with grafting, momentum and decoupled weight decay.
 
-  update = -lr * (shampoo_direction + weight_decay * theta)   (see the module docstring)
+  L_i <- b2 L_i + (1 - b2) G_(i) G_(i)^T;  P_i = (L_i + eps I)^(-1/(2k))  (k: the block's rank)
+  S = m x_1 P_1 ... x_k P_k  (L^(-1/4) m R^(-1/4) for a matrix; m: the momentum)
+  update = -lr * (S |d| / |S| + weight_decay * theta)  (d: the grafting direction)
+  Blocking, root schedule and fallbacks: the module docstring.
 
   Args:
     learning_rate: float or optax schedule.

@@ -234,7 +234,10 @@ def soap(*, learning_rate: Any, b1: float = 0.95, b2: float = 0.95, eps: float =
          batch_axes: Any | None = None) -> optax.GradientTransformation:
   """SOAP (Adam in Shampoo's eigenbasis) with decoupled weight decay.
 
-  update = -lr * (soap_direction + weight_decay * theta)   (see the module docstring)
+  G' = Q_L^T G Q_R;  M' = Q_L^T m Q_R;  nu <- b2 nu + (1 - b2) G'^2  (Q: the factors' bases)
+  d = Q_L (M' / (sqrt(nu) + eps)) Q_R^T sqrt(1 - b2^s);  theta <- (theta - lr d)(1 - lr wd)
+  L <- sb L + (1 - sb) G G^T, R likewise;  every `precondition_every` steps Q <- QR(L Q).
+  Step 1 (the first basis) and the conventions: the module docstring.
 
   Args:
     learning_rate: float or optax schedule.

@@ -1,8 +1,0 @@
-"""Moved to experiments/problems/data.py; this old name is that module (the same object, so
-imports and monkeypatches through it keep working)."""
-
-import sys
-
-from experiments.problems import data as _moved
-
-sys.modules[__name__] = _moved
