@@ -332,7 +332,7 @@ def main(argv):
             "(median ms and MFU of the rounds; ratio of the total times)")
       for r in runners[:-1]:
         ms = statistics.median(r.times) * 1e3
-        ratio = sum(r.times) / sum(ref.times)  # totals: amortized preconditioner refreshes
+        ratio = sum(r.times) / sum(ref)  # totals: amortized preconditioner refreshes
         mfu = statistics.median([flops / t / (2 * 2048 ** 3 / m) for t, m in zip(r.times, mm)])
         print(f"  {r.name:16s} {ms:8.1f} {mfu:6.3f} {ratio:14.3f}")
         results.append((size, r.name, ms, mfu, ratio))
