@@ -89,11 +89,16 @@ def _checkpoint_policy(name: str):
   return None  # "block": save nothing inside the block
 
 
+# Name scopes ("norm_rotary", "attention", "loss") let profiles attribute XLA's kernels
+# (scripts/bench_mfu.py); they change no computation.
+
+@jax.named_scope("norm_rotary")
 def _rms_norm(x, eps=1e-6):
   x32 = x.astype(jnp.float32)
   return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
+@jax.named_scope("norm_rotary")
 def _rotary(x_BxTxNxH, base: float):
   """Rotates pairs (x[..., :H/2], x[..., H/2:]) by position-dependent angles."""
   _, t, _, h = x_BxTxNxH.shape
@@ -187,7 +192,8 @@ class Attention(nnx.Module):
     q = _rotary(_rms_norm(heads(self.q(x_BxTxD))), self.rope_base)
     k = _rotary(_rms_norm(heads(self.k(x_BxTxD))), self.rope_base)
     v = heads(self.v(x_BxTxD))
-    y_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    with jax.named_scope("attention"):
+      y_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True)
     y_BxTxNxH = _constrain(y_BxTxNxH, "batch", "seq", "heads", "head_dim")
     return _constrain(self.proj(y_BxTxNxH.reshape(b, t, d)), "batch", "seq", "embed")
 
@@ -216,8 +222,13 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
 
   def __call__(self, x):
-    x = x + self.attn(self.attn_norm(x))
-    return x + self.mlp(self.mlp_norm(x))
+    x = x + self.attn(_scoped_norm(self.attn_norm, x))
+    return x + self.mlp(_scoped_norm(self.mlp_norm, x))
+
+
+def _scoped_norm(norm: nnx.RMSNorm, x):
+  with jax.named_scope("norm_rotary"):
+    return norm(x)
 
 
 class GPT(nnx.Module):
@@ -241,8 +252,8 @@ class GPT(nnx.Module):
         x = block(x)
       else:
         x = nnx.remat(lambda blk, h: blk(h), policy=_checkpoint_policy(policy))(block, x)
-    logits_BxTxV = _constrain(self.lm_head(self.final_norm(x)).astype(jnp.float32),
-                              "batch", "seq", "vocab")
+    logits_BxTxV = self.lm_head(_scoped_norm(self.final_norm, x)).astype(jnp.float32)
+    logits_BxTxV = _constrain(logits_BxTxV, "batch", "seq", "vocab")
     if cfg.logit_softcap:
       logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
     return logits_BxTxV
@@ -269,6 +280,7 @@ def loss_fn(cfg: GPTConfig, params: dict, batch_Bx_T1: jax.Array) -> jax.Array:
   return cross_entropy(apply(cfg, params, inputs), targets)
 
 
+@jax.named_scope("loss")
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
   nll = -jnp.take_along_axis(logp, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]

@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from experiments.parallel import compression as compression_lib
 from experiments.parallel import memory as memory_lib
 from experiments.parallel import sharding as sharding_lib
+from experiments.training import step as step_lib
 from experiments.parallel import pmap as pmap_lib
 
 
@@ -104,7 +105,7 @@ class Mesh:
         in_shardings=(self.state_shardings, self.train_batch_shardings,
                       *self.frozen_shardings),
         out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
-        donate_argnums=(0,))
+        donate_argnums=(0,), compiler_options=step_lib.compiler_options())
 
   def init(self, seed: int) -> dict:
     return jax.jit(self.init_state, static_argnums=0, out_shardings=self.state_shardings)(seed)

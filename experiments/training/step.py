@@ -83,8 +83,9 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
     if inject_nonfinite:
       grads = _inject(grads, state["step"] + 1, *inject_nonfinite)
     grad_fn = lambda p: loss_and_grads(p, batch, *frozen)[1]
-    updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
-    new_params = optax.apply_updates(params, updates)
+    with jax.named_scope("optimizer"):  # for profiles (scripts/bench_mfu.py)
+      updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+      new_params = optax.apply_updates(params, updates)
     metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
     # The registry's optimizers refuse an unusable gradient themselves (`optimizers.nonfinite`:
@@ -103,6 +104,19 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
     return new_state, metrics
 
   return train_step
+
+
+def compiler_options() -> dict[str, str] | None:
+  """XLA options for compiling the train step on this backend (None: the defaults).
+
+  On CPU, XLA 0.12 hands matrix products and also elementwise and reduction fusions to
+  YNNPACK; its elementwise and reduction kernels ran slower here than XLA's own loop fusions
+  on the speedrun's small activations (4,096 x 128): giving YNNPACK the matrix products only
+  made the step 0.84x as long (scripts/bench_mfu.py), the same math up to float32 rounding.
+  """
+  if jax.default_backend() != "cpu":
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def _inject(grads, step, steps: tuple[int, ...], kind: str):
