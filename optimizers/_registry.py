@@ -14,6 +14,8 @@ import difflib
 import inspect
 import math
 import numbers
+import re
+import typing
 from typing import Any, Callable
 
 import jax
@@ -105,7 +107,8 @@ def create(name: str, **hparams: Any) -> optax.GradientTransformation:
   or an optax schedule (a callable of the step); a float hyperparameter a finite number
   (betas and momenta in [0, 1], `eps` and weight decays non-negative); an integer size or
   cadence a positive integer (counts of warmup or delay steps and seeds non-negative); a flag
-  a bool; a choice one of its listed values. None is accepted only where the default is None.
+  a bool; a choice one of its listed values. None is accepted only where the default is None
+  or the builder's signature admits it (`block_size: int | None`: None means "never split").
   A 0-d JAX array (a traced hyperparameter of vectorized trials) is accepted as given.
 
   The transformation leaves non-float leaves of the params tree (integer or boolean arrays,
@@ -135,8 +138,9 @@ def create(name: str, **hparams: Any) -> optax.GradientTransformation:
   missing = sorted(k for k, v in valid.items() if v is inspect.Parameter.empty and k not in hparams)
   if missing:
     raise ValueError(f"Optimizer {name!r} needs hyperparameter(s) {missing}")
+  params = inspect.signature(builder).parameters
   for key, value in hparams.items():
-    _check_value(name, key, value, valid[key])
+    _check_value(name, key, value, valid[key], _admits_none(params[key].annotation))
   return float_leaves_only(builder(**hparams))
 
 
@@ -162,13 +166,28 @@ def _is_traced(value: Any) -> bool:
   return isinstance(value, (jax.Array, np.ndarray)) or isinstance(value, jax.core.Tracer)
 
 
-def _check_value(name: str, key: str, value: Any, default: Any) -> None:
-  """ValueError naming `key` and what it accepts when `value` cannot be right (see `create`)."""
+def _admits_none(annotation: Any) -> bool:
+  """Whether a builder's parameter annotation (a string under `from __future__ import
+  annotations`, else a type) says None is a value it documents, e.g. `int | None`."""
+  if annotation is inspect.Parameter.empty:
+    return False
+  if isinstance(annotation, str):
+    return "None" in re.split(r"[\s|\[\],]+", annotation) or annotation.startswith("Optional[")
+  return type(None) in typing.get_args(annotation)
+
+
+def _check_value(name: str, key: str, value: Any, default: Any,
+                 none_ok: bool = False) -> None:
+  """ValueError naming `key` and what it accepts when `value` cannot be right (see `create`).
+
+  `none_ok`: the builder's annotation admits None (e.g. Shampoo's `block_size: int | None`,
+  where None means "never split"), so None is accepted whatever the default.
+  """
   where = f"optimizer {name!r}: hyperparameter {key}={value!r}"
   if _is_traced(value):
     return
   if value is None:
-    if default is None:
+    if default is None or none_ok:
       return
     why = ("it is required" if default is inspect.Parameter.empty
            else f"the default is {default!r}")

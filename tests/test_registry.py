@@ -139,6 +139,10 @@ def test_sizes_choices_and_flags_are_checked_at_create():
   optimizers.create("muon", learning_rate=optax.constant_schedule(0.1), momentum_warmup_steps=0)
   optimizers.create("sgd", learning_rate=0, momentum=None)
   optimizers.create("adamw", learning_rate=jnp.float32(0.1), mu_dtype="bfloat16")
+  # None where the builder's signature documents it (`block_size: int | None`: never split),
+  # though the default is a number.
+  for name in ("shampoo", "soap"):
+    optimizers.create(name, learning_rate=0.1, block_size=None, max_preconditioner_dim=None)
 
 
 def test_help_names_every_entry_and_how_to_see_its_hyperparameters():
