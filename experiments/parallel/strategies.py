@@ -34,8 +34,21 @@ from jax.sharding import PartitionSpec as P
 from experiments.parallel import compression as compression_lib
 from experiments.parallel import memory as memory_lib
 from experiments.parallel import sharding as sharding_lib
-from experiments.training import step as step_lib
 from experiments.parallel import pmap as pmap_lib
+
+
+
+def compiler_options() -> dict[str, str] | None:
+  """XLA options for compiling the train step on this backend (None: the defaults).
+
+  On CPU, XLA 0.12 hands matrix products and also elementwise and reduction fusions to
+  YNNPACK; its elementwise and reduction kernels ran slower here than XLA's own loop fusions
+  on the speedrun's small activations (4,096 x 128): giving YNNPACK the matrix products only
+  made the step 0.84x as long (scripts/bench_mfu.py), the same math up to float32 rounding.
+  """
+  if jax.default_backend() != "cpu":
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 class Mesh:
@@ -105,7 +118,7 @@ class Mesh:
         in_shardings=(self.state_shardings, self.train_batch_shardings,
                       *self.frozen_shardings),
         out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
-        donate_argnums=(0,), compiler_options=step_lib.compiler_options())
+        donate_argnums=(0,), compiler_options=compiler_options())
 
   def init(self, seed: int) -> dict:
     return jax.jit(self.init_state, static_argnums=0, out_shardings=self.state_shardings)(seed)

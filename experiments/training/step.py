@@ -106,19 +106,6 @@ def make_train_step(loss_fn: Callable, tx, schedule: Callable, *,
   return train_step
 
 
-def compiler_options() -> dict[str, str] | None:
-  """XLA options for compiling the train step on this backend (None: the defaults).
-
-  On CPU, XLA 0.12 hands matrix products and also elementwise and reduction fusions to
-  YNNPACK; its elementwise and reduction kernels ran slower here than XLA's own loop fusions
-  on the speedrun's small activations (4,096 x 128): giving YNNPACK the matrix products only
-  made the step 0.84x as long (scripts/bench_mfu.py), the same math up to float32 rounding.
-  """
-  if jax.default_backend() != "cpu":
-    return None
-  return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
 def _inject(grads, step, steps: tuple[int, ...], kind: str):
   hit = jnp.isin(step, jnp.asarray(steps, jnp.int32))
 
