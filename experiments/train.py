@@ -205,13 +205,16 @@ def main(argv):
     return
   if not _WORKDIR.value:
     _fail("--workdir is required: the directory for checkpoints, metrics and logs")
+  # Orbax logs every save step by step at INFO, and JAX each optional backend it could not start
+  # on this machine (TPU, the IFRT proxy): keep their warnings, drop the chatter in front of
+  # every line a user reads (an `ERROR:` line included).
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= py_logging.WARNING or not (
+          "/orbax/" in r.pathname or "Unable to initialize backend" in r.getMessage()))
   try:
     distributed.initialize(config)  # before any JAX computation
   except validate.ConfigError as e:
     _fail(e)
-  # Orbax logs every save step by step at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
   try:
     summary = trainer.train_and_evaluate(config, _WORKDIR.value)
   except trainer.TrainingDivergedError as e:
