@@ -60,6 +60,13 @@ CHATTER = re.compile(r"(Starting|Connecting to) JAX distributed service on")
 # newline, arriving later on a line of its own, is dropped.
 GLOO = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. "
                   r"Expected number of connected peer ranks is : \d+")
+# The message is written in pieces (`<<` by `<<`), and two of a process's threads can write theirs
+# at once: CI once printed `[Gloo] Rank 1 is connected to 7 peer ranks. Expected number of
+# connected peer ranks is : [Gloo] Rank 3 is connected to 77` and then ` peer ranks. Expected
+# number of connected peer ranks is : 7`. A line made of nothing but such pieces (and their
+# numbers) is chatter too; a line with any other text is kept whole.
+GLOO_PIECE = re.compile(r"\[Gloo\] Rank \d*| is connected to \d*| peer ranks\. ?"
+                        r"|Expected number of connected peer ranks is : \d*")
 # "step 12/400 | loss", "Done: step 400/400", "Stopped by signal 15 at step 12/400", ...
 STEP = re.compile(r"\bstep (\d+)/(\d+)")
 
@@ -83,8 +90,13 @@ class _Output:
     if found:
       # A message with more text after it on the line: its newline comes later.
       self._stray_newlines += sum(m.end() < len(body) for m in found)
-      rest = GLOO.sub("", body)
-      return rest + line[len(body):] if rest.strip() else None
+      body = GLOO.sub("", body)
+      if not body.strip():
+        return None
+    if GLOO_PIECE.search(body) and not GLOO_PIECE.sub("", body).strip(" 0123456789"):
+      return None
+    if found:
+      return body + line[len(line.rstrip("\n")):]
     if not body.strip() and self._stray_newlines:
       self._stray_newlines -= 1
       return None
