@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Sequence
 
 import numpy as np
@@ -397,7 +398,6 @@ def identical_by_construction(optimizer: str, shapes: Sequence[Sequence[int]],
 
 def workload_config(workload: str):
   """The workload's trainer config (experiments/harness/runs.WORKLOAD_CONFIGS)."""
-  import os  # pylint: disable=g-import-not-at-top
   from experiments import configs_util  # pylint: disable=g-import-not-at-top
   from experiments.harness import runs  # pylint: disable=g-import-not-at-top
   return configs_util.load(os.path.join(runs._ROOT, runs.WORKLOAD_CONFIGS[workload]))  # pylint: disable=protected-access
@@ -632,8 +632,9 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
     if w not in names:
       lines += [f"## {w}", "", "No records with budget_metrics.", ""]
       continue
+    shapes = shapes_fn(w)
     try:
-      res = compare_budgets(with_b, w, baseline, paired, alpha, shapes_fn(w), **kwargs)
+      res = compare_budgets(with_b, w, baseline, paired, alpha, shapes, **kwargs)
     except ValueError as e:
       lines += [f"## {w}", "", str(e), ""]
       continue
@@ -669,6 +670,9 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
       if why:
         lines += [f"{o} is {baseline} by construction on {w}: {why}; its cells are not tested "
                   "and not in Holm's family.", ""]
+    if shapes is None:
+      lines += [f"Identical-by-construction flags not computed: no parameter shapes for {w}.",
+                ""]
     sts = [(o, steps_to_target(records, w, o, baseline, paired=paired))
            for o in res["optimizers"]]
     sts = [(o, s) for o, s in sts if s is not None]
