@@ -7,6 +7,13 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
   python -m experiments.compare targets records/   # each workload's target by the AdamW rule
   python -m experiments.compare retarget records/  # rescore records on the configs' targets
+  python -m experiments.compare budgets records/ [--baseline=adamw] [--workloads=speedrun]
+      # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py)
+
+Publishing is explicit: README.md's headline, WORKSPACE.md's section and results/*.png are
+written only when RECORDS_DIR is the repository's own records/ (its resolved real path) or
+--publish is given. Any other directory (a scratch sweep) gets its report on stdout and in
+RECORDS_DIR/report.md, its plots in RECORDS_DIR/plots/.
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
 optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
@@ -146,11 +153,75 @@ _MAX_TRIALS = flags.DEFINE_integer("max_trials_per_program", 25,
                                    "sweep: at most this many trials in one vectorized program.")
 
 
-_OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs go.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs go (unset: "
+                               "the repository's results/ when publishing, else "
+                               "RECORDS_DIR/plots/).")
 _WORKSPACE = flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"),
                                  "all: the file whose marked results section is regenerated.")
 
-COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget")
+_PUBLISH = flags.DEFINE_bool(
+    "publish", False, "all, plots: write README.md's headline, WORKSPACE.md's section and "
+    "results/*.png although RECORDS_DIR is not the repository's records/ (for records/ itself "
+    "they always are); otherwise the report goes to stdout and RECORDS_DIR/report.md, the "
+    "plots to RECORDS_DIR/plots/.")
+_PAIRED = flags.DEFINE_bool(
+    "paired", False, "budgets: resample and test studies paired (the same study indices for "
+    "both sides: they share seeds and Sobol seeds); default unpaired, which with 5 studies a "
+    "side can reach p = 0.008 where the paired Wilcoxon test cannot go below 0.0625.")
+
+COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets")
+
+# Tests point publishing at a copy of the repository (README.md, WORKSPACE.md, results/,
+# records/) through this variable instead of writing into the checkout.
+ROOT_ENV = "COMPARE_REPO_ROOT"
+
+
+def repo_root() -> str:
+  """The repository publishing writes into: $COMPARE_REPO_ROOT, else this checkout."""
+  return os.environ.get(ROOT_ENV) or _ROOT
+
+
+def publishes(records_dir: str, publish: bool = False) -> bool:
+  """Whether a command on `records_dir` writes README.md, WORKSPACE.md and results/: only for
+  the repository's own records/ (resolved real paths, so a symlink or `./records` counts) or
+  when asked (`--publish`). A scratch sweep must not overwrite the published comparison."""
+  own = os.path.join(repo_root(), "records")
+  return publish or os.path.realpath(records_dir) == os.path.realpath(own)
+
+
+def output_paths(records_dir: str, publish: bool) -> dict:
+  """{workspace, out_dir, report}: publishing, WORKSPACE.md and results/ of `repo_root()`
+  (an explicit --workspace / --out_dir wins) and no report file; otherwise no workspace, the
+  plots in RECORDS_DIR/plots (or an explicit --out_dir) and RECORDS_DIR/report.md."""
+  f = flags.FLAGS
+  root = repo_root()
+  if publishes(records_dir, publish):
+    return {"workspace": f.workspace if f["workspace"].present else
+                         os.path.join(root, "WORKSPACE.md"),
+            "out_dir": f.out_dir if f["out_dir"].present else os.path.join(root, "results"),
+            "report": None}
+  return {"workspace": None,
+          "out_dir": f.out_dir if f["out_dir"].present else os.path.join(records_dir, "plots"),
+          "report": os.path.join(records_dir, "report.md")}
+
+
+def write_report(records_dir: str, path: str, plots_dir: str) -> None:
+  """What publishing would put in README.md's headline and WORKSPACE.md's section, written
+  to `path` instead (a scratch directory's report), PNGs linked relative to it."""
+  f = flags.FLAGS
+  records = read_records(records_dir)
+  here = os.path.dirname(os.path.abspath(path))
+  rel = os.path.relpath(plots_dir, here)
+  text = ("# Comparison report (not published)\n\n"
+          f"From `{records_dir}`; README.md, WORKSPACE.md and results/ are written only for "
+          "the repository's records/ or with --publish.\n\n## Headline\n\n"
+          + workspace_lib.headline(records, records_dir, f.baseline, f.alpha)
+          + "\n\n## Section\n\n"
+          + workspace_lib.section(records, records_dir, rel, f.baseline, f.r_max, f.alpha,
+                                  root=here) + "\n")
+  with open(path, "w") as fh:
+    fh.write(text)
+  print(f"{path}: written (not published)")
 
 
 def _check_draws(specs: Sequence[RunSpec], records: Sequence[dict], records_dir: str) -> None:
@@ -453,15 +524,32 @@ def _retarget_plan(records_dir: str) -> tuple[dict[str, list[dict]], int, list[s
   return out, changed, stuck
 
 
-def update_from_flags(records_dir: str) -> bool:
+def update_from_flags(records_dir: str, workspace: str | None = None,
+                      out_dir: str | None = None) -> bool:
   """`workspace.update` as this module's flags say (--workspace, --out_dir, --baseline,
-  --r_max, --alpha); `python -m scripts.update_workspace` runs it too."""
+  --r_max, --alpha; `workspace` / `out_dir` override the first two); `python -m
+  scripts.update_workspace` runs it too (an explicit publish)."""
   f = flags.FLAGS
-  root = os.path.dirname(os.path.abspath(f.workspace))
-  changed = workspace_lib.update(f.workspace, records_dir, os.path.relpath(f.out_dir, root),
+  workspace, out_dir = workspace or f.workspace, out_dir or f.out_dir
+  root = os.path.dirname(os.path.abspath(workspace))
+  changed = workspace_lib.update(workspace, records_dir, os.path.relpath(out_dir, root),
                                  baseline=f.baseline, r_max=f.r_max, alpha=f.alpha)
-  print(f"{f.workspace}: {'updated' if changed else 'unchanged'}")
+  print(f"{workspace}: {'updated' if changed else 'unchanged'}")
   return changed
+
+
+def print_budgets(records_dir: str) -> None:
+  """The budgets headline (experiments/harness/budgets.py) of the records with budget_metrics,
+  on stdout; records without them are skipped with a one-line note."""
+  from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
+  records = read_records(records_dir)
+  if not any(budgets_lib.has_budgets(r) for r in records):
+    _fail(f"no records with budget_metrics in {records_dir} ({len(records)} without)")
+  f = flags.FLAGS
+  print(budgets_lib.headline(
+      records, records_dir, _WORKLOADS.value if f["workloads"].present else None,
+      _BASELINE.value, _PAIRED.value, _ALPHA.value if f["alpha"].present else
+      budgets_lib.ALPHA))
 
 
 def main(argv):
@@ -489,6 +577,9 @@ def main(argv):
   if command == "retarget":
     print(f"{retarget_records(records_dir)} records rescored on their workloads' targets")
     return
+  if command == "budgets":
+    print_budgets(records_dir)
+    return
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
@@ -511,13 +602,17 @@ def main(argv):
         print(f"# {title}: {len(rs)} runs\n")
         print(report(rs, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
                      _BASELINE.value, _BY.value))
+  out = output_paths(records_dir, _PUBLISH.value)
   if command in ("plots", "all") and records:
     # Imported here: the plots module loads matplotlib (and picks its Agg backend).
     from experiments.harness import plots as plots_lib  # pylint: disable=g-import-not-at-top
-    for path in plots_lib.plot_all(records, _OUT_DIR.value, _R_MAX.value, _BY.value):
+    for path in plots_lib.plot_all(records, out["out_dir"], _R_MAX.value, _BY.value):
       print(f"wrote {path}")
   if command == "all":
-    update_from_flags(records_dir)
+    if out["workspace"]:
+      update_from_flags(records_dir, out["workspace"], out["out_dir"])
+    else:
+      write_report(records_dir, out["report"], out["out_dir"])
     print(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 

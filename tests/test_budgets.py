@@ -1,0 +1,286 @@
+"""experiments/harness/budgets.py on synthetic records whose answers are known by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments.harness import budgets
+
+INF = math.inf
+GRID = [50, 100, 200, 400, 800, 1600]
+A, B = 2.0, 100.0
+OFFSETS = [-0.02, -0.01, 0.0, 0.01, 0.02]  # symmetric: every median is the noiseless value
+
+
+def _loss(budget, speedup=1.0):
+  """The baseline's law a + b / budget; a challenger with `speedup` reaches at `budget` what the
+  baseline reaches at speedup x budget."""
+  return A + B / (speedup * budget)
+
+
+def _rec(optimizer, study, trial, losses, workload="w", curve=None, step_budget=1600, **extra):
+  r = {"workload": workload, "optimizer": optimizer, "hparams": {"learning_rate": 0.1},
+       "seed": 1000 * study + trial, "study": study, "trial": trial, "metric": "val_loss",
+       "target": 0.0, "step_budget": step_budget, "steps_to_target": None,
+       "time_to_target_s": None, "final_metric": 0.0, "curve": curve or [[0, 0.0, 5.0]]}
+  if losses is not None:
+    r["budget_metrics"] = [{"budget": b, "val_loss": v, "train_time_s": b / 10}
+                           for b, v in zip(GRID, losses)]
+  r.update(extra)
+  return r
+
+
+def _law_records(optimizer, speedup, offsets=OFFSETS, grid=GRID, bad_trial=True):
+  """Per study one good trial on the law (plus the study's offset) and, when `bad_trial`, a
+  worse one and a diverged one that the best-per-budget choice must skip."""
+  out = []
+  for s, d in enumerate(offsets):
+    good = [_loss(b, speedup) + d for b in grid]
+    out.append(_rec(optimizer, s, 0, good))
+    if bad_trial:
+      out.append(_rec(optimizer, s, 1, [v + 0.5 for v in good]))
+      out.append(_rec(optimizer, s, 2, [None] * len(grid)))
+  return out
+
+
+def test_best_per_budget_picks_each_budget_s_best_trial_and_diverged_is_inf():
+  rs = [_rec("o", 0, 0, [3.0, 2.5, 2.4, 2.6, 2.9, 3.0]),
+        _rec("o", 0, 1, [3.5, 2.6, 2.2, 2.1, None, float("nan")]),
+        _rec("o", 1, 0, [None] * 6), _rec("o", 1000, 0, [0.0] * 6),  # a reference run: skipped
+        _rec("o", 2, 0, None)]  # no budget_metrics: skipped
+  t = budgets.best_per_budget(rs, "w", "o")
+  assert t.studies == (0, 1)
+  np.testing.assert_array_equal(t.budgets, GRID)
+  np.testing.assert_array_equal(t.loss[0], [3.0, 2.5, 2.2, 2.1, 2.9, 3.0])
+  np.testing.assert_array_equal(t.trial[0], [0, 0, 1, 1, 0, 0])
+  assert np.all(t.loss[1] == INF) and np.all(t.trial[1] == 0)
+  assert budgets.best_per_budget(rs, "w", "x") is None
+
+
+def test_speedup_on_the_law_is_the_log_interpolation_s_known_value():
+  rs = _law_records("adamw", 1.0) + _law_records("o", 1.5)
+  base = budgets.best_per_budget(rs, "w", "adamw")
+  chal = budgets.best_per_budget(rs, "w", "o")
+  # O at B reaches f(1.5 B), between the baseline's B and 2B. Linear in log budget between
+  # them: t = (f(B) - f(1.5B)) / (f(B) - f(2B)) = (1/3) / (1/2) = 2/3, so B* = B 2^(2/3):
+  # 1.587 instead of the law's 1.5, the interpolation's error on a doubling grid.
+  for b in GRID[:-1]:
+    s, flag = budgets.speedup_at(base, chal, b)
+    assert flag == budgets.EXACT and s == pytest.approx(2 ** (2 / 3), rel=1e-12)
+  # At the longest budget O is below every baseline value: a lower bound, 1600 / 1600.
+  assert budgets.speedup_at(base, chal, 1600) == (1.0, budgets.LOWER)
+  # A grid 1.05x apart: the interpolation error falls below 0.1%.
+  fine = list(np.geomspace(50, 1600, 72))
+  x = budgets.BudgetTable(np.array(fine), (0,), np.array([[_loss(b) for b in fine]]),
+                          np.zeros((1, 72), int))
+  y = budgets.BudgetTable(np.array(fine), (0,), np.array([[_loss(b, 1.5) for b in fine]]),
+                          np.zeros((1, 72), int))
+  assert budgets.speedup_at(x, y, fine[10])[0] == pytest.approx(1.5, rel=1e-3)
+
+
+def test_lower_and_upper_bounds_and_their_text():
+  rs = _law_records("adamw", 1.0) + _law_records("fast", 100.0) + _law_records("slow", 0.01)
+  c = budgets.compare_budgets(rs, "w", n_resamples=200, n_power=20)["cells"]
+  # fast at B beats the baseline's longest budget: >= 1600 / B, every replicate too.
+  f = c[("fast", 100.0)]
+  assert (f["speedup"], f["flag"]) == (16.0, budgets.LOWER)
+  assert budgets.speedup_text(f) == "≥ 16.00x [≥ 16.00, ≥ 16.00]"
+  # slow is worse than the baseline's shortest budget: <= 50 / B.
+  s = c[("slow", 200.0)]
+  assert (s["speedup"], s["flag"]) == (0.25, budgets.UPPER)
+  assert budgets.speedup_text(s) == "≤ 0.25x [≤ 0.25, ≤ 0.25]"
+
+
+def test_a_non_monotone_baseline_uses_its_running_minimum():
+  grid = np.array([50.0, 100.0, 200.0, 400.0])
+  base = budgets.BudgetTable(grid, (0,), np.array([[3.0, 2.0, 2.5, 1.0]]), np.zeros((1, 4), int))
+  np.testing.assert_array_equal(budgets.envelope(base.loss[0]), [3.0, 2.0, 2.0, 1.0])
+  # 2.0 is first reached at 100 (the bump at 200 does not count); 1.5 halfway in log between
+  # 200 (2.0 on the envelope) and 400.
+  assert budgets.baseline_budget(grid, base.loss[0], 2.0) == (100.0, budgets.EXACT)
+  assert budgets.baseline_budget(grid, base.loss[0], 1.5)[0] == pytest.approx(
+      math.sqrt(200 * 400))
+  # A baseline that diverged at its shortest budget: the curve starts at its first finite
+  # value, and a loss above it is an upper bound there (not 0).
+  assert budgets.baseline_budget(grid, np.array([INF, 2.0, 1.5, 1.0]), 2.5) == (
+      100.0, budgets.UPPER)
+  assert math.isnan(budgets.baseline_budget(grid, np.full(4, INF), 2.0)[0])
+
+
+def test_interval_matches_a_float64_numpy_hand_computation():
+  rng = np.random.default_rng(7)
+  n_b, n_c, n = 6, 5, 500
+  grid = np.array(GRID, np.float64)
+  lb = A + B / grid + rng.normal(0, 0.05, (n_b, 1))
+  lc = A + B / (1.4 * grid) + rng.normal(0, 0.05, (n_c, 1))
+  base = budgets.BudgetTable(grid, tuple(range(n_b)), lb, np.zeros((n_b, 6), int))
+  chal = budgets.BudgetTable(grid, tuple(range(n_c)), lc, np.zeros((n_c, 6), int))
+  got = budgets.bootstrap_speedup(base, chal, 200.0, n_resamples=n, seed=3)
+  # By hand: the same draws, the median curves' running minima inverted with np.interp on the
+  # reversed (increasing) curve, the 2.5% order statistic rounded down, the 97.5% up.
+  r = np.random.default_rng(3)
+  ib = r.integers(0, n_b, (n, n_b))
+  ic = r.integers(0, n_c, (n, n_c))
+  vals = []
+  for k in range(n):
+    y = np.minimum.accumulate(np.median(lb[ib[k]], axis=0))
+    loss = np.median(lc[ic[k], 2])
+    assert y[-1] < loss < y[0]  # no bounded replicate in this draw
+    vals.append(np.exp(np.interp(loss, y[::-1], np.log(grid)[::-1])) / 200.0)
+  vals = np.sort(vals)
+  assert got["lo"] == pytest.approx(vals[int(np.floor(0.025 * (n - 1)))], rel=1e-12)
+  assert got["hi"] == pytest.approx(vals[int(np.ceil(0.975 * (n - 1)))], rel=1e-12)
+  assert got["lo_flag"] == got["hi_flag"] == budgets.EXACT
+  point = np.exp(np.interp(np.median(lc[:, 2]),
+                           np.minimum.accumulate(np.median(lb, 0))[::-1],
+                           np.log(grid)[::-1])) / 200.0
+  assert got["speedup"] == pytest.approx(point, rel=1e-12)
+  diffs = np.sort([np.median(lc[ic[k], 2]) - np.median(lb[ib[k], 2]) for k in range(n)])
+  assert got["diff"] == pytest.approx(np.median(lc[:, 2]) - np.median(lb[:, 2]))
+  assert got["diff_lo"] == pytest.approx(diffs[int(np.floor(0.025 * (n - 1)))])
+  # Reproducible: the same seed, the same interval.
+  assert budgets.bootstrap_speedup(base, chal, 200.0, n_resamples=n, seed=3) == got
+
+
+def test_paired_resampling_draws_the_same_studies_for_both():
+  rs = _law_records("adamw", 1.0) + _law_records("o", 1.5, offsets=OFFSETS[:4])
+  base = budgets.best_per_budget(rs, "w", "adamw")
+  chal = budgets.best_per_budget(rs, "w", "o")
+  got = budgets.bootstrap_speedup(base, chal, 100.0, paired=True, n_resamples=300)
+  assert got["n"] == got["n_base"] == 4  # the studies both have
+  # Each study's offset is the same on both sides: paired differences are exactly the law's.
+  assert got["diff_lo"] == pytest.approx(got["diff_hi"]) == pytest.approx(
+      _loss(100, 1.5) - _loss(100))
+
+
+def test_holm_against_a_hand_computation():
+  p = [0.01, 0.04, 0.03, 0.005, math.nan]
+  adjusted, reject, threshold = budgets.holm(p, alpha=0.05)
+  # Sorted: 0.005 x 4 = 0.02 (<= 0.05/4), 0.01 x 3 = 0.03 (<= 0.05/3), 0.03 x 2 = 0.06
+  # (> 0.05/2: stop), 0.04 x 1 = 0.04 -> max(0.06, 0.04) = 0.06.
+  np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02])
+  assert reject.tolist() == [True, False, False, True, False]
+  np.testing.assert_allclose(threshold[:4], [0.05 / 3, 0.05, 0.05 / 2, 0.05 / 4])
+  assert math.isnan(adjusted[4]) and math.isnan(threshold[4])
+
+
+def test_verdicts_significant_and_inconclusive_with_power():
+  # Five studies each, every challenger study below every baseline one: Mann-Whitney's exact
+  # p = 2 / C(10, 5) = 0.0079 at each of 6 budgets; Holm's smallest threshold 0.05 / 6 = 0.0083.
+  rs = _law_records("adamw", 1.0) + _law_records("o", 1.5)
+  res = budgets.compare_budgets(rs, "w", n_resamples=200, n_power=20)
+  c = res["cells"][("o", 100.0)]
+  assert c["p"] == pytest.approx(2 / 252) and c["reject"]
+  assert c["verdict"] == "lower loss than adamw (Holm p = 0.048)"
+  # Two studies a side: p >= 1/3, never rejected; the power for 1.25x is 0, and said so.
+  rs2 = _law_records("adamw", 1.0, OFFSETS[:2]) + _law_records("o", 1.5, OFFSETS[:2])
+  c2 = budgets.compare_budgets(rs2, "w", n_resamples=200, n_power=20)["cells"][("o", 100.0)]
+  assert not c2["reject"] and c2["power"] == 0.0
+  assert c2["verdict"] == "inconclusive (power 0.00 for a 1.25x speed-up)"
+  assert budgets.speedup_text(c2).endswith("*")  # fewer than 5 studies
+  assert "no measurable difference" not in c2["verdict"]
+
+
+def test_power_is_high_with_many_tight_studies_and_nan_beyond_the_budgets():
+  offsets = list(np.linspace(-1e-3, 1e-3, 8))
+  rs = _law_records("adamw", 1.0, offsets) + _law_records("o", 1.0, offsets)
+  base = budgets.best_per_budget(rs, "w", "adamw")
+  chal = budgets.best_per_budget(rs, "w", "o")
+  assert budgets.shifted_curve_value(base, 100.0) == pytest.approx(
+      np.interp(math.log(125), np.log(GRID), [_loss(b) for b in GRID]))
+  assert budgets.power(base, chal, 100.0, threshold=0.05, n_sim=50) > 0.9
+  assert math.isnan(budgets.power(base, chal, 1600.0, threshold=0.05, n_sim=5))
+
+
+def test_identical_by_construction_flags():
+  small = [(64,), (32, 32)]
+  cfg8 = {"min_quantized_size": 4096, "block_size": 256}
+  assert "min_quantized_size" in budgets.identical_by_construction("adamw_8bit", small, cfg8)
+  assert budgets.identical_by_construction("adamw_8bit", small + [(64, 64)], cfg8) is None
+  cfg = {"block_size": 128, "max_preconditioner_dim": 4096}
+  for o in ("shampoo", "soap"):
+    assert budgets.identical_by_construction(o, [(10,), (5,)], cfg) is not None
+    assert budgets.identical_by_construction(o, [(10,), (4, 4)], cfg) is None
+    assert budgets.identical_by_construction(
+        o, [(10,), (8, 8)], dict(cfg, max_preconditioner_dim=4)) is not None
+  assert budgets.identical_by_construction("muon", small, {}) is None
+  # Flagged cells are not tested and not in Holm's family.
+  rs = _law_records("adamw", 1.0) + _law_records("adamw_8bit", 1.0) + _law_records("o", 1.5)
+  res = budgets.compare_budgets(rs, "w", shapes=small, n_resamples=100, n_power=10)
+  c = res["cells"][("adamw_8bit", 100.0)]
+  assert math.isnan(c["p"]) and c["verdict"].startswith("identical to adamw by construction")
+  # The family is o's 6 budgets: Holm's thresholds 0.05 / 6, ..., 0.05 / 1.
+  th = sorted(res["cells"][("o", float(b))]["threshold"] for b in GRID)
+  np.testing.assert_allclose(th, [0.05 / k for k in range(6, 0, -1)])
+
+
+def test_param_shapes_and_regime_of_a_gpt_workload():
+  shapes = budgets.param_shapes("gpt_deep")
+  assert shapes and any(len(s) == 2 for s in shapes)
+  assert budgets.identical_by_construction("shampoo", shapes) is None
+  reg = budgets.regime([_rec("adamw", 0, 0, [1.0] * 6, workload="gpt_deep")], "gpt_deep")
+  assert reg["params"] == sum(math.prod(s) for s in shapes)
+  assert reg["tokens_per_step"] == 32 * 64  # batch 32 x 64-byte context
+  assert budgets.param_shapes("mds") is None
+  # A record's own fields win.
+  r = _rec("adamw", 0, 0, [1.0] * 6, params=1000, tokens_per_step=10)
+  assert budgets.regime([r], "w") == {"params": 1000, "tokens_per_step": 10}
+
+
+def test_crossing_is_interpolated_between_evaluations():
+  curve = [[0, 0.0, 3.0], [100, 1.0, 2.0], [200, 2.0, 1.0]]
+  assert budgets.crossing(curve, 1.1) == pytest.approx(190.0)
+  assert budgets.crossing(curve, 3.5) == 0.0
+  assert budgets.crossing(curve, 0.5) == INF
+  assert budgets.crossing([[0, 0, 3.0], [100, 1, None], [200, 2, 1.0]], 1.1) == 200.0
+
+
+def _curve(cross_at, budget=400):
+  """A curve falling linearly 2.0 -> 1.0 across [0, 2 cross_at]: it crosses 1.5 at cross_at
+  (never when cross_at is inf), evaluated every 50 steps up to `budget`."""
+  steps = range(0, budget + 1, 50)
+  if math.isinf(cross_at):
+    return [[s, s / 10, 2.0] for s in steps]
+  return [[s, s / 10, max(1.0, 2.0 - s / (2 * cross_at))] for s in steps]
+
+
+def test_steps_to_target_with_censoring():
+  ref = [_rec("adamw", 1000 + i, 0, None, curve=[[0, 0, 3.0], [400, 1, v]])
+         for i, v in enumerate([1.4, 1.5, 1.6])]
+  assert budgets.reference_target(ref, "w") == 1.5
+  base = [_rec("adamw", s, 0, None, curve=_curve(c), step_budget=400)
+          for s, c in enumerate([200.0, 240.0, 300.0, 320.0, 360.0])]
+  fast = [_rec("fast", s, 0, None, curve=_curve(c), step_budget=400)
+          for s, c in enumerate([100.0, 120.0, 150.0, 160.0, 180.0])]
+  half = [_rec("half", s, 0, None, curve=_curve(c), step_budget=400)
+          for s, c in enumerate([100.0, 120.0, INF, INF, INF])]
+  rs = ref + base + fast + half
+  f = budgets.steps_to_target(rs, "w", "fast", n_resamples=300)
+  assert f["target"] == 1.5 and (f["speedup"], f["flag"]) == (2.0, budgets.EXACT)
+  assert f["p"] == pytest.approx(2 / 252)
+  # half's median never reaches: censored at its budget, an upper bound 300 / 400, never 0.
+  h = budgets.steps_to_target(rs, "w", "half", n_resamples=300)
+  assert (h["speedup"], h["flag"]) == (0.75, budgets.UPPER)
+  assert h["lo_flag"] == budgets.UPPER and h["lo"] > 0
+  # The baseline's own misses: a lower bound, the baseline's budget over the median, not inf.
+  slow_base = [_rec("adamw", s, 0, None, curve=_curve(INF), step_budget=400) for s in range(5)]
+  b = budgets.steps_to_target(ref + slow_base + fast, "w", "fast", n_resamples=300)
+  assert (b["speedup"], b["flag"]) == (400 / 150, budgets.LOWER)
+  assert math.isfinite(b["hi"]) and b["hi_flag"] == budgets.LOWER
+  assert budgets.steps_to_target(base + fast, "w", "fast") is None  # no reference runs
+
+
+def test_headline_markdown():
+  rs = (_law_records("adamw", 1.0) + _law_records("muon", 1.5)
+        + [_rec("muon", 0, 9, None)])  # a record without budget_metrics
+  text = budgets.headline(rs, "recs", shapes_fn=lambda w: None,
+                          regime_fn=lambda r, w: {"params": 1000, "tokens_per_step": 100},
+                          n_resamples=100, n_power=10)
+  assert "(1 records without budget_metrics skipped.)" in text
+  assert "`python -m experiments.compare budgets recs --baseline=adamw --workloads=w`" in text
+  assert "tokens per parameter at each budget: 50: 5, 100: 10" in text
+  assert "| muon | 1.59x [" in text and "| ≥ 1.00x [" in text
+  assert "lower loss than adamw (Holm p = 0.048)" in text
+  assert "inconclusive (power for a 1.25x speed-up n/a: 1.25 x 1600 steps is beyond" in text
+  assert "Wen et al. 2025" in text and "3,250" in text and "5,625" in text

@@ -1,0 +1,101 @@
+"""Publishing is explicit (issue 39 item 6): `compare all/plots` on a scratch directory leave
+README.md, WORKSPACE.md and results/ alone and put their report in the scratch directory;
+`--publish` (into a copy of the repository, $COMPARE_REPO_ROOT) writes them. And the `budgets`
+command as a user runs it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from experiments import compare
+from experiments.harness import records as records_lib
+from tests import test_budgets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _snapshot():
+  """Bytes and mtimes of what publishing writes in the checkout."""
+  out = {}
+  for name in ("README.md", "WORKSPACE.md"):
+    path = os.path.join(ROOT, name)
+    with open(path, "rb") as f:
+      out[name] = (f.read(), os.stat(path).st_mtime_ns)
+  results = os.path.join(ROOT, "results")
+  out["results"] = sorted((n, os.stat(os.path.join(results, n)).st_mtime_ns)
+                          for n in os.listdir(results))
+  return out
+
+
+def _scratch(tmp_path):
+  """A scratch records directory holding one real AdamW record of mds (from records/),
+  re-keyed to the run `all --workloads=mds --optimizers=adamw --trials=1 --studies=1` plans,
+  so that its sweep has nothing to train."""
+  with open(os.path.join(ROOT, "records", "mds.jsonl")) as f:
+    rec = next(r for r in map(json.loads, f) if r["optimizer"] == "adamw")
+  rec.update(study=0, trial=0, seed=records_lib.run_seed(0, 0),
+             hparams=records_lib.draw_trials("adamw", 1, 0)[0])
+  scratch = tmp_path / "scratch"
+  records_lib.append_record(str(scratch), rec)
+  return scratch
+
+
+ALL = ["all", "--workloads=mds", "--optimizers=adamw", "--trials=1", "--studies=1",
+       "--vectorize=never"]
+
+
+def _run(args, env=None):
+  return subprocess.run([sys.executable, "-m", "experiments.compare", *args], cwd=ROOT,
+                        capture_output=True, text=True, check=True,
+                        env={**os.environ, **(env or {})})
+
+
+def test_scratch_runs_do_not_publish_and_publish_writes_where_told(tmp_path):
+  scratch = _scratch(tmp_path)
+  before = _snapshot()
+  out = _run([ALL[0], str(scratch), *ALL[1:]]).stdout
+  assert "1 runs planned, 1 already recorded" in out
+  assert (scratch / "report.md").exists() and (scratch / "plots" / "compare_mds.png").exists()
+  report = (scratch / "report.md").read_text()
+  assert "not published" in report and "![mds](plots/compare_mds.png)" in report
+  _run(["plots", str(scratch)])
+  assert _snapshot() == before  # README.md, WORKSPACE.md, results/: bytes and mtimes
+  # --publish, into a copy of the repository's published files.
+  repo = tmp_path / "repo"
+  (repo / "results").mkdir(parents=True)
+  for name in ("README.md", "WORKSPACE.md"):
+    shutil.copy(os.path.join(ROOT, name), repo / name)
+  old_ws = (repo / "WORKSPACE.md").read_text()
+  _run([ALL[0], str(scratch), *ALL[1:], "--publish"], {compare.ROOT_ENV: str(repo)})
+  assert (repo / "results" / "compare_mds.png").exists()
+  new_ws = (repo / "WORKSPACE.md").read_text()
+  assert new_ws != old_ws and "from 1 runs in" in new_ws
+  assert _snapshot() == before
+
+
+def test_publishes_only_the_repository_s_own_records(tmp_path, monkeypatch):
+  monkeypatch.setenv(compare.ROOT_ENV, str(tmp_path))
+  (tmp_path / "records").mkdir()
+  os.symlink(tmp_path / "records", tmp_path / "link")
+  assert compare.publishes(str(tmp_path / "records"))
+  assert compare.publishes(str(tmp_path / "link"))  # resolved real path
+  assert not compare.publishes(str(tmp_path / "scratch"))
+  assert compare.publishes(str(tmp_path / "scratch"), publish=True)
+
+
+def test_budgets_command(tmp_path):
+  rs = (test_budgets._law_records("adamw", 1.0) + test_budgets._law_records("muon", 1.5)
+        + [test_budgets._rec("muon", 0, 9, None)])
+  for r in rs:
+    records_lib.append_record(str(tmp_path), r)
+  out = _run(["budgets", str(tmp_path), "--workloads=w"]).stdout
+  assert "(1 records without budget_metrics skipped.)" in out
+  assert "| muon | 1.59x [" in out
+  assert f"python -m experiments.compare budgets {tmp_path} --baseline=adamw --workloads=w" in out
+  empty = tmp_path / "empty"
+  records_lib.append_record(str(empty), test_budgets._rec("adamw", 0, 0, None))
+  bad = subprocess.run([sys.executable, "-m", "experiments.compare", "budgets", str(empty)],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 2 and "no records with budget_metrics" in bad.stderr
