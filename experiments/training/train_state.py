@@ -66,6 +66,14 @@ def lr_scale(config: ml_collections.ConfigDict) -> float:
   return ratio ** 0.5 if rule == "sqrt" else ratio
 
 
+# Optimizer-block keys that the trainer reads itself, for any optimizer (not registry
+# hyperparameters): a block may lack them, and they never reach `optimizers.create`.
+#   embed_learning_rate: None, or the peak learning rate of the embeddings, the output head and
+#     every tensor with fewer than 2 dimensions (norm scales, biases): Muon's AdamW group,
+#     `routing.default_label`; the hidden matrices keep `learning_rate`. Both get the schedule.
+TRAINER_KEYS = ("embed_learning_rate",)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None):
   """The optimizer from `config.optimizer`; every `*learning_rate` becomes a schedule.
 
@@ -83,10 +91,11 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
     node = hparams
     for key in path:
       node = node[key]
-    if leaf not in node:
+    if leaf not in node and not (not path and leaf in TRAINER_KEYS):
       raise validate_lib.ConfigError(f"optimizer: no hyperparameter {name!r} to override in "
                                      f"{config.optimizer.name}'s block")
     node[leaf] = value
+  embed_lr = hparams.pop("embed_learning_rate", None)
   scale = lr_scale(config)
   main_schedule = None
   for k, v in list(hparams.items()):
@@ -107,12 +116,36 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
         hparams[key] = rule
   try:
     tx = optimizers.create(config.optimizer.name, **hparams)
+    if embed_lr is not None:
+      tx = _with_embed_learning_rate(config, tx, hparams, embed_lr, scale)
   except (ValueError, TypeError) as e:
     raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
   clip = config.train.get("grad_clip_norm")
   if clip:
     tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
   return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
+
+
+def _with_embed_learning_rate(config, tx, hparams: dict, embed_lr: Any, scale: float):
+  """`tx` on the hidden matrices, the same optimizer at `embed_lr` (scheduled) on the rest.
+
+  The groups are Muon's (`routing.default_label`: its "adam" group, the embeddings, the output
+  head and every tensor with < 2 dims, takes `embed_lr`; with pipeline stages, per layer as
+  `pipeline.stacked_labels`), split by `optax.partition`. Each group's optimizer keeps its own
+  state, exactly the one-group optimizer's on its leaves: an element-wise optimizer (AdamW) at
+  `embed_lr == learning_rate` gives the unsplit updates bit for bit.
+  """
+  if not callable(hparams.get("learning_rate")):
+    raise ValueError(f"embed_learning_rate={embed_lr!r} needs a `learning_rate` for the hidden "
+                     f"matrices in {config.optimizer.name}'s block")
+  peak = embed_lr * scale if isinstance(embed_lr, jax.Array) else float(embed_lr) * scale
+  embed_tx = optimizers.create(config.optimizer.name,
+                               **dict(hparams, learning_rate=make_schedule(config, peak)))
+  from optimizers import routing  # pylint: disable=g-import-not-at-top
+  rule = (pipeline.stacked_labels if int(config.get("mesh", {}).get("stage", 1)) > 1
+          else routing.default_label)
+  labels = lambda params: jax.tree_util.tree_map_with_path(rule, params)
+  return optax.partition({routing.MUON: tx, routing.ADAM: embed_tx}, labels)
 
 
 def _config_hint(name: str) -> str:
