@@ -7,6 +7,7 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
   python -m experiments.compare targets records/   # each workload's target by the AdamW rule
   python -m experiments.compare retarget records/  # rescore records on the configs' targets
+  python -m experiments.compare edges records/     # tuned values at an edge of their range
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
 optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
@@ -26,8 +27,10 @@ claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
 Exit status: 0 done (also --help), 2 a usage error (a wrong command, flag or records directory:
 one `ERROR:` line), 3 a workdir or records directory that cannot be written (no space left, ...:
-one line), 128+N stopped by signal N (SIGTERM, Ctrl-C: after the running trial's record is
-written; rerun the same command to resume).
+one line), 1 `all` refused to publish results tuned at an edge of a search space (one
+`ERROR:` line naming them; `--allow_edges` publishes anyway), 128+N stopped by signal N
+(SIGTERM, Ctrl-C: after the running trial's record is written; rerun the same command to
+resume).
 
 This module is the command line; the harness itself is experiments/harness/ (records, runs,
 scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as before
@@ -52,6 +55,7 @@ from experiments.harness import records as records_lib
 from experiments.harness import report as report_lib
 from experiments.harness import runs as runs_lib
 from experiments.harness import scoring
+from experiments.harness import spaces as spaces_lib
 from experiments.harness import workspace as workspace_lib
 
 # The harness's names, kept here for the callers that know them as `compare.<name>`.
@@ -150,7 +154,11 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs
 _WORKSPACE = flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"),
                                  "all: the file whose marked results section is regenerated.")
 
-COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget")
+_ALLOW_EDGES = flags.DEFINE_bool(
+    "allow_edges", False, "all: write WORKSPACE.md's results even when a tuned hyperparameter's "
+    "best trials sit at an edge of its range (`compare edges`) in 3 or more studies.")
+
+COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "edges")
 
 
 def _check_draws(specs: Sequence[RunSpec], records: Sequence[dict], records_dir: str) -> None:
@@ -177,7 +185,10 @@ def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
   studies, in chunks of at most `max_trials`."""
   by_pair: dict[tuple, list[RunSpec]] = {}
   for sp in todo:
-    by_pair.setdefault((sp.workload, sp.optimizer, tuple(sorted(sp.hparams))), []).append(sp)
+    # Drawn names outside the optimizer (the warmup) are one value per program.
+    static = tuple(sp.hparams.get(n) for n in spaces_lib.STATIC_NAMES)
+    by_pair.setdefault((sp.workload, sp.optimizer, tuple(sorted(sp.hparams)), static),
+                       []).append(sp)
   out = []
   for group in by_pair.values():
     out += [group[i:i + max_trials] for i in range(0, len(group), max(max_trials, 1))]
@@ -453,6 +464,17 @@ def _retarget_plan(records_dir: str) -> tuple[dict[str, list[dict]], int, list[s
   return out, changed, stuck
 
 
+def check_edges(records: Sequence[dict], allow: bool) -> None:
+  """Refuses (one ERROR line, exit status 1) to publish results whose tuning hit an edge of a
+  search space (`spaces.edges`): the optimum may lie outside it, so the ratio would understate
+  that optimizer. `allow` (--allow_edges) publishes anyway."""
+  found = spaces_lib.edges(records)
+  if found and not allow:
+    _fail(f"{len(found)} tuned hyperparameter(s) at an edge of their range, so no headline is "
+          f"written (widen the spaces: `compare edges`; or --allow_edges): " +
+          "; ".join(f.line() for f in found), status=1)
+
+
 def update_from_flags(records_dir: str) -> bool:
   """`workspace.update` as this module's flags say (--workspace, --out_dir, --baseline,
   --r_max, --alpha); `python -m scripts.update_workspace` runs it too."""
@@ -489,6 +511,10 @@ def main(argv):
   if command == "retarget":
     print(f"{retarget_records(records_dir)} records rescored on their workloads' targets")
     return
+  if command == "edges":
+    for finding in spaces_lib.edges(read_records(records_dir)):
+      print(finding.line())
+    return
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
@@ -517,6 +543,7 @@ def main(argv):
     for path in plots_lib.plot_all(records, _OUT_DIR.value, _R_MAX.value, _BY.value):
       print(f"wrote {path}")
   if command == "all":
+    check_edges(records, _ALLOW_EDGES.value)
     update_from_flags(records_dir)
     print(f"all done in {(time.time() - t0) / 60:.1f} min")
 

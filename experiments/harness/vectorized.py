@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.harness import records as records_lib
+from experiments.harness import spaces as spaces_lib
 from experiments.harness import runs as runs_lib
 
 TIMING_DIR = "timing"  # under the records directory: `read_records` reads only its top level
@@ -86,6 +87,10 @@ def _group_config(specs: Sequence[records_lib.RunSpec]):
     if set(sp.hparams) != set(first.hparams):
       raise ValueError(f"vectorized trials tune the same hyperparameters: {sorted(first.hparams)} "
                        f"and {sorted(sp.hparams)}")
+    # A drawn name outside the optimizer (the warmup) shapes the program itself: one value each.
+    static = [n for n in spaces_lib.STATIC_NAMES if sp.hparams.get(n) != first.hparams.get(n)]
+    if static:
+      raise ValueError(f"vectorized trials share {static} (one program, one value)")
   cfg = runs_lib.run_config(first)
   check_config(cfg)
   return cfg
@@ -220,7 +225,8 @@ def train_trials(specs: Sequence[records_lib.RunSpec], timing: dict,
   cfg = _group_config(specs)
   workload = workloads_lib.build(cfg, "")
   k = len(specs)
-  names = list(specs[0].hparams)
+  # The static names (the warmup) are in `cfg` already (`_group_config`), not traced.
+  names = [n for n in specs[0].hparams if n not in spaces_lib.STATIC_NAMES]
   shard = _trial_sharding(devices, k)
   put = (lambda x: jax.device_put(x, shard)) if shard is not None else jax.device_put
   hparams = {n: put(np.asarray([sp.hparams[n] for sp in specs], np.float32)) for n in names}
