@@ -61,6 +61,11 @@ MIN_STUDIES = 3
 EXTEND_DECADES = 1  # `extend` moves a log bound by this many decades
 
 
+# What each dimension of the rule is for: the main (hidden-matrix) learning rate, the second
+# group's (embeddings, head, vectors), momentum-like, b2-like, weight decay, warmup.
+ROLES = ("learning_rate", "group_learning_rate", "b1", "b2", "weight_decay", "warmup")
+
+
 @dataclasses.dataclass(frozen=True)
 class Dim:
   """One dimension of a search space.
@@ -68,7 +73,8 @@ class Dim:
   name: the drawn name (`learning_rate`, `one_minus_b2`, `warmup_fraction`); `one_minus_<key>`
   sets <key> = 1 - the drawn value. log: log-uniform, else uniform. also: further keys set to
   the same value (Muon's `adam_weight_decay`, tied to its `weight_decay`). limits: the values
-  `extend` may never pass.
+  `extend` may never pass. role: what the rule made it for (`ROLES`), the same across
+  optimizers whose names differ (AdamW's `one_minus_b1`, Muon's `one_minus_momentum`).
   """
   name: str
   low: float
@@ -76,6 +82,7 @@ class Dim:
   log: bool = True
   also: tuple[str, ...] = ()
   limits: tuple[float, float] = (0.0, math.inf)
+  role: str = ""
 
   def position(self, value: float) -> float:
     """Where `value` (a drawn value) lies in the range: 0 at `low`, 1 at `high`."""
@@ -101,6 +108,10 @@ class Space:
         return d
     raise KeyError(f"{self.optimizer}'s space has no dimension {name!r}")
 
+  def roles(self) -> dict[str, str]:
+    """role -> drawn name, for the dimensions the rule made (`ROLES`)."""
+    return {d.role: d.name for d in self.dims if d.role}
+
   def ranges(self) -> dict[str, tuple[float, float]]:
     """name -> (low, high), the shape of `records.SEARCH_SPACES`' entries."""
     return {d.name: (d.low, d.high) for d in self.dims}
@@ -111,7 +122,7 @@ class Reference:
   """An optimizer's reference point, from which `build` makes its space.
 
   learning_rates: per parameter group, key -> reference value (the geometric center of its
-    range). old_best: key -> best values of earlier sweeps that the range must contain.
+    range); the hidden matrices' first, then the embeddings / head / vectors' group. old_best: key -> best values of earlier sweeps that the range must contain.
   b1, b2: the keys of its momentum-like and b2-like hyperparameters (None: it has none).
   weight_decay: its weight-decay keys (the first is the drawn name, the others are tied to it).
   coupled_momentum: for a coupled L2 (wd added to the gradient, then momentum with no
@@ -211,16 +222,18 @@ def lr_range(reference: float, old_best: Sequence[float] = ()) -> tuple[float, f
 def build(optimizer: str, ref: Reference) -> Space:
   """The rule (module docstring): the space of `optimizer` from its reference point."""
   one_minus = (0.0, 1.0)
-  dims = [Dim(k, *lr_range(v, ref.old_best.get(k, ()))) for k, v in ref.learning_rates.items()]
+  dims = [Dim(k, *lr_range(v, ref.old_best.get(k, ())),
+              role="learning_rate" if i == 0 else "group_learning_rate")
+          for i, (k, v) in enumerate(ref.learning_rates.items())]
   if ref.b1:
-    dims.append(Dim(f"one_minus_{ref.b1}", *ONE_MINUS_B1, limits=one_minus))
+    dims.append(Dim(f"one_minus_{ref.b1}", *ONE_MINUS_B1, limits=one_minus, role="b1"))
   if ref.b2:
-    dims.append(Dim(f"one_minus_{ref.b2}", *ONE_MINUS_B2, limits=one_minus))
+    dims.append(Dim(f"one_minus_{ref.b2}", *ONE_MINUS_B2, limits=one_minus, role="b2"))
   if ref.weight_decay:
     shrink = 1.0 - ref.coupled_momentum if ref.coupled_momentum is not None else 1.0
     dims.append(Dim(ref.weight_decay[0], WEIGHT_DECAY[0] * shrink, WEIGHT_DECAY[1] * shrink,
-                    also=tuple(ref.weight_decay[1:])))
-  dims.append(Dim(WARMUP_NAME, *WARMUP, log=False, limits=(0.0, 0.5)))
+                    also=tuple(ref.weight_decay[1:]), role="weight_decay"))
+  dims.append(Dim(WARMUP_NAME, *WARMUP, log=False, limits=(0.0, 0.5), role="warmup"))
   return Space(optimizer, tuple(dims), ref.warmup)
 
 
