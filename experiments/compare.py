@@ -185,8 +185,8 @@ def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
   studies, in chunks of at most `max_trials`."""
   by_pair: dict[tuple, list[RunSpec]] = {}
   for sp in todo:
-    # Drawn names outside the optimizer (the warmup) are one value per program.
-    static = tuple(sp.hparams.get(n) for n in spaces_lib.STATIC_NAMES)
+    # Drawn names a program cannot trace (Schedule-Free's warmup) are one value per program.
+    static = tuple(sp.hparams.get(n) for n in spaces_lib.static_names(sp.optimizer))
     by_pair.setdefault((sp.workload, sp.optimizer, tuple(sorted(sp.hparams)), static),
                        []).append(sp)
   out = []

@@ -101,10 +101,25 @@ def test_warmup_fraction_reaches_the_schedule_or_the_optimizer():
                                           {"warmup_fraction": 0.2}, 0, 0, 0))
   assert sf.optimizer.warmup_steps == round(0.2 * sf.train.steps)
   assert sf.schedule.warmup_steps == 0
-  # Every trial's warmup is its own program (a schedule is not traced).
-  specs = [compare.RunSpec("mds", "adamw", dict(hp, warmup_fraction=w), 0, t, 0)
-           for t, w in enumerate((0.1, 0.1, 0.05))]
-  assert sorted(len(g) for g in compare._groups(specs, 25)) == [1, 2]
+  # A schedule's warmup is traced in a vectorized program; Schedule-Free's (a Python branch in
+  # the optimizer) is one value per program.
+  for opt, sizes in (("adamw", [3]), ("schedule_free_adamw", [1, 2])):
+    specs = [compare.RunSpec("mds", opt, {"warmup_fraction": w}, 0, t, 0)
+             for t, w in enumerate((0.1, 0.1, 0.05))]
+    assert sorted(len(g) for g in compare._groups(specs, 25)) == sizes, opt
+
+
+@pytest.mark.parametrize("name", ["warmup_cosine", "wsd", "constant"])
+def test_a_traced_warmup_gives_the_schedule_of_a_static_one(name):
+  cfg = speedrun_cpu.get_config()
+  cfg.train.steps, cfg.schedule.name, cfg.schedule.final_lr_fraction = 100, name, 0.1
+  traced = jax.jit(lambda c, w: train_state.make_schedule(cfg, jnp.float32(0.03), w)(c))
+  counts = np.arange(130)
+  for w in (0, 1, 13, 100, 120):
+    cfg.schedule.warmup_steps = w
+    static = train_state.make_schedule(cfg, 0.03)
+    np.testing.assert_allclose([float(traced(c, jnp.float32(w))) for c in counts],
+                               [float(static(c)) for c in counts], rtol=1e-5, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def run_config(spec: records_lib.RunSpec):
   if base.schedule.name == "constant":
     cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
   if warmup is not None:
-    steps = int(round(float(warmup) * int(cfg.train.steps)))
+    steps = spaces_lib.warmup_steps(warmup, cfg.train.steps)
     space = spaces_lib.SPACES.get(spec.optimizer)
     if space is not None and space.warmup == "optimizer":
       cfg.optimizer.warmup_steps = steps

@@ -51,9 +51,6 @@ ONE_MINUS_B2 = (2e-3, 0.2)
 WEIGHT_DECAY = (1e-4, 1e-1)  # decoupled: theta <- theta - lr * wd * theta
 WARMUP = (0.0, 0.2)  # fraction of the run's steps
 WARMUP_NAME = "warmup_fraction"
-# Drawn names that are not optimizer hyperparameters: they set other parts of the run's config
-# (`runs.run_config`), so a vectorized program cannot trace them (one value per program).
-STATIC_NAMES = (WARMUP_NAME,)
 # Edge detection: a best value in the outer EDGE_FRACTION of its range (on the log scale for
 # log dimensions) is at that edge; MIN_STUDIES studies so is a finding.
 EDGE_FRACTION = 0.1
@@ -402,6 +399,19 @@ def _rule_spaces() -> tuple[dict[str, Space], dict[str, Space]]:
 
 
 SPACES, KNOWN = _rule_spaces()
+
+
+def warmup_steps(fraction: float, steps: int) -> int:
+  """The warmup steps of a drawn `warmup_fraction` in a run of `steps` steps."""
+  return int(round(float(fraction) * int(steps)))
+
+
+def static_names(optimizer: str) -> tuple[str, ...]:
+  """Drawn names that a vectorized program cannot trace (one value per program): the warmup
+  where the optimizer itself takes it as a step count (Schedule-Free's `warmup_steps`, which
+  branches in Python); a schedule's warmup is traced (`train_state.make_schedule`)."""
+  space = SPACES.get(optimizer)
+  return (WARMUP_NAME,) if space is not None and space.warmup == "optimizer" else ()
 
 
 def space_id_of(optimizer: str) -> str:

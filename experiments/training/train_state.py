@@ -26,12 +26,18 @@ import optimizers
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule from config.
 
-def make_schedule(config: ml_collections.ConfigDict, peak: Any) -> optax.Schedule:
+def make_schedule(config: ml_collections.ConfigDict, peak: Any,
+                  warmup_steps: Any = None) -> optax.Schedule:
   """The schedule `config.schedule` names, peaking at `peak`.
 
   A traced `peak` (vectorized trials, experiments/harness/vectorized.py) scales the schedule of
-  peak 1: optax's cosine decay branches in Python on its peak value.
+  peak 1: optax's cosine decay branches in Python on its peak value. `warmup_steps`: None
+  (`schedule.warmup_steps`), or a traced step count (vectorized trials that draw the warmup:
+  optax's schedules take a Python int, so the same curves are written in jnp).
   """
+  if warmup_steps is not None:
+    unit = _traced_warmup_unit(config, warmup_steps)
+    return lambda count: peak * unit(count)
   if not isinstance(peak, (int, float)):
     unit = make_schedule(config, 1.0)
     return lambda count: peak * unit(count)
@@ -50,6 +56,34 @@ def make_schedule(config: ml_collections.ConfigDict, peak: Any) -> optax.Schedul
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
   raise ValueError(f"Unknown schedule {s.name!r}; choose from warmup_cosine, wsd, constant")
+
+
+def _traced_warmup_unit(config: ml_collections.ConfigDict, warmup_steps: Any) -> optax.Schedule:
+  """`make_schedule(config, 1.0)` with a traced warmup length: linear from 0 over the warmup,
+  then optax's cosine decay / WSD's stable and linear decay / constant, as `make_schedule`."""
+  s, steps = config.schedule, int(config.train.steps)
+  w = jnp.minimum(jnp.asarray(warmup_steps, jnp.float32), steps)
+  end = float(s.final_lr_fraction)
+  if s.name not in validate_lib.SCHEDULES:
+    raise ValueError(f"Unknown schedule {s.name!r}; choose from "
+                     f"{', '.join(validate_lib.SCHEDULES)}")
+
+  def unit(count):
+    c = jnp.asarray(count, jnp.float32)
+    warm = c / jnp.maximum(w, 1.0)
+    if s.name == "warmup_cosine":  # optax.warmup_cosine_decay_schedule's cosine part
+      decay_steps = jnp.maximum(float(steps), w + 1.0) - w
+      t = jnp.minimum(c - w, decay_steps)
+      after = (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay_steps)) + end
+    elif s.name == "wsd":
+      decay = max(int(round(steps * float(s.decay_fraction))), 1)
+      t = jnp.clip(c - w - jnp.maximum(steps - w - decay, 0.0), 0.0, float(decay))
+      after = 1.0 + (end - 1.0) * t / decay
+    else:
+      after = jnp.ones_like(c)
+    return jnp.where(c < w, warm, after)
+
+  return unit
 
 
 def lr_scale(config: ml_collections.ConfigDict) -> float:
@@ -74,12 +108,14 @@ def lr_scale(config: ml_collections.ConfigDict) -> float:
 TRAINER_KEYS = ("embed_learning_rate",)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None):
+def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None,
+                   warmup_steps: Any = None):
   """The optimizer from `config.optimizer`; every `*learning_rate` becomes a schedule.
 
   `overrides`: hyperparameters set over the config's, by dotted name (`inner_hparams.b2`) as in
   a search space, whose values may be traced scalars (vectorized trials: one compiled program
-  for every trial's values).
+  for every trial's values). `warmup_steps`: a traced warmup for every schedule
+  (`make_schedule`); None: `schedule.warmup_steps`.
 
   Returns (transformation, schedule of the main learning rate).
   """
@@ -101,7 +137,7 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
   for k, v in list(hparams.items()):
     if k.endswith("learning_rate") and isinstance(v, (int, float, jax.Array)):
       hparams[k] = make_schedule(config, v * scale if isinstance(v, jax.Array)
-                                 else float(v) * scale)
+                                 else float(v) * scale, warmup_steps)
       if k == "learning_rate":
         main_schedule = hparams[k]
   if int(config.get("mesh", {}).get("stage", 1)) > 1:
@@ -117,7 +153,7 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
   try:
     tx = optimizers.create(config.optimizer.name, **hparams)
     if embed_lr is not None:
-      tx = _with_embed_learning_rate(config, tx, hparams, embed_lr, scale)
+      tx = _with_embed_learning_rate(config, tx, hparams, embed_lr, scale, warmup_steps)
   except (ValueError, TypeError) as e:
     raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
   clip = config.train.get("grad_clip_norm")
@@ -126,7 +162,8 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
   return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
 
 
-def _with_embed_learning_rate(config, tx, hparams: dict, embed_lr: Any, scale: float):
+def _with_embed_learning_rate(config, tx, hparams: dict, embed_lr: Any, scale: float,
+                              warmup_steps: Any = None):
   """`tx` on the hidden matrices, the same optimizer at `embed_lr` (scheduled) on the rest.
 
   The groups are Muon's (`routing.default_label`: its "adam" group, the embeddings, the output
@@ -140,7 +177,8 @@ def _with_embed_learning_rate(config, tx, hparams: dict, embed_lr: Any, scale: f
                      f"matrices in {config.optimizer.name}'s block")
   peak = embed_lr * scale if isinstance(embed_lr, jax.Array) else float(embed_lr) * scale
   embed_tx = optimizers.create(config.optimizer.name,
-                               **dict(hparams, learning_rate=make_schedule(config, peak)))
+                               **dict(hparams, learning_rate=make_schedule(config, peak,
+                                                                            warmup_steps)))
   from optimizers import routing  # pylint: disable=g-import-not-at-top
   rule = (pipeline.stacked_labels if int(config.get("mesh", {}).get("stage", 1)) > 1
           else routing.default_label)
