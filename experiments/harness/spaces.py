@@ -40,6 +40,8 @@ import math
 import warnings
 from typing import Iterable, Sequence
 
+from experiments.harness import scoring
+
 # The rule's constants (NOTES_spaces.md says why each).
 LR_DECADES = 2  # the narrowest learning-rate range, in decades
 # b1 / momentum in [0.5, 0.99]: the legacy [0.7, 0.99] held the best momentum at 0.7 in 3 of 5
@@ -119,7 +121,8 @@ class Reference:
   """An optimizer's reference point, from which `build` makes its space.
 
   learning_rates: per parameter group, key -> reference value (the geometric center of its
-    range); the hidden matrices' first, then the embeddings / head / vectors' group. old_best: key -> best values of earlier sweeps that the range must contain.
+    range); the hidden matrices' first, then the embeddings / head / vectors' group.
+  old_best: key -> best values of earlier sweeps that the range must contain.
   b1, b2: the keys of its momentum-like and b2-like hyperparameters (None: it has none).
   weight_decay: its weight-decay keys (the first is the drawn name, the others are tied to it).
   coupled_momentum: for a coupled L2 (wd added to the gradient, then momentum with no
@@ -294,7 +297,6 @@ def best_per_study(records: Sequence[dict]) -> dict[float | None, list[dict]]:
   Records carrying `budget_metrics` ([{"budget": B, "val_loss": x, ...}]): per budget B, the
   trial with the lowest val_loss at B. Others (budget None): `scoring.study_results`' rule.
   """
-  from experiments.harness import scoring  # pylint: disable=g-import-not-at-top
   out: dict[float | None, list[dict]] = {}
   with_budgets = [r for r in records if r.get("budget_metrics")]
   budgets = sorted({m["budget"] for r in with_budgets for m in r["budget_metrics"]})
