@@ -275,3 +275,16 @@ def test_embed_learning_rate_overrides_may_be_traced_and_need_no_config_key():
   tx, _ = train_state.make_optimizer(cfg, overrides={"embed_learning_rate": jnp.float32(1e-3)})
   u, _ = tx.update(grads, tx.init(params), params)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+def test_adopted_extensions_are_applied_in_order_and_every_step_stays_readable(monkeypatch):
+  monkeypatch.setattr(spaces, "EXTENSIONS", {"adamw": (("learning_rate", "low"),
+                                                       ("learning_rate", "low"))})
+  current, known = spaces._rule_spaces()  # pylint: disable=protected-access
+  assert current["adamw"].ranges()["learning_rate"] == pytest.approx((1e-5, 1e-1))
+  assert [h[1:] for h in current["adamw"].history] == [
+      ("low", pytest.approx(1e-3), pytest.approx(1e-4)),
+      ("low", pytest.approx(1e-4), pytest.approx(1e-5))]
+  # The rule's space and each step's: records drawn from any of them are read against it.
+  assert len([k for k in known if k.startswith("adamw-")]) == 3
+  assert spaces.space_id_of("adamw") in known
