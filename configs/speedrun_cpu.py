@@ -50,6 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 3e-3
+  # A second peak learning rate for the embeddings, the output head and the vectors (norm
+  # scales, biases): Muon's AdamW group; the hidden matrices keep learning_rate. The trainer
+  # splits the tree with optax.partition (train_state.TRAINER_KEYS), for any optimizer; both
+  # rates get the schedule. None: one learning rate for every parameter.
+  c.optimizer.embed_learning_rate = FieldReference(None, field_type=float)
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.95
   c.optimizer.eps = 1e-8

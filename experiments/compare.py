@@ -9,6 +9,7 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare retarget records/  # rescore records on the configs' targets
   python -m experiments.compare budgets records/ [--baseline=adamw] [--workloads=speedrun]
       # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py)
+  python -m experiments.compare edges records/     # tuned values at an edge of their range
 
 Publishing is explicit: README.md's headline, WORKSPACE.md's section and results/*.png are
 written only when RECORDS_DIR is the repository's own records/ (its resolved real path) or
@@ -33,8 +34,10 @@ claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
 Exit status: 0 done (also --help), 2 a usage error (a wrong command, flag or records directory:
 one `ERROR:` line), 3 a workdir or records directory that cannot be written (no space left, ...:
-one line), 128+N stopped by signal N (SIGTERM, Ctrl-C: after the running trial's record is
-written; rerun the same command to resume).
+one line), 1 `all` refused to publish results tuned at an edge of a search space (one
+`ERROR:` line naming them; `--allow_edges` publishes anyway), 128+N stopped by signal N
+(SIGTERM, Ctrl-C: after the running trial's record is written; rerun the same command to
+resume).
 
 This module is the command line; the harness itself is experiments/harness/ (records, runs,
 scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as before
@@ -59,6 +62,7 @@ from experiments.harness import records as records_lib
 from experiments.harness import report as report_lib
 from experiments.harness import runs as runs_lib
 from experiments.harness import scoring
+from experiments.harness import spaces as spaces_lib
 from experiments.harness import workspace as workspace_lib
 
 # The harness's names, kept here for the callers that know them as `compare.<name>`.
@@ -169,7 +173,11 @@ _PAIRED = flags.DEFINE_bool(
     "both sides: they share seeds and Sobol seeds); default unpaired, which with 5 studies a "
     "side can reach p = 0.008 where the paired Wilcoxon test cannot go below 0.0625.")
 
-COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets")
+_ALLOW_EDGES = flags.DEFINE_bool(
+    "allow_edges", False, "all: write WORKSPACE.md's results even when a tuned hyperparameter's "
+    "best trials sit at an edge of its range (`compare edges`) in 3 or more studies.")
+
+COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", "edges")
 
 # Tests point publishing at a copy of the repository (README.md, WORKSPACE.md, results/,
 # records/) through this variable instead of writing into the checkout.
@@ -248,7 +256,10 @@ def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
   studies, in chunks of at most `max_trials`."""
   by_pair: dict[tuple, list[RunSpec]] = {}
   for sp in todo:
-    by_pair.setdefault((sp.workload, sp.optimizer, tuple(sorted(sp.hparams))), []).append(sp)
+    # Drawn names a program cannot trace (Schedule-Free's warmup) are one value per program.
+    static = tuple(sp.hparams.get(n) for n in spaces_lib.static_names(sp.optimizer))
+    by_pair.setdefault((sp.workload, sp.optimizer, tuple(sorted(sp.hparams)), static),
+                       []).append(sp)
   out = []
   for group in by_pair.values():
     out += [group[i:i + max_trials] for i in range(0, len(group), max(max_trials, 1))]
@@ -524,6 +535,17 @@ def _retarget_plan(records_dir: str) -> tuple[dict[str, list[dict]], int, list[s
   return out, changed, stuck
 
 
+def check_edges(records: Sequence[dict], allow: bool) -> None:
+  """Refuses (one ERROR line, exit status 1) to publish results whose tuning hit an edge of a
+  search space (`spaces.edges`): the optimum may lie outside it, so the ratio would understate
+  that optimizer. `allow` (--allow_edges) publishes anyway."""
+  found = spaces_lib.edges(records)
+  if found and not allow:
+    _fail(f"{len(found)} tuned hyperparameter(s) at an edge of their range, so no headline is "
+          f"written (widen the spaces: `compare edges`; or --allow_edges): " +
+          "; ".join(f.line() for f in found), status=1)
+
+
 def update_from_flags(records_dir: str, workspace: str | None = None,
                       out_dir: str | None = None) -> bool:
   """`workspace.update` as this module's flags say (--workspace, --out_dir, --baseline,
@@ -580,6 +602,10 @@ def main(argv):
   if command == "budgets":
     print_budgets(records_dir)
     return
+  if command == "edges":
+    for finding in spaces_lib.edges(read_records(records_dir)):
+      print(finding.line())
+    return
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
@@ -610,6 +636,7 @@ def main(argv):
       print(f"wrote {path}")
   if command == "all":
     if out["workspace"]:
+      check_edges(records, _ALLOW_EDGES.value)
       update_from_flags(records_dir, out["workspace"], out["out_dir"])
     else:
       write_report(records_dir, out["report"], out["out_dir"])

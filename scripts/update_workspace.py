@@ -1,6 +1,7 @@
 r"""Regenerates WORKSPACE.md's results section and README.md's headline from the records.
 
   python -m scripts.update_workspace records/ [--workspace=WORKSPACE.md] [--out_dir=results]
+      [--allow_edges]
 
 The command line only: the section is written by experiments/harness/workspace.py, as
 `experiments.compare`'s flags say (--workspace, --out_dir, --baseline, --r_max, --alpha).
@@ -33,7 +34,9 @@ _ROOT = workspace._ROOT  # pylint: disable=protected-access
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m scripts.update_workspace RECORDS_DIR "
-                         "[--workspace=WORKSPACE.md] [--out_dir=results]")
+                         "[--workspace=WORKSPACE.md] [--out_dir=results] [--allow_edges]")
+  # As `compare all`: no headline from records tuned at an edge of a search space.
+  compare.check_edges(compare.read_records(argv[1]), compare.FLAGS.allow_edges)
   update_from_flags(argv[1])
 
 

@@ -47,7 +47,8 @@ def test_run_config_overlays_hparams_on_the_base_and_takes_its_recipe():
   hp = {"learning_rate": 0.05, "b2": 0.9}
   cfg = compare.run_config(compare.RunSpec("mds", "adamw", hp, 0, 1, 7))
   assert cfg.optimizer.to_dict() == {"name": "adamw", "learning_rate": 0.05, "b1": 0.9,
-                                     "b2": 0.9, "eps": 1e-8, "weight_decay": 0.0}
+                                     "b2": 0.9, "eps": 1e-8, "weight_decay": 0.0,
+                                     "embed_learning_rate": None}
   assert (cfg.workload, cfg.train.steps, cfg.seed) == ("mds", 300, 7)
   assert cfg.schedule.name == "warmup_cosine" and cfg.schedule.warmup_steps == 10
   assert cfg.train.grad_clip_norm is None and cfg.train.stop_at_target
@@ -82,6 +83,10 @@ def test_every_search_space_builds_through_the_registry(optimizer):
   assert cfg.optimizer.name == optimizer and callable(tx.update)
   # Warmup + cosine starts at 0 and peaks at the drawn rate; constant (Schedule-Free) is flat.
   assert float(schedule(cfg.schedule.warmup_steps)) == pytest.approx(hp["learning_rate"])
+  # The drawn warmup, as a fraction of the run, reached the schedule (or Schedule-Free's own).
+  warmup = (cfg.optimizer.warmup_steps if optimizer == "schedule_free_adamw"
+            else cfg.schedule.warmup_steps)
+  assert warmup == round(hp["warmup_fraction"] * cfg.train.steps)
 
 
 def _claims_records():

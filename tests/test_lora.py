@@ -80,6 +80,7 @@ def test_finetuning_lowers_the_new_texts_loss_and_leaves_the_base_alone(base, na
   hparams = configs_util.load(f"configs/speedrun_cpu{'' if name == 'adamw' else '_' + name}.py"
                               ).optimizer.to_dict()
   del hparams["name"]
+  hparams.pop("embed_learning_rate", None)  # the trainer's key (train_state.TRAINER_KEYS)
   hparams["learning_rate"] = 3e-2 if name == "muon" else 1e-2
   if name == "shampoo":
     hparams.update(start_preconditioning_step=3, precondition_every=3)

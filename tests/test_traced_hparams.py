@@ -19,6 +19,7 @@ import pytest
 
 import optimizers
 from experiments.harness import records
+from experiments.training import train_state
 
 # Float hyperparameters that stay static Python values, with the reason (create raises a clear
 # error naming them when a tracer is passed).
@@ -50,7 +51,9 @@ def _tree(seed, scale=1.0):
 def _base(name):
   """(static hyperparameters, traced float hyperparameters) of `name`, flat dotted names."""
   if name in records.BASE_CONFIGS:
-    hp = {k: v for k, v in records.base_hparams(name).items() if k != "name"}
+    # The trainer's own keys (`embed_learning_rate`) are no registry hyperparameters.
+    hp = {k: v for k, v in records.base_hparams(name).items()
+          if k != "name" and k not in train_state.TRAINER_KEYS}
   else:
     hp = {k: (_REQUIRED[k] if v is inspect.Parameter.empty or v is None else v)
           for k, v in optimizers.hyperparameters(name).items()

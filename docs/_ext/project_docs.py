@@ -321,6 +321,10 @@ CONFIG_KEYS = {
                       "optimizer's hyperparameters (``optimizers.hyperparameters(name)``).",
     "optimizer.learning_rate": "Peak learning rate, scaled by ``schedule.lr_scaling`` and shaped "
                                "by the schedule.",
+    "optimizer.embed_learning_rate": "Peak learning rate of the embeddings, the output head "
+                                     "and the vectors (norm scales, biases), Muon's AdamW "
+                                     "group, for any optimizer; the hidden matrices keep "
+                                     "``learning_rate``. None: one rate for all.",
     "optimizer.b1": "First-moment (momentum) decay.",
     "optimizer.b2": "Second-moment decay.",
     "optimizer.eps": "Denominator epsilon.",

@@ -1,8 +1,9 @@
 """The tuned-comparison harness: what `python -m experiments.compare` runs, in layers.
 
-  records.py    search spaces, quasi-random trials, run records, `plan` and `sweep`
-  runs.py       one sweep run's trainer config, trained through experiments/training/loop.py
   scoring.py    AlgoPerf performance profiles and scores, the speedrun's record rule, Welch
+  spaces.py     search spaces by one rule from each optimizer's reference point; edge reports
+  records.py    the spaces as a table, quasi-random trials, run records, `plan` and `sweep`
+  runs.py       one sweep run's trainer config, trained through experiments/training/loop.py
   report.py     the score report as text
   plots.py      validation curves and performance profiles as PNGs
   workspace.py  WORKSPACE.md's generated results section

@@ -16,54 +16,21 @@ import json
 import os
 import platform
 import time
-import warnings
 from typing import Callable, Iterable, Sequence
 
-# Per optimizer: hyperparameter -> (low, high), drawn log-uniformly. A name `one_minus_<h>` is
-# drawn as 1 - h (momentum-like values live near 1, so their distance to 1 is log-uniform); a
-# dotted name (`inner_hparams.b2`) sets a field of a nested block. Every other hyperparameter
-# keeps its value in the optimizer's CPU speedrun config (`base_hparams`).
-#
-# Narrowed for AlgoPerf's budget (issue 21) by one rule for every optimizer. Evidence: the
-# 260 runs of the first sweep (records/history/issue11: 2 studies x 2 trials on the five
-# workloads, each range 2-3 decades wide), where the same four Sobol points were drawn for every
-# optimizer, scaled to its range. Rule: the learning rate spans one decade (a factor sqrt(10)
-# either side) of the best drawn value that reached targets, or of the authors' recommendation
-# where no drawn value did, moved to the authors' side only where both exist and disagree; a
-# second hyperparameter keeps its old range unless the evidence points to a region, and always
-# covers the authors' value. Per entry, the best drawn learning rate (workloads whose target it
-# reached, of 5) and the authors' recommendation:
+from experiments.harness import spaces as spaces_lib
+
+# Per optimizer: drawn name -> (low, high). Built by one rule from each optimizer's reference
+# point (experiments/harness/spaces.py, which says how each dimension is drawn: log-uniform but
+# `warmup_fraction`, uniform); this dict keeps the shape the callers know. A name `one_minus_<h>`
+# is drawn as 1 - h (momentum-like values live near 1, so their distance to 1 is log-uniform); a
+# dotted name (`inner_hparams.b2`) sets a field of a nested block; `warmup_fraction` sets the
+# run's warmup steps, not an optimizer key. Every other hyperparameter keeps its value in the
+# optimizer's CPU speedrun config (`base_hparams`). The hand-written table this replaced (issue
+# 21's ranges; every record without a `space` field was drawn from it) is
+# `spaces.LEGACY_RANGES`.
 SEARCH_SPACES: dict[str, dict[str, tuple[float, float]]] = {
-    # 0.0356 (4/5; 0.0327 and 2.3e-3: 1/5 each, the fourth point 0/5); the usual 1e-3 is for
-    # long runs, and at these budgets (200-400 steps, stop at target) the highest drawn rate
-    # won everywhere. b2: 0.927 won 4 of 5, 0.998 reached 2; the GPT recipes use 0.95.
-    "adamw": {"learning_rate": (1e-2, 1e-1), "one_minus_b2": (5e-3, 1e-1)},
-    "adamw_8bit": {"learning_rate": (1e-2, 1e-1), "one_minus_b2": (5e-3, 1e-1)},  # = AdamW's
-    "cautious": {"learning_rate": (1e-2, 1e-1), "one_minus_inner_hparams.b2": (5e-3, 1e-1)},
-    # Grafted on Adam, so AdamW's scale: 0.0356 (5/5), 0.0327 (3/5).
-    "shampoo": {"learning_rate": (1e-2, 1e-1), "one_minus_b2": (5e-3, 1e-1)},
-    # 0.0356 (2/5, both GPTs); the SOAP authors' 3e-3 with b2 0.95 is Adam's scale too.
-    "soap": {"learning_rate": (1e-2, 1e-1), "one_minus_b2": (5e-3, 1e-1)},
-    # Muon 0.050 (4/5; GPTs in 75 and 100 steps); Jordan's speedrun: 0.05, momentum 0.95. The
-    # AdamW part: 0.062 and 2e-4 both reached the speedrun target, so its range stays.
-    "muon": {"learning_rate": (1.6e-2, 1.6e-1), "adam_learning_rate": (1e-4, 1e-1)},
-    "normuon": {"learning_rate": (1.6e-2, 1.6e-1), "adam_learning_rate": (1e-4, 1e-1)},
-    "dion": {"learning_rate": (1.6e-2, 1.6e-1), "adam_learning_rate": (1e-4, 1e-1)},
-    # 0.91 (3/5) and 0.82 (1/5); Nesterov SGD's usual 0.1-1. Momentum 0.76 and 0.986 both won.
-    "sgd": {"learning_rate": (0.3, 3.0), "one_minus_momentum": (1e-2, 0.3)},
-    # 3.6e-3 (1/5, the top of its old range); Chen et al.: 3-10x below AdamW's, i.e. 3.6e-3 to
-    # 1.2e-2 from AdamW's 0.0356: centered on their geometric middle, 6.3e-3.
-    "lion": {"learning_rate": (2e-3, 2e-2), "one_minus_b2": (5e-3, 1e-1)},
-    # 0.0356 and 0.0327 (4/5); b1 (Schedule-Free's interpolation weight, the hyperparameter it
-    # adds; Defazio et al.: 0.9) 0.76 and 0.986 both won.
-    "schedule_free_adamw": {"learning_rate": (1e-2, 1e-1), "one_minus_b1": (1e-2, 0.3)},
-    # 0.0183 (1/5, the top of its old range); Pagliardini et al.: AdamW's rate, alpha 5-8 (the
-    # drawn alphas, 1.3-1.5, were far below): the range of AdamW's rate, alpha over [2, 10].
-    "ademamix": {"learning_rate": (1e-2, 1e-1), "alpha": (2.0, 10.0)},
-    # 0.0356 (2/5) and 2.3e-3 (1/5); the kron package's default 3e-4. Geometric middle of the
-    # two that won, 9e-3.
-    "psgd_kron": {"learning_rate": (3e-3, 3e-2), "one_minus_b1": (1e-2, 0.3)},
-}
+    o: s.ranges() for o, s in spaces_lib.SPACES.items()}
 
 # Where each optimizer's fixed hyperparameters come from (a config's `optimizer` block):
 # `configs/speedrun_cpu.py` for AdamW, `configs/speedrun_cpu_<name>.py` for the others.
@@ -95,32 +62,9 @@ def draw_trials(optimizer: str, num_trials: int, study: int) -> list[dict]:
   """`num_trials` points of the optimizer's search space, scrambled Sobol with seed `study`.
 
   Returns the drawn hyperparameters in optax's names (`one_minus_b2` becomes `b2`), a pure
-  function of its arguments, so a rerun draws the same trials.
+  function of its arguments, so a rerun draws the same trials (`spaces.draw`).
   """
-  import optuna  # pylint: disable=g-import-not-at-top
-  space = SEARCH_SPACES[optimizer]
-  dists = {k: optuna.distributions.FloatDistribution(lo, hi, log=True)
-           for k, (lo, hi) in space.items()}
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  with warnings.catch_warnings():
-    # QMCSampler is marked experimental (optuna 5.0); Sobol warns when n is not a power of 2.
-    warnings.simplefilter("ignore")
-    sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=study)
-    opt_study = optuna.create_study(sampler=sampler)
-    # optuna draws a study's first trial with its independent (random) sampler; the Sobol
-    # points start at the second, so the first is drawn and dropped.
-    drawn = [opt_study.ask(dists).params for _ in range(num_trials + 1)][1:]
-  out = []
-  for params in drawn:
-    hp = {}
-    for k in space:  # the table's order, not optuna's
-      v = float(params[k])
-      if k.startswith("one_minus_"):
-        hp[k[len("one_minus_"):]] = 1.0 - v
-      else:
-        hp[k] = v
-    out.append(hp)
-  return out
+  return spaces_lib.draw(spaces_lib.SPACES[optimizer], num_trials, study)
 
 
 def run_seed(study: int, trial: int) -> int:
@@ -144,6 +88,9 @@ class RunSpec:
   # that a later target can be scored on (`retarget`), as the baseline's runs that set the
   # targets need (AlgoPerf).
   full_budget: bool = False
+  # The id of the search space the hyperparameters were drawn from (`spaces.space_id`; not
+  # part of the key): recorded so that records of different spaces are never mixed up.
+  space: str | None = None
 
   def key(self) -> tuple:
     return (self.workload, self.optimizer, self.study, self.trial, self.seed)
@@ -193,6 +140,8 @@ def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
   record.update({k: result[k] for k in needed})
   if spec.full_budget:
     record["full_budget"] = True
+  if spec.space is not None:
+    record["space"] = spec.space
   record.update(prov or provenance())
   record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
   return record
@@ -255,9 +204,10 @@ def plan(workload: str, optimizers: Sequence[str], num_trials: int,
   specs = []
   for study in studies:
     for opt in optimizers:
+      sid = spaces_lib.space_id_of(opt)
       for trial, hp in enumerate(draw_trials(opt, num_trials, study)):
         specs.append(RunSpec(workload, opt, hp, study, trial, run_seed(study, trial),
-                             full_budget))
+                             full_budget, sid))
   return specs
 
 

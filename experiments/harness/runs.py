@@ -7,6 +7,7 @@ import importlib
 import os
 
 from experiments.harness import records as records_lib
+from experiments.harness import spaces as spaces_lib
 
 # Workload -> config (path[:variant]), relative to the repository root.
 WORKLOAD_CONFIGS = {
@@ -40,9 +41,14 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def overlay(base: dict, hparams: dict) -> dict:
   """`base` (an optimizer block as a dict) with `hparams` set over it; `a.b` names a nested
   field. A name the block does not have is an error (a search space that drifted from its
-  config would otherwise tune nothing)."""
+  config would otherwise tune nothing), but for the keys the trainer reads for any optimizer
+  (`train_state.TRAINER_KEYS`: `embed_learning_rate`)."""
+  from experiments.training import train_state  # pylint: disable=g-import-not-at-top
   out = copy.deepcopy(base)
   for name, value in hparams.items():
+    if name in train_state.TRAINER_KEYS:
+      out[name] = value
+      continue
     *path, leaf = name.split(".")
     node = out
     for p in path:
@@ -77,7 +83,9 @@ def run_config(spec: records_lib.RunSpec):
   brings its own warmup) and gradient clipping (SGD); a base value tied to the run length
   (AdEMAMix's warmups follow `train.steps`) follows the workload's step budget. Learning rates
   are used as drawn (no batch scaling rule), and the run stops at the target (time-to-target
-  is what is scored) unless `spec.full_budget`.
+  is what is scored) unless `spec.full_budget`. A drawn `warmup_fraction` (spaces.py) sets the
+  warmup to round(fraction x train.steps) steps: the schedule's, or the optimizer's own where
+  its space says so (Schedule-Free, whose schedule is constant).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments import configs_util  # pylint: disable=g-import-not-at-top
@@ -86,11 +94,20 @@ def run_config(spec: records_lib.RunSpec):
   base = importlib.import_module(base_module).get_config()
   steps_ref = base.train.get_ref("steps")
   tied = [k for k in base.optimizer if base.optimizer.get_ref(k) is steps_ref]
-  cfg.optimizer = ml_collections.ConfigDict(overlay(base.optimizer.to_dict(), spec.hparams))
+  hparams = dict(spec.hparams)
+  warmup = hparams.pop(spaces_lib.WARMUP_NAME, None)
+  cfg.optimizer = ml_collections.ConfigDict(overlay(base.optimizer.to_dict(), hparams))
   for k in tied:
     cfg.optimizer[k] = cfg.train.get_ref("steps")
   if base.schedule.name == "constant":
     cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
+  if warmup is not None:
+    steps = spaces_lib.warmup_steps(warmup, cfg.train.steps)
+    space = spaces_lib.SPACES.get(spec.optimizer)
+    if space is not None and space.warmup == "optimizer":
+      cfg.optimizer.warmup_steps = steps
+    else:
+      cfg.schedule.warmup_steps = steps
   cfg.train.grad_clip_norm = base.train.get("grad_clip_norm")
   cfg.schedule.base_batch_size = None
   cfg.seed = spec.seed

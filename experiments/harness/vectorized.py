@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.harness import records as records_lib
+from experiments.harness import spaces as spaces_lib
 from experiments.harness import runs as runs_lib
 
 TIMING_DIR = "timing"  # under the records directory: `read_records` reads only its top level
@@ -86,6 +87,11 @@ def _group_config(specs: Sequence[records_lib.RunSpec]):
     if set(sp.hparams) != set(first.hparams):
       raise ValueError(f"vectorized trials tune the same hyperparameters: {sorted(first.hparams)} "
                        f"and {sorted(sp.hparams)}")
+    # A drawn name the program cannot trace (Schedule-Free's warmup) is one value per program.
+    static = [n for n in spaces_lib.static_names(first.optimizer)
+              if sp.hparams.get(n) != first.hparams.get(n)]
+    if static:
+      raise ValueError(f"vectorized trials share {static} (one program, one value)")
   cfg = runs_lib.run_config(first)
   check_config(cfg)
   return cfg
@@ -220,15 +226,21 @@ def train_trials(specs: Sequence[records_lib.RunSpec], timing: dict,
   cfg = _group_config(specs)
   workload = workloads_lib.build(cfg, "")
   k = len(specs)
-  names = list(specs[0].hparams)
+  # The static names are in `cfg` already (`_group_config`), not traced; a schedule's drawn
+  # warmup is traced as its step count, rounded here as `runs.run_config` rounds it.
+  names = [n for n in specs[0].hparams if n not in spaces_lib.static_names(specs[0].optimizer)]
+  warm = spaces_lib.WARMUP_NAME
   shard = _trial_sharding(devices, k)
   put = (lambda x: jax.device_put(x, shard)) if shard is not None else jax.device_put
-  hparams = {n: put(np.asarray([sp.hparams[n] for sp in specs], np.float32)) for n in names}
+  hparams = {n: put(np.asarray([spaces_lib.warmup_steps(sp.hparams[n], cfg.train.steps)
+                                if n == warm else sp.hparams[n] for sp in specs], np.float32))
+             for n in names}
   seeds = [int(sp.seed) for sp in specs]
   frozen = tuple(workload.frozen)
 
   def optimizer(h):
-    return train_state.make_optimizer(cfg, overrides=h)
+    h = dict(h)
+    return train_state.make_optimizer(cfg, overrides=h, warmup_steps=h.pop(warm, None))
 
   def init_one(h, seed):
     tx, _ = optimizer(h)

@@ -26,12 +26,18 @@ import optimizers
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule from config.
 
-def make_schedule(config: ml_collections.ConfigDict, peak: Any) -> optax.Schedule:
+def make_schedule(config: ml_collections.ConfigDict, peak: Any,
+                  warmup_steps: Any = None) -> optax.Schedule:
   """The schedule `config.schedule` names, peaking at `peak`.
 
   A traced `peak` (vectorized trials, experiments/harness/vectorized.py) scales the schedule of
-  peak 1: optax's cosine decay branches in Python on its peak value.
+  peak 1: optax's cosine decay branches in Python on its peak value. `warmup_steps`: None
+  (`schedule.warmup_steps`), or a traced step count (vectorized trials that draw the warmup:
+  optax's schedules take a Python int, so the same curves are written in jnp).
   """
+  if warmup_steps is not None:
+    unit = _traced_warmup_unit(config, warmup_steps)
+    return lambda count: peak * unit(count)
   if not isinstance(peak, (int, float)):
     unit = make_schedule(config, 1.0)
     return lambda count: peak * unit(count)
@@ -52,6 +58,34 @@ def make_schedule(config: ml_collections.ConfigDict, peak: Any) -> optax.Schedul
   raise ValueError(f"Unknown schedule {s.name!r}; choose from warmup_cosine, wsd, constant")
 
 
+def _traced_warmup_unit(config: ml_collections.ConfigDict, warmup_steps: Any) -> optax.Schedule:
+  """`make_schedule(config, 1.0)` with a traced warmup length: linear from 0 over the warmup,
+  then optax's cosine decay / WSD's stable and linear decay / constant, as `make_schedule`."""
+  s, steps = config.schedule, int(config.train.steps)
+  w = jnp.minimum(jnp.asarray(warmup_steps, jnp.float32), steps)
+  end = float(s.final_lr_fraction)
+  if s.name not in validate_lib.SCHEDULES:
+    raise ValueError(f"Unknown schedule {s.name!r}; choose from "
+                     f"{', '.join(validate_lib.SCHEDULES)}")
+
+  def unit(count):
+    c = jnp.asarray(count, jnp.float32)
+    warm = c / jnp.maximum(w, 1.0)
+    if s.name == "warmup_cosine":  # optax.warmup_cosine_decay_schedule's cosine part
+      decay_steps = jnp.maximum(float(steps), w + 1.0) - w
+      t = jnp.minimum(c - w, decay_steps)
+      after = (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay_steps)) + end
+    elif s.name == "wsd":
+      decay = max(int(round(steps * float(s.decay_fraction))), 1)
+      t = jnp.clip(c - w - jnp.maximum(steps - w - decay, 0.0), 0.0, float(decay))
+      after = 1.0 + (end - 1.0) * t / decay
+    else:
+      after = jnp.ones_like(c)
+    return jnp.where(c < w, warm, after)
+
+  return unit
+
+
 def lr_scale(config: ml_collections.ConfigDict) -> float:
   """The factor every peak learning rate gets for a batch other than `schedule.base_batch_size`.
 
@@ -66,12 +100,22 @@ def lr_scale(config: ml_collections.ConfigDict) -> float:
   return ratio ** 0.5 if rule == "sqrt" else ratio
 
 
-def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None):
+# Optimizer-block keys that the trainer reads itself, for any optimizer (not registry
+# hyperparameters): a block may lack them, and they never reach `optimizers.create`.
+#   embed_learning_rate: None, or the peak learning rate of the embeddings, the output head and
+#     every tensor with fewer than 2 dimensions (norm scales, biases): Muon's AdamW group,
+#     `routing.default_label`; the hidden matrices keep `learning_rate`. Both get the schedule.
+TRAINER_KEYS = ("embed_learning_rate",)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None,
+                   warmup_steps: Any = None):
   """The optimizer from `config.optimizer`; every `*learning_rate` becomes a schedule.
 
   `overrides`: hyperparameters set over the config's, by dotted name (`inner_hparams.b2`) as in
   a search space, whose values may be traced scalars (vectorized trials: one compiled program
-  for every trial's values).
+  for every trial's values). `warmup_steps`: a traced warmup for every schedule
+  (`make_schedule`); None: `schedule.warmup_steps`.
 
   Returns (transformation, schedule of the main learning rate).
   """
@@ -83,16 +127,17 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
     node = hparams
     for key in path:
       node = node[key]
-    if leaf not in node:
+    if leaf not in node and not (not path and leaf in TRAINER_KEYS):
       raise validate_lib.ConfigError(f"optimizer: no hyperparameter {name!r} to override in "
                                      f"{config.optimizer.name}'s block")
     node[leaf] = value
+  embed_lr = hparams.pop("embed_learning_rate", None)
   scale = lr_scale(config)
   main_schedule = None
   for k, v in list(hparams.items()):
     if k.endswith("learning_rate") and isinstance(v, (int, float, jax.Array)):
       hparams[k] = make_schedule(config, v * scale if isinstance(v, jax.Array)
-                                 else float(v) * scale)
+                                 else float(v) * scale, warmup_steps)
       if k == "learning_rate":
         main_schedule = hparams[k]
   if int(config.get("mesh", {}).get("stage", 1)) > 1:
@@ -107,12 +152,38 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
         hparams[key] = rule
   try:
     tx = optimizers.create(config.optimizer.name, **hparams)
+    if embed_lr is not None:
+      tx = _with_embed_learning_rate(config, tx, hparams, embed_lr, scale, warmup_steps)
   except (ValueError, TypeError) as e:
     raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
   clip = config.train.get("grad_clip_norm")
   if clip:
     tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
   return optax.with_extra_args_support(tx), main_schedule or (lambda _: 0.0)
+
+
+def _with_embed_learning_rate(config, tx, hparams: dict, embed_lr: Any, scale: float,
+                              warmup_steps: Any = None):
+  """`tx` on the hidden matrices, the same optimizer at `embed_lr` (scheduled) on the rest.
+
+  The groups are Muon's (`routing.default_label`: its "adam" group, the embeddings, the output
+  head and every tensor with < 2 dims, takes `embed_lr`; with pipeline stages, per layer as
+  `pipeline.stacked_labels`), split by `optax.partition`. Each group's optimizer keeps its own
+  state, exactly the one-group optimizer's on its leaves: an element-wise optimizer (AdamW) at
+  `embed_lr == learning_rate` gives the unsplit updates bit for bit.
+  """
+  if not callable(hparams.get("learning_rate")):
+    raise ValueError(f"embed_learning_rate={embed_lr!r} needs a `learning_rate` for the hidden "
+                     f"matrices in {config.optimizer.name}'s block")
+  peak = embed_lr * scale if isinstance(embed_lr, jax.Array) else float(embed_lr) * scale
+  embed_tx = optimizers.create(config.optimizer.name,
+                               **dict(hparams, learning_rate=make_schedule(config, peak,
+                                                                            warmup_steps)))
+  from optimizers import routing  # pylint: disable=g-import-not-at-top
+  rule = (pipeline.stacked_labels if int(config.get("mesh", {}).get("stage", 1)) > 1
+          else routing.default_label)
+  labels = lambda params: jax.tree_util.tree_map_with_path(rule, params)
+  return optax.partition({routing.MUON: tx, routing.ADAM: embed_tx}, labels)
 
 
 def _config_hint(name: str) -> str:

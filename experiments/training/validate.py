@@ -201,11 +201,19 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+# Keys added after runs were written, with the value that means what their absence meant: a run
+# saved without the key resumes under that value as the same trajectory.
+ADDED_KEYS = {"optimizer.embed_learning_rate": None}
+
+
 def drift(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """{field: (saved value, current value)} for fields that differ and matter on resume."""
   a, b = flatten(saved), flatten(current)
   out = {}
   for key in sorted(set(a) | set(b)):
+    if key in ADDED_KEYS:
+      a.setdefault(key, ADDED_KEYS[key])
+      b.setdefault(key, ADDED_KEYS[key])
     if a.get(key, _MISSING) == b.get(key, _MISSING):
       continue
     if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_SAFE):

@@ -148,6 +148,7 @@ def _train_step(config_path: str, overrides: dict):
   cfg = configs_util.load(config_path)
   model_cfg = gpt.GPTConfig.from_config(cfg.model)
   hparams = dict(cfg.optimizer)
+  hparams.pop("embed_learning_rate", None)  # the trainer's key (train_state.TRAINER_KEYS)
   hparams.update(overrides)
   tx = optimizers.create(hparams.pop("name"), **hparams)
   params = gpt.init_params(model_cfg, jax.random.key(cfg.seed))
