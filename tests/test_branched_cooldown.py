@@ -155,3 +155,35 @@ def test_bad_budgets_through_the_binary_are_one_error_line_and_status_2(corpus, 
                    "--config.train.steps=24", "--config.train.budgets=(16,8,24)"])
   assert_user_error(rc, out, "ERROR: train.budgets=(16, 8, 24): the budgets must be sorted")
   assert not wd.exists()
+
+
+def test_the_budget_workloads_run_under_the_sweep_and_records_keep_budget_metrics():
+  from experiments.harness import records as records_lib
+  from experiments.harness import runs as runs_lib
+  for w in runs_lib.BUDGET_WORKLOADS:
+    for opt in ("adamw", "muon"):
+      spec = records_lib.RunSpec(workload=w, optimizer=opt, hparams={}, study=0, trial=0,
+                                 seed=0)
+      cfg = runs_lib.run_config(spec)
+      validate_lib.validate(cfg)  # no stop at a target: none is set
+      assert budgets_lib.of(cfg) == (50, 100, 200, 400) and cfg.schedule.name == "wsd"
+      assert runs_lib.workload_target(w) is None
+  result = {"target": None, "metric": "val_loss", "step_budget": 24, "steps_to_target": None,
+            "time_to_target_s": None, "final_metric": 3.0, "curve": []}
+  per_budget = [{"budget": 8, "val_loss": 4.0, "train_time_s": 1.0}]
+  record = records_lib.make_record(spec, dict(result, budget_metrics=per_budget), prov={})
+  assert record["budget_metrics"] == per_budget
+  assert "budget_metrics" not in records_lib.make_record(spec, result, prov={})
+
+
+def test_the_check_script_finds_no_difference_on_a_tiny_setting(corpus, tmp_path):
+  from scripts import check_branched_cooldown as check
+  overrides = {k: v for k, v in dict(TINY, **COMMON).items()
+               if not k.startswith("mesh.") and k != "schedule.base_batch_size"}
+  overrides.update({"data.cache_dir": str(corpus), "train.steps": 24,
+                    "train.budgets": BUDGETS})
+  rows = check.check("speedrun_budgets", ["adamw"], 1, overrides, str(tmp_path))
+  assert [r["budget"] for r in rows] == list(BUDGETS)
+  assert all(r["difference"] == 0.0 for r in rows), rows
+  [t8, _, _] = check.table(rows)
+  assert t8["seed_spread"] == 0.0 and t8["max_abs_difference"] == 0.0
