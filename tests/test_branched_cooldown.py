@@ -44,12 +44,26 @@ def losses(summary) -> dict[int, float]:
   return {r["budget"]: r["val_loss"] for r in summary["budget_metrics"]}
 
 
-@pytest.fixture(scope="module", params=[CONFIG, MUON], ids=["adamw", "muon"])
-def branched(request, corpus, tmp_path_factory):
-  """(config path, summary of a 24-step run with budgets 8, 16, 24, its workdir)."""
-  wd = tmp_path_factory.mktemp("branched") / "w"
-  cfg = config(corpus, request.param, train__steps=24, train__budgets=BUDGETS)
-  return request.param, loop.train_and_evaluate(cfg, str(wd)), wd
+@pytest.fixture(scope="module")
+def branched_runs(corpus, tmp_path_factory):
+  """path -> (summary of a 24-step run of that config with budgets 8, 16, 24, its workdir),
+  each trained once per module."""
+  done = {}
+
+  def get(path):
+    if path not in done:
+      wd = tmp_path_factory.mktemp("branched") / "w"
+      cfg = config(corpus, path, train__steps=24, train__budgets=BUDGETS)
+      done[path] = loop.train_and_evaluate(cfg, str(wd)), wd
+    return done[path]
+
+  return get
+
+
+@pytest.fixture(params=[CONFIG, MUON], ids=["adamw", "muon"])
+def branched(request, branched_runs):
+  """(config path, summary, workdir) of the branched run, for AdamW and Muon."""
+  return (request.param, *branched_runs(request.param))
 
 
 def test_each_budget_equals_its_standalone_run(branched, corpus, tmp_path):
@@ -76,10 +90,9 @@ def test_the_main_run_is_the_longest_budget_and_branches_stay_out_of_its_curve(b
     assert r["train_time_s"] > r["branch_time_s"] > 0
 
 
-def test_a_stopped_run_resumes_without_redoing_a_finished_branch(branched, corpus, tmp_path):
-  path, reference, _ = branched
-  if path != CONFIG:
-    pytest.skip("one optimizer suffices for the bookkeeping")
+def test_a_stopped_run_resumes_without_redoing_a_finished_branch(branched_runs, corpus,
+                                                                 tmp_path):
+  reference, _ = branched_runs(CONFIG)  # one optimizer suffices for the bookkeeping
   wd = str(tmp_path / "w")
   first = loop.train_and_evaluate(config(corpus, train__steps=24, train__budgets=BUDGETS,
                                          train__stop_at_step=10), wd)
@@ -94,10 +107,9 @@ def test_a_stopped_run_resumes_without_redoing_a_finished_branch(branched, corpu
   assert again["already_complete"] and again["budget_metrics"] == second["budget_metrics"]
 
 
-def test_a_branch_cut_by_a_signal_is_redone_on_resume(branched, corpus, tmp_path, monkeypatch):
-  path, reference, _ = branched
-  if path != CONFIG:
-    pytest.skip("one optimizer suffices for the bookkeeping")
+def test_a_branch_cut_by_a_signal_is_redone_on_resume(branched_runs, corpus, tmp_path,
+                                                      monkeypatch):
+  reference, _ = branched_runs(CONFIG)
   wd = str(tmp_path / "w")
   real = budgets_lib.distributed.reached_preemption
 
