@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import time
-from typing import Any
 
 from absl import logging
 import jax
@@ -154,11 +153,6 @@ def budget_metrics(workdir: str, config, metric_key: str, rows: list[dict]) -> l
     out[budgets[-1]] = {"budget": budgets[-1], metric_key: final[-1][metric_key],
                         "train_time_s": final[-1].get("train_time_s")}
   return [out[b] for b in sorted(out)]
-
-
-def summary_value(workdir: str, config, metric_key: str, rows: list[dict]) -> Any:
-  """`budget_metrics`, or None when the config has no budgets."""
-  return budget_metrics(workdir, config, metric_key, rows) if of(config) else None
 
 
 # ---------------------------------------------------------------------------------------------
