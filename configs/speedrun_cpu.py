@@ -78,6 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # End this invocation after this step (checkpointing first); rerunning resumes. For job slots
   # shorter than the run. The schedule still spans `steps`.
   c.train.stop_at_step = FieldReference(None, field_type=int)
+  # Branched cooldowns (Hägele et al. 2024, arXiv 2405.18392; experiments/training/budgets.py):
+  # sorted step counts, the longest == steps, schedule "wsd". Each shorter budget's cooldown
+  # forks off the main run where its decay would start, and its final validation loss is
+  # recorded (budgets.jsonl; `budget_metrics` in the summary). Empty: off.
+  c.train.budgets = ()
   c.train.batch_size = 32  # global batch, in sequences
   c.train.grad_accum_steps = 1
   # GPipe (mesh.stage > 1): each accumulation step's rows go through the pipeline in this many

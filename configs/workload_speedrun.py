@@ -5,6 +5,15 @@
 Default: the speedrun itself (800 steps; target 1.2560, AdamW's tuned 800-step loss averaged
 over two seeds, WORKSPACE.md), evaluated every 25 steps. Variant `:short` is the size a tuning
 sweep on two CPU cores can afford: 200 steps (the schedule spans them), target TARGET_SHORT.
+
+Variants for the loss-at-several-budgets comparison (issue 39; branched cooldowns,
+experiments/training/budgets.py): `:budgets`, the speedrun model under WSD (warmup 20, decay
+20% of each budget) with `train.budgets=BUDGETS`, so one 400-step run also gives the losses of
+runs of 50, 100 and 200 steps; `:wide_budgets`, the same with model width WIDE_WIDTH (3.28M
+parameters, 3.8x the speedrun's 853k). Neither has a target: the result is the loss per budget.
+
+  python -m experiments.train --config=configs/workload_speedrun.py:budgets --workdir=runs/budgets
+  python -m scripts.check_branched_cooldown --workload=speedrun_budgets --out=results/bc.json
 """
 
 import ml_collections
@@ -17,6 +26,8 @@ from configs import speedrun_cpu
 # 1.905; the 4th best, rounded up. `python -m experiments.compare targets records` recomputes
 # it. (Before: 1.92, from one hand-tuned AdamW run.)
 TARGET_SHORT = 1.894
+BUDGETS = (50, 100, 200, 400)
+WIDE_WIDTH = 256
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,6 +39,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.steps = 200
     c.schedule.warmup_steps = 20
     c.train.target_val_loss = TARGET_SHORT
+  elif arg in ("budgets", "wide_budgets"):
+    c.schedule.name = "wsd"
+    c.schedule.decay_fraction = 0.2
+    c.schedule.warmup_steps = 20
+    c.train.steps = BUDGETS[-1]
+    c.train.budgets = BUDGETS
+    c.train.target_val_loss = None
+    c.train.stop_at_target = False
+    if arg == "wide_budgets":
+      c.model.width = WIDE_WIDTH
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; the only variant is 'short'")
+    raise ValueError(f"unknown variant {arg!r}; choose 'short', 'budgets' or 'wide_budgets'")
   return c

@@ -120,7 +120,9 @@ _BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the ratios and t
                                  "against.")
 
 
-_WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOAD_CONFIGS), "sweep: workloads to run.")
+_WORKLOADS = flags.DEFINE_list(
+    "workloads", [w for w in WORKLOAD_CONFIGS if w not in runs_lib.BUDGET_WORKLOADS],
+    "sweep: workloads to run.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
                                                "sgd"], "sweep: optimizers to compare.")
 # The default budget, 2 trials x 2 studies of 6 optimizers on 5 workloads (120 runs), is what

@@ -33,7 +33,9 @@ from experiments.harness import runs as runs_lib
 from experiments.harness import vectorized
 from scripts import bench_common
 
-_WORKLOADS = flags.DEFINE_list("workloads", list(runs_lib.WORKLOAD_CONFIGS), "Workloads.")
+_WORKLOADS = flags.DEFINE_list(
+    "workloads", [w for w in runs_lib.WORKLOAD_CONFIGS if w not in runs_lib.BUDGET_WORKLOADS],
+    "Workloads.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "shampoo"], "Optimizers.")
 _TRIALS = flags.DEFINE_integer("trials", 5, "Trials per program (AlgoPerf's per study).")
 _STUDY = flags.DEFINE_integer("study", 0, "Which study's draws and seeds.")

@@ -344,6 +344,10 @@ CONFIG_KEYS = {
     "train.steps": "Total optimizer steps; the schedule spans them.",
     "train.stop_at_step": "End this invocation after this step (checkpointing first); rerunning "
                           "resumes. None: run to ``steps``.",
+    "train.budgets": "Branched cooldowns (Hägele et al. 2024): sorted step budgets, the "
+                     "longest equal to ``steps`` (``wsd`` schedule only); each shorter one forks "
+                     "a cooldown off the run and records its final validation loss in "
+                     "``budgets.jsonl``. Empty: off.",
     "train.batch_size": "Global batch, in sequences; each of its ``grad_accum_steps`` slices "
                         "must split evenly over the devices that hold batch rows.",
     "train.grad_accum_steps": "Gradient accumulation: the batch is processed in this many "

@@ -16,7 +16,14 @@ WORKLOAD_CONFIGS = {
     "mds": "configs/workload_mds.py",
     "logreg": "configs/workload_logreg.py",
     "mlp_digits": "configs/workload_mlp_digits.py",
+    # The loss-at-several-budgets comparison (issue 39): one run gives every budget's loss by
+    # branched cooldowns (experiments/training/budgets.py).
+    "speedrun_budgets": "configs/workload_speedrun.py:budgets",
+    "speedrun_wide": "configs/workload_speedrun.py:wide_budgets",
 }
+# Workloads scored per budget, not on time to a target: they have none, so a default sweep and
+# the target checks leave them out.
+BUDGET_WORKLOADS = ("speedrun_budgets", "speedrun_wide")
 QUICK_WORKLOADS = ("mds", "logreg", "mlp_digits")
 # Vectorized trials (one program for K trials) over K trainer runs, wall-clock ratio per
 # (workload, optimizer), K = 5, measured by scripts/bench_vectorized.py on the 2-core CPU
@@ -60,11 +67,12 @@ def overlay(base: dict, hparams: dict) -> dict:
   return out
 
 
-def workload_target(workload: str) -> float:
-  """The workload config's current validation target."""
+def workload_target(workload: str) -> float | None:
+  """The workload config's current validation target (None: it has none, BUDGET_WORKLOADS)."""
   from experiments import configs_util  # pylint: disable=g-import-not-at-top
   cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[workload]))
-  return float(cfg.train.target_val_loss)
+  target = cfg.train.target_val_loss
+  return None if target is None else float(target)
 
 
 def vectorize_faster(workload: str, optimizer: str) -> bool:
@@ -151,12 +159,16 @@ def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
   metric = summary["metric"] if summary else _metric_name(rows)
   curve = [[r["step"], r.get("train_time_s"), r[metric]] for r in rows
            if isinstance(r.get(metric), float)]
-  return {"target": cfg.train.target_val_loss, "metric": metric,
-          "step_budget": int(cfg.train.steps),
-          "steps_to_target": None if diverged else summary["steps_to_target"],
-          "time_to_target_s": None if diverged else summary["time_to_target_s"],
-          "final_metric": None if diverged else summary["val_loss"],
-          "diverged": diverged, "curve": curve}
+  result = {"target": cfg.train.target_val_loss, "metric": metric,
+            "step_budget": int(cfg.train.steps),
+            "steps_to_target": None if diverged else summary["steps_to_target"],
+            "time_to_target_s": None if diverged else summary["time_to_target_s"],
+            "final_metric": None if diverged else summary["val_loss"],
+            "diverged": diverged, "curve": curve}
+  if summary and summary.get("budget_metrics") is not None:
+    # [{budget, <metric>, train_time_s}]: the branched cooldowns' losses (train.budgets).
+    result["budget_metrics"] = summary["budget_metrics"]
+  return result
 
 
 def _metric_name(rows: list[dict]) -> str:

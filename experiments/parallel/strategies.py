@@ -113,12 +113,22 @@ class Mesh:
 
   def compile(self, make_step: Callable[..., Callable]) -> None:
     """`make_step(**self.step_kwargs())` -> (state, batch, *frozen) -> (state, metrics)."""
-    self._step = jax.jit(
+    self._step = self._compiled(make_step)
+
+  def _compiled(self, make_step: Callable[..., Callable]) -> Callable:
+    return jax.jit(
         make_step(**self.step_kwargs()),
         in_shardings=(self.state_shardings, self.train_batch_shardings,
                       *self.frozen_shardings),
         out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
         donate_argnums=(0,), compiler_options=compiler_options())
+
+  def other_step(self, make_step: Callable[..., Callable]) -> Callable:
+    """A second step compiled like `compile`'s (another optimizer schedule: a branched
+    cooldown's, experiments/training/budgets.py), on the same state layout; `step` stays.
+    Returns (state, batch) -> (state, metrics); it donates `state` as `step` does."""
+    fn = self._compiled(make_step)
+    return lambda state, batch: self._call(fn, state, batch)
 
   def init(self, seed: int) -> dict:
     return jax.jit(self.init_state, static_argnums=0, out_shardings=self.state_shardings)(seed)
@@ -142,7 +152,10 @@ class Mesh:
         local_rows)
 
   def step(self, state: dict, batch: Any) -> tuple[dict, dict]:
-    return self._step(state, batch, *self.frozen)
+    return self._call(self._step, state, batch)
+
+  def _call(self, fn: Callable, state: dict, batch: Any) -> tuple[dict, dict]:
+    return fn(state, batch, *self.frozen)
 
   # -- evaluation ----------------------------------------------------------------------------
 
@@ -207,8 +220,8 @@ class Pmap(Mesh):
   def step_kwargs(self) -> dict:
     return {"axis_name": pmap_lib.AXIS}
 
-  def compile(self, make_step) -> None:
-    self._step = pmap_lib.pmapped(make_step(**self.step_kwargs()))
+  def _compiled(self, make_step) -> Callable:
+    return pmap_lib.pmapped(make_step(**self.step_kwargs()))
 
   def init(self, seed: int) -> dict:
     return self.adopt(super().init(seed))
@@ -222,8 +235,8 @@ class Pmap(Mesh):
   def place_batch(self, local_rows: Any) -> Any:
     return jax.tree.map(pmap_lib.shard_batch, self._micro_batches(local_rows))
 
-  def step(self, state, batch):
-    return self._step(state, batch, *self.replicated_frozen)
+  def _call(self, fn, state, batch):
+    return fn(state, batch, *self.replicated_frozen)
 
 
 STRATEGIES = {"jit": Mesh, "pmap": Pmap}

@@ -42,6 +42,7 @@ from experiments.training import workdir_lock
 from experiments.problems import workloads as workloads_lib
 from experiments.parallel import strategies
 from experiments.training import actions as actions_lib
+from experiments.training import budgets as budgets_lib
 from experiments.training import step as step_lib
 import optimizers
 
@@ -142,7 +143,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains, evaluating and checkpointing as configured; resumes from `workdir` if it can.
 
   Returns a summary: final `step`, last `val_loss` and the step it was measured at (`val_step`),
-  `stopped_by_signal` (signal number or None), `steps_to_target`, `already_complete`.
+  `stopped_by_signal` (signal number or None), `steps_to_target`, `already_complete`; with
+  `train.budgets`, `budget_metrics`: [{"budget", <metric>, "train_time_s"}] sorted by budget,
+  for each budget finished so far (experiments/training/budgets.py).
   Raises `validate.ConfigError` for a config that cannot run (before anything is written),
   `workdir_lock.WorkdirLockedError` when another process uses `workdir`, `ConfigDriftError`
   on a resume under changed settings, `checkpoints.CheckpointError` when no checkpoint can be
@@ -248,7 +251,9 @@ class Run:
   """One training run's live state and services, as the loop and the periodic actions see it.
 
   `state` is in the strategy's layout; `view()` gives it in the mesh layout. `last_metrics`
-  are the last fetched step's host metrics.
+  are the last fetched step's host metrics. `branch_step(budget)` (a step compiled with a
+  `budget`-step run's schedule) and `batches_at(step)` (the training batches from step index
+  `step` on) serve branched cooldowns (experiments/training/budgets.py).
   """
 
   config: ml_collections.ConfigDict
@@ -274,12 +279,15 @@ class Run:
   last_metrics: dict = dataclasses.field(default_factory=dict)
   signal: int | None = None
   consecutive_skips: int = 0
+  branch_step: Any = None
+  batches_at: Any = None
 
   def view(self):
     return self.strategy.view(self.state)
 
-  def evaluate(self) -> float:
-    view = self.view()
+  def evaluate(self, state=None) -> float:
+    """The validation metric of the run's state, or of `state` (a branch's, same layout)."""
+    view = self.strategy.view(self.state if state is None else state)
     return float(np.mean(jax.device_get([self.eval_metric(view, b) for b in self.val_batches])))
 
   def save(self, step: int) -> None:
@@ -379,10 +387,17 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
   metric_key = workload.metric
   init_state = make_init_state(workload.init_params, tx, strategy.extra_init)
   strategy.prepare(init_state, config.seed)
-  strategy.compile(functools.partial(
-      step_lib.make_train_step, workload.loss_fn, tx, schedule,
-      skip_nonfinite=bool(train_cfg.get("skip_nonfinite_updates")),
-      inject_nonfinite=_nonfinite_injection(config)))
+  step_kwargs = dict(skip_nonfinite=bool(train_cfg.get("skip_nonfinite_updates")),
+                     inject_nonfinite=_nonfinite_injection(config))
+  strategy.compile(functools.partial(step_lib.make_train_step, workload.loss_fn, tx, schedule,
+                                     **step_kwargs))
+
+  def branch_step(budget: int):
+    # The optimizer of a standalone `budget`-step run: the same state structure, its schedule.
+    btx, bschedule = make_optimizer(budgets_lib.budget_config(config, budget))
+    return strategy.other_step(functools.partial(step_lib.make_train_step, workload.loss_fn,
+                                                 btx, bschedule, **step_kwargs))
+
   # Schedule-Free and other averaging methods are evaluated at their averaged point.
   eval_metric = strategy.evaluator(
       lambda p, o, b, *f: workload.eval_fn(optimizers.eval_params(p, o), b, *f))
@@ -434,6 +449,9 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
                         summary["steps_to_target"] is not None)
       if (step >= total_steps or done_at_target) and not changes:
         summary["already_complete"] = True
+        if budgets_lib.of(config):
+          summary["budget_metrics"] = budgets_lib.budget_metrics(workdir, config, metric_key,
+                                                                 old_rows)
         logging.info("Run already complete at step %d/%d in %s: %s %s (step %s). "
                      "Nothing to do.", step, total_steps, workdir, metric_key,
                      summary["val_loss"], summary["val_step"])
@@ -467,11 +485,16 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
         items_name="tokens" if "seq_len" in workload.fingerprint else "examples",
         # Every eval batch goes through the devices in train micro-batch chunks.
         val_batches=[strategy.place_eval_batch(b) for b in workload.eval_batches(pi, pc)],
-        eval_metric=eval_metric, all_finite=all_finite, last_good_ckpt=resumed_from)
+        eval_metric=eval_metric, all_finite=all_finite, last_good_ckpt=resumed_from,
+        branch_step=branch_step,
+        batches_at=lambda position: workload.batches(config.seed, position, pi, pc))
     with _signals_and_watchdog(run, float(train_cfg.get("stall_warning_s") or 0)) as beat:
       loop(run, actions_lib.from_config(config), beat)
     summary["step"] = run.step
     summary["train_time_s"] = run.clock()
+    if budgets_lib.of(config):
+      summary["budget_metrics"] = budgets_lib.budget_metrics(
+          workdir, config, metric_key, metrics_lib.read_metrics(workdir))
     return summary
   finally:
     if writer is not None:

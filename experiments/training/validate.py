@@ -27,12 +27,13 @@ DATA_SOURCES = ("stdlib", "stdlib_docs", "bin")
 
 # Fields whose change on resume alters neither the trajectory nor the logged numbers: how often
 # to log or checkpoint, where to stop this invocation, the device layout (only reduction order),
-# where the corpus cache lives (the corpus hash is checked separately).
+# where the corpus cache lives (the corpus hash is checked separately), which budgets branch off
+# the run (a branch leaves the main run's state and data as they were).
 RESUME_SAFE = (
     "train.stop_at_step", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.stall_warning_s", "train.allow_config_change", "train.eval_every",
     "data.cache_dir", "mesh.", "parallelism", "train.microbatches", "distributed.", "debug.",
-    "model.remat",
+    "model.remat", "train.budgets",
 )
 
 
@@ -117,6 +118,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   if s.name == "wsd":
     d = float(s.decay_fraction)
     _require(0.0 < d <= 1.0, "schedule.decay_fraction", d, "must be in (0, 1]")
+  # Imported here: the budgets module holds the branching action, whose imports need this one.
+  from experiments.training import budgets  # pylint: disable=g-import-not-at-top
+  why = budgets.check(config)
+  if why:
+    raise ConfigError(why)
   if s.warmup_steps >= t.steps:
     warnings.append(short_warmup_warning(s.name, s.warmup_steps, t.steps))
   for key, value in config.optimizer.items():
