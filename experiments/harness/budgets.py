@@ -649,6 +649,7 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
                 f"step; tokens per parameter at each budget: {tpp}.", ""]
     head = "| optimizer | " + " | ".join(f"{b:g} steps" for b in budgets) + " |"
     rule = "|---" * (len(budgets) + 1) + "|"
+    tested = sum(not math.isnan(c["p"]) for c in res["cells"].values())
     blocks = [("Speed-up over " + baseline + f" ({metric}; the baseline budget reaching the "
                "same loss / the budget; 95% bootstrap interval over studies; ≥ / ≤: bounds "
                "beyond the baseline's budgets; * fewer than "
@@ -656,7 +657,7 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
               (f"Loss difference, {w}: median {metric} minus {baseline}'s (95% interval)",
                diff_text),
               (f"Verdict (two-sided {'Wilcoxon signed-rank' if paired else 'Mann-Whitney'} "
-               f"test per cell, Holm over the {sum(not math.isnan(c['p']) for c in res['cells'].values())} "
+               f"test per cell, Holm over the {tested} "
                f"tested cells at family-wise alpha {alpha:g})", lambda c: c["verdict"])]
     for title, fn in blocks:
       lines += [f"**{title}**", "", head, rule]
