@@ -39,7 +39,7 @@ from absl import flags
 
 from experiments.harness import records as records_lib
 from experiments.harness import runs as runs_lib
-from experiments.training import budgets as budgets_lib
+from experiments.training import validate as validate_lib
 
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon"], "Optimizers (registry names "
                                 "with a base config, records.BASE_CONFIGS).")
@@ -89,7 +89,7 @@ def check(workload: str, optimizers: list[str], seeds: int, overrides: dict,
   for opt in optimizers:
     for seed in range(seeds):
       cfg = make_config(workload, opt, seed, overrides)
-      budgets = budgets_lib.of(cfg)
+      budgets = validate_lib.budgets_of(cfg)
       if len(budgets) < 2:
         raise app.UsageError(f"workload {workload!r} has train.budgets={budgets}: nothing to "
                              "branch (use speedrun_budgets or speedrun_wide, or --set them)")
@@ -104,7 +104,7 @@ def check(workload: str, optimizers: list[str], seeds: int, overrides: dict,
         if b == budgets[-1]:  # the main run is the standalone run of the longest budget
           row.update(standalone=row["branched"], standalone_train_time_s=summary["train_time_s"])
         else:
-          alone = loop.train_and_evaluate(budgets_lib.budget_config(cfg, b),
+          alone = loop.train_and_evaluate(validate_lib.budget_config(cfg, b),
                                           os.path.join(where, f"standalone{b}"))
           row.update(standalone=alone["val_loss"], standalone_train_time_s=alone["train_time_s"])
         row["difference"] = row["branched"] - row["standalone"]

@@ -178,7 +178,7 @@ def test_the_budget_workloads_run_under_the_sweep_and_records_keep_budget_metric
                                  seed=0)
       cfg = runs_lib.run_config(spec)
       validate_lib.validate(cfg)  # no stop at a target: none is set
-      assert budgets_lib.of(cfg) == (50, 100, 200, 400) and cfg.schedule.name == "wsd"
+      assert validate_lib.budgets_of(cfg) == (50, 100, 200, 400) and cfg.schedule.name == "wsd"
       assert runs_lib.workload_target(w) is None
   result = {"target": None, "metric": "val_loss", "step_budget": 24, "steps_to_target": None,
             "time_to_target_s": None, "final_metric": 3.0, "curve": []}
@@ -199,3 +199,23 @@ def test_the_check_script_finds_no_difference_on_a_tiny_setting(corpus, tmp_path
   assert all(r["difference"] == 0.0 for r in rows), rows
   [t8, _, _] = check.table(rows)
   assert t8["seed_spread"] == 0.0 and t8["max_abs_difference"] == 0.0
+
+
+def test_a_constant_schedule_reads_each_budget_off_the_main_run(corpus, tmp_path):
+  # Schedule-Free: no decay to branch; a B-step run of a constant schedule is the main run's
+  # first B steps, so its budget results are the main run's evaluations, bit for bit a
+  # standalone run's.
+  path = os.path.join(ROOT, "configs", "speedrun_cpu_schedule_free_adamw.py")
+  cfg = config(corpus, path, train__steps=24, train__budgets=BUDGETS,
+               schedule__name="constant")
+  summary = loop.train_and_evaluate(cfg, str(tmp_path / "main"))
+  assert not budgets_lib.read(str(tmp_path / "main"))  # nothing branched
+  rows = [json.loads(l) for l in open(tmp_path / "main" / "metrics.jsonl")]
+  evals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+  assert losses(summary) == {b: evals[b] for b in BUDGETS}
+  alone = loop.train_and_evaluate(config(corpus, path, train__steps=8, schedule__name="constant"),
+                                  str(tmp_path / "8"))
+  assert losses(summary)[8] == alone["val_loss"]
+  bad = config(corpus, path, train__steps=24, train__budgets=(10, 24), schedule__name="constant")
+  with pytest.raises(validate_lib.ConfigError, match="multiple of train.eval_every=8"):
+    validate_lib.validate(bad)

@@ -92,7 +92,8 @@ def run_config(spec: records_lib.RunSpec):
   (AdEMAMix's warmups follow `train.steps`) follows the workload's step budget. Learning rates
   are used as drawn (no batch scaling rule), and the run stops at the target (time-to-target
   is what is scored) unless `spec.full_budget`. A drawn `warmup_fraction` (spaces.py) sets the
-  warmup to round(fraction x train.steps) steps: the schedule's, or the optimizer's own where
+  warmup to round(fraction x train.steps) steps (x the shortest of `train.budgets` when the
+  workload has budgets): the schedule's, or the optimizer's own where
   its space says so (Schedule-Free, whose schedule is constant).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -110,7 +111,11 @@ def run_config(spec: records_lib.RunSpec):
   if base.schedule.name == "constant":
     cfg.schedule.name, cfg.schedule.warmup_steps = "constant", base.schedule.warmup_steps
   if warmup is not None:
-    steps = spaces_lib.warmup_steps(warmup, cfg.train.steps)
+    # With `train.budgets` every budget shares the main run's warmup (branched cooldowns fork
+    # after it), so the fraction is of the shortest budget: each budget's run warms up within
+    # its own first fraction, and no budget's decay starts inside the warmup.
+    budgets = tuple(cfg.train.get("budgets") or ())
+    steps = spaces_lib.warmup_steps(warmup, min(budgets) if budgets else cfg.train.steps)
     space = spaces_lib.SPACES.get(spec.optimizer)
     if space is not None and space.warmup == "optimizer":
       cfg.optimizer.warmup_steps = steps

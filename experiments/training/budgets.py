@@ -9,7 +9,10 @@ the B-step run's learning rates on the batches a B-step run sees at those step i
 are a pure function of (seed, step)), then the validation metric at B. The branch is discarded
 and the main run goes on untouched; its own end is the longest budget.
 
-`train.budgets` (sorted step counts, the longest == `train.steps`) turns it on. Each branch's
+`train.budgets` (sorted step counts, the longest == `train.steps`) turns it on. A constant
+schedule (Schedule-Free, whose iterate averaging replaces the decay) has nothing to branch: a
+B-step run of it is the main run's first B steps, so each budget's result is the main run's
+evaluation at step B. Each branch's
 result is appended to `<workdir>/budgets.jsonl` (not metrics.jsonl: those rows are the main
 run's curve), so a resumed run keeps the finished branches and redoes only a branch a signal
 cut (the main run stops at the fork step and checkpoints there). `BranchedCooldown` is the
@@ -18,7 +21,6 @@ periodic action that runs the branches; `budget_metrics` is what `train_and_eval
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -28,73 +30,9 @@ import jax
 
 from experiments.parallel import distributed
 from experiments.training import actions as actions_lib
+from experiments.training import validate as validate_lib
 
 FILENAME = "budgets.jsonl"
-
-
-def wsd_decay_steps(steps: int, decay_fraction: float) -> int:
-  """Steps of a `steps`-step WSD run's linear decay (at least one)."""
-  return max(int(round(int(steps) * float(decay_fraction))), 1)
-
-
-def of(config) -> tuple[int, ...]:
-  """The config's `train.budgets` as a tuple of ints (empty: branching is off)."""
-  value = config.train.get("budgets") or ()
-  return tuple(int(b) for b in value)
-
-
-def fork_step(config, budget: int) -> int:
-  """The step after which a `budget`-step WSD run starts its decay: where its branch forks."""
-  return int(budget) - wsd_decay_steps(budget, config.schedule.decay_fraction)
-
-
-def budget_config(config, budget: int):
-  """`config` as a standalone run of `budget` steps (no budgets of its own)."""
-  # A deep copy keeps its fields' references to train.steps (AdEMAMix's warmups): they follow.
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.train.steps = int(budget)
-    c.train.budgets = ()
-  return c
-
-
-def check(config) -> str | None:
-  """Why `train.budgets` cannot run with this config (one line), or None when it can."""
-  budgets = config.train.get("budgets") or ()
-  if not budgets:
-    return None
-  field = f"train.budgets={tuple(budgets)!r}"
-  if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets):
-    return f"{field}: every budget must be a positive integer number of steps"
-  if list(budgets) != sorted(set(budgets)):
-    return f"{field}: the budgets must be sorted, each once"
-  steps = config.train.steps
-  if budgets[-1] != steps:
-    return (f"{field}: the longest budget must be train.steps={steps} (the main run is the "
-            "longest budget)")
-  if config.schedule.name != "wsd":
-    return (f"{field}: branched cooldowns need schedule.name='wsd' (got "
-            f"{config.schedule.name!r}): only its stable phase is shared by every budget")
-  warmup = int(config.schedule.warmup_steps)
-  for b in budgets[:-1]:
-    if fork_step(config, b) < warmup:
-      return (f"{field}: budget {b}'s decay would start at step {fork_step(config, b)}, before "
-              f"the warmup ends at schedule.warmup_steps={warmup}")
-  if config.train.get("stop_at_target") and config.train.get("target_val_loss") is not None:
-    return (f"{field}: cannot be combined with train.stop_at_target=True (the main run must "
-            "reach the longest budget)")
-  if not config.train.get("eval_every"):
-    return f"{field}: needs train.eval_every > 0 (the longest budget is the main run's final eval)"
-  # A hyperparameter tied to the run length (AdEMAMix's warmups follow train.steps) would differ
-  # between the main run's first steps and a B-step run's: the branch could not match it.
-  for b in budgets[:-1]:
-    a = config.optimizer.copy_and_resolve_references().to_dict()
-    other = budget_config(config, b).optimizer.to_dict()
-    tied = sorted(k for k in a if a[k] != other.get(k))
-    if tied:
-      return (f"{field}: optimizer.{tied[0]} follows train.steps, so a branch cannot match a "
-              f"{b}-step run; set it to a number")
-  return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,12 +80,19 @@ def append(workdir: str, row: dict) -> None:
 def budget_metrics(workdir: str, config, metric_key: str, rows: list[dict]) -> list[dict]:
   """[{budget, <metric>, train_time_s}] sorted by budget: the branches' rows and, when the main
   run has evaluated at its last step, the longest budget from metrics.jsonl's `rows`."""
-  budgets = of(config)
+  budgets = validate_lib.budgets_of(config)
   out = {}
   for r in read(workdir):
     if r["budget"] in budgets[:-1]:
       out[r["budget"]] = {"budget": r["budget"], metric_key: r.get(metric_key),
                           "train_time_s": r.get("train_time_s")}
+  if config.schedule.name == "constant":  # each budget: the main run's evaluation there
+    for b in budgets:
+      at = [r for r in rows if r.get("step") == b and metric_key in r]
+      if at:
+        out[b] = {"budget": b, metric_key: at[-1][metric_key],
+                  "train_time_s": at[-1].get("train_time_s")}
+    return [out[b] for b in sorted(out)]
   final = [r for r in rows if r.get("step") == int(config.train.steps) and metric_key in r]
   if budgets and final:
     out[budgets[-1]] = {"budget": budgets[-1], metric_key: final[-1][metric_key],
@@ -176,12 +121,13 @@ class BranchedCooldown(actions_lib.PeriodicAction):
 
   @classmethod
   def from_config(cls, config):
-    budgets = of(config)
-    if len(budgets) < 2:
+    budgets = validate_lib.budgets_of(config)
+    if len(budgets) < 2 or config.schedule.name == "constant":  # constant: nothing to branch
       return None
     forks: dict[int, tuple[int, ...]] = {}
     for b in budgets[:-1]:
-      forks[fork_step(config, b)] = forks.get(fork_step(config, b), ()) + (b,)
+      fork = validate_lib.budget_fork_step(config, b)
+      forks[fork] = forks.get(fork, ()) + (b,)
     return cls(forks)
 
   def start(self, run) -> None:

@@ -394,7 +394,7 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
 
   def branch_step(budget: int):
     # The optimizer of a standalone `budget`-step run: the same state structure, its schedule.
-    btx, bschedule = make_optimizer(budgets_lib.budget_config(config, budget))
+    btx, bschedule = make_optimizer(validate_lib.budget_config(config, budget))
     return strategy.other_step(functools.partial(step_lib.make_train_step, workload.loss_fn,
                                                  btx, bschedule, **step_kwargs))
 
@@ -449,7 +449,7 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
                         summary["steps_to_target"] is not None)
       if (step >= total_steps or done_at_target) and not changes:
         summary["already_complete"] = True
-        if budgets_lib.of(config):
+        if validate_lib.budgets_of(config):
           summary["budget_metrics"] = budgets_lib.budget_metrics(workdir, config, metric_key,
                                                                  old_rows)
         logging.info("Run already complete at step %d/%d in %s: %s %s (step %s). "
@@ -492,7 +492,7 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
       loop(run, actions_lib.from_config(config), beat)
     summary["step"] = run.step
     summary["train_time_s"] = run.clock()
-    if budgets_lib.of(config):
+    if validate_lib.budgets_of(config):
       summary["budget_metrics"] = budgets_lib.budget_metrics(
           workdir, config, metric_key, metrics_lib.read_metrics(workdir))
     return summary

@@ -17,7 +17,6 @@ import ml_collections
 import optax
 
 from experiments.parallel import pipeline
-from experiments.training import budgets
 from experiments.training import provenance
 from experiments.training import validate as validate_lib
 from models import gpt
@@ -48,7 +47,7 @@ def make_schedule(config: ml_collections.ConfigDict, peak: Any,
   if s.name == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), end)
   if s.name == "wsd":  # warmup, stable, decay (Hu et al. 2024, MiniCPM)
-    decay = budgets.wsd_decay_steps(steps, s.decay_fraction)
+    decay = validate_lib.wsd_decay_steps(steps, s.decay_fraction)
     stable = max(steps - warmup - decay, 0)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak),

@@ -7,6 +7,7 @@ lists the fields whose change would alter a resumed run's trajectory or its logg
 
 from __future__ import annotations
 
+import copy
 import difflib
 import glob as glob_lib
 import math
@@ -118,9 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   if s.name == "wsd":
     d = float(s.decay_fraction)
     _require(0.0 < d <= 1.0, "schedule.decay_fraction", d, "must be in (0, 1]")
-  # Imported here: the budgets module holds the branching action, whose imports need this one.
-  from experiments.training import budgets  # pylint: disable=g-import-not-at-top
-  why = budgets.check(config)
+  why = check_budgets(config)
   if why:
     raise ConfigError(why)
   if s.warmup_steps >= t.steps:
@@ -249,3 +248,84 @@ def closest_key(config: ml_collections.ConfigDict, dotted: str) -> tuple[str, st
     here = ".".join(done + [part])
     return here, ".".join(done + [match[0]]) if match else None
   return dotted, None
+
+
+# ---------------------------------------------------------------------------------------------
+# train.budgets (branched cooldowns, experiments/training/budgets.py): the config's side, here so
+# that the schedule (train_state) and validation need nothing of the branching action.
+
+def wsd_decay_steps(steps: int, decay_fraction: float) -> int:
+  """Steps of a `steps`-step WSD run's linear decay (at least one)."""
+  return max(int(round(int(steps) * float(decay_fraction))), 1)
+
+
+def budgets_of(config) -> tuple[int, ...]:
+  """The config's `train.budgets` as a tuple of ints (empty: branching is off)."""
+  value = config.train.get("budgets") or ()
+  return tuple(int(b) for b in value)
+
+
+def budget_fork_step(config, budget: int) -> int:
+  """The step after which a `budget`-step WSD run starts its decay: where its branch forks."""
+  return int(budget) - wsd_decay_steps(budget, config.schedule.decay_fraction)
+
+
+def budget_config(config, budget: int):
+  """`config` as a standalone run of `budget` steps (no budgets of its own)."""
+  # A deep copy keeps its fields' references to train.steps (AdEMAMix's warmups): they follow.
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.train.steps = int(budget)
+    c.train.budgets = ()
+  return c
+
+
+def check_budgets(config) -> str | None:
+  """Why `train.budgets` cannot run with this config (one line), or None when it can."""
+  budgets = config.train.get("budgets") or ()
+  if not budgets:
+    return None
+  field = f"train.budgets={tuple(budgets)!r}"
+  if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets):
+    return f"{field}: every budget must be a positive integer number of steps"
+  if list(budgets) != sorted(set(budgets)):
+    return f"{field}: the budgets must be sorted, each once"
+  steps = config.train.steps
+  if budgets[-1] != steps:
+    return (f"{field}: the longest budget must be train.steps={steps} (the main run is the "
+            "longest budget)")
+  if config.schedule.name == "constant":
+    # No decay to branch (Schedule-Free: its averaging stands in for one): a B-step run of the
+    # same schedule is the main run's first B steps, so each budget is an evaluation of it.
+    every = int(config.train.get("eval_every") or 0)
+    off = [b for b in budgets if not every or b % every]
+    if off:
+      return (f"{field}: with schedule.name='constant' each budget is the main run's evaluation "
+              f"at that step, so every budget must be a multiple of train.eval_every={every} "
+              f"({off[0]} is not)")
+    return None
+  if config.schedule.name != "wsd":
+    return (f"{field}: branched cooldowns need schedule.name='wsd' (got "
+            f"{config.schedule.name!r}) or 'constant' (no decay: each budget is an evaluation "
+            "of the main run): only their stable phase is shared by every budget")
+  warmup = int(config.schedule.warmup_steps)
+  for b in budgets[:-1]:
+    fork = budget_fork_step(config, b)
+    if fork < warmup:
+      return (f"{field}: budget {b}'s decay would start at step {fork}, before "
+              f"the warmup ends at schedule.warmup_steps={warmup}")
+  if config.train.get("stop_at_target") and config.train.get("target_val_loss") is not None:
+    return (f"{field}: cannot be combined with train.stop_at_target=True (the main run must "
+            "reach the longest budget)")
+  if not config.train.get("eval_every"):
+    return f"{field}: needs train.eval_every > 0 (the longest budget is the main run's final eval)"
+  # A hyperparameter tied to the run length (AdEMAMix's warmups follow train.steps) would differ
+  # between the main run's first steps and a B-step run's: the branch could not match it.
+  for b in budgets[:-1]:
+    a = config.optimizer.copy_and_resolve_references().to_dict()
+    other = budget_config(config, b).optimizer.to_dict()
+    tied = sorted(k for k in a if a[k] != other.get(k))
+    if tied:
+      return (f"{field}: optimizer.{tied[0]} follows train.steps, so a branch cannot match a "
+              f"{b}-step run; set it to a number")
+  return None
