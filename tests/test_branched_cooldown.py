@@ -189,15 +189,22 @@ def test_the_budget_workloads_run_under_the_sweep_and_records_keep_budget_metric
 
 
 def test_the_check_script_finds_no_difference_on_a_tiny_setting(corpus, tmp_path):
-  from scripts import check_branched_cooldown as check
   overrides = {k: v for k, v in dict(TINY, **COMMON).items()
                if not k.startswith("mesh.") and k != "schedule.base_batch_size"}
   overrides.update({"data.cache_dir": str(corpus), "train.steps": 24,
                     "train.budgets": BUDGETS})
-  rows = check.check("speedrun_budgets", ["adamw"], 1, overrides, str(tmp_path))
+  out = tmp_path / "check.json"
+  rc, text = start([sys.executable, "-m", "scripts.check_branched_cooldown",
+                    "--optimizers=adamw", "--seeds=1", f"--out={out}",
+                    f"--runs_dir={tmp_path / 'runs'}",
+                    *[f"--set={k}={v!r}" if isinstance(v, str) else f"--set={k}={v}"
+                      for k, v in overrides.items()]])
+  assert rc == 0, text
+  result = json.loads(out.read_text())
+  rows = result["rows"]
   assert [r["budget"] for r in rows] == list(BUDGETS)
   assert all(r["difference"] == 0.0 for r in rows), rows
-  [t8, _, _] = check.table(rows)
+  t8 = result["table"][0]
   assert t8["seed_spread"] == 0.0 and t8["max_abs_difference"] == 0.0
 
 
