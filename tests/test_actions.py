@@ -53,6 +53,7 @@ def registered():
   actions.unregister(_Record)
 
 
+@pytest.mark.slow
 def test_a_registered_action_runs_at_its_cadence_with_the_clock_paused(tmp_path, registered):
   cfg = tiny_config(tmp_path, train__steps=8, train__eval_every=0, train__log_every=100,
                     train__checkpoint_every=100)

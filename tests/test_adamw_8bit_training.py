@@ -8,6 +8,7 @@ at or above the quantization threshold.
 import os
 
 import numpy as np
+import pytest
 
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
@@ -28,6 +29,7 @@ def _final_val(tmp_path, config_file, name):
           if "val_loss" in r]
 
 
+@pytest.mark.slow
 def test_adamw_8bit_tracks_adamw(tmp_path):
   fp32 = _final_val(tmp_path, "speedrun_cpu.py", "fp32")
   q8 = _final_val(tmp_path, "speedrun_cpu_adamw_8bit.py", "q8")

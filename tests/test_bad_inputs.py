@@ -66,6 +66,7 @@ def test_a_regular_file_as_workdir_is_one_line_and_status_3(tmp_path, corpus):
   assert wd.read_text() == "not a directory"
 
 
+@pytest.mark.slow
 def test_a_read_only_or_immutable_workdir_is_one_line_and_status_3(tmp_path, corpus):
   ro, immutable = tmp_path / "ro", tmp_path / "immutable"
   cases = []
@@ -119,6 +120,7 @@ event_file_writer.EventsWriter._write_serialized_event = write
 """ + _RUN_TRAINER}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["tmpfs", "fault_hook", "tensorboard_hook"])
 def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes_bitwise(
     tmp_path, corpus, straight_30, how):
@@ -162,6 +164,7 @@ def test_hash_files_of_pruned_checkpoints_are_removed(straight_30):
 
 # 3. A lost metrics.jsonl. ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_deleted_metrics_log_is_rebuilt_from_tensorboard_on_resume(tmp_path, corpus,
                                                                      straight_30):
   wd = tmp_path / "w"
@@ -225,6 +228,7 @@ def _compare(*args, wait=True):
   return start([sys.executable, "-m", "experiments.compare", *args], wait)
 
 
+@pytest.mark.slow
 def test_compare_command_line_mistakes_are_one_line_and_status_2(tmp_path):
   rc, out = _compare("scroe", "records")
   assert rc == 2 and out.strip().splitlines() == [
@@ -249,6 +253,7 @@ def test_compare_command_line_mistakes_are_one_line_and_status_2(tmp_path):
   assert f"{blocker}/runs" in error_lines(out)[0], out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,vectorize", [(signal.SIGTERM, "never"),
                                               (signal.SIGINT, "never"),
                                               (signal.SIGTERM, "always")])

@@ -22,6 +22,9 @@ from experiments.training import validate as validate_lib
 from tests.test_train import CONFIG, ROOT, TINY, start
 from tests.test_trustworthy_runs import assert_user_error
 
+# Every test here trains (branched and standalone runs): the slow set (pytest.ini).
+pytestmark = pytest.mark.slow
+
 MUON = os.path.join(ROOT, "configs", "speedrun_cpu_muon.py")
 BUDGETS = (8, 16, 24)
 # decay(B) = round(0.2 B): 2, 3, 5 steps; forks at 6 and 13, after the 5-step warmup.

@@ -49,6 +49,7 @@ def params_at(workdir, step):
         state=ocp.args.StandardRestore()))["state"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_a_checkpoint_from_before_the_restructuring_resumes(tmp_path, name):
   old = tmp_path / "old"

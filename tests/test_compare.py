@@ -204,6 +204,7 @@ def _full_budget_run(study, best, late):
           "git_sha": "x", "versions": {}, "device": "cpu"}
 
 
+@pytest.mark.slow
 def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
   from experiments.harness import runs as runs_lib
   target = runs_lib.workload_target("logreg")

@@ -338,6 +338,7 @@ def test_adam_preconditioning_needs_a_warm_up():
     compression.make_compressor("topk", precondition="adam")
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_the_recipe_on_8_devices(tmp_path):
   """configs/speedrun_cpu_compressed.py (top-k) on a tiny GPT: 2 uncompressed steps then
   compressed ones (logged bytes), one state per device in the checkpoint."""
@@ -445,6 +446,7 @@ def test_bad_compression_options_are_config_errors(field, value, message):
     validate.validate(cfg)
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_muon_with_alternating_powersgd(tmp_path):
   """configs/speedrun_cpu_compressed.py:muon_powersgd with alternating half-steps on a tiny GPT:
   2 uncompressed steps, then PowerSGD's bytes; the factors and turn are per-device state."""

@@ -115,6 +115,7 @@ def test_full_rank_converges_to_the_orthogonalized_momentum(shape):
   np.testing.assert_allclose(s, 1.0, atol=5e-6)
 
 
+@pytest.mark.slow
 def test_stacks_are_whole_matrices_and_match_one_at_a_time():
   # dion_matrices on a stack of 3 (and with a second stack of another shape, one QR call) gives
   # what each matrix gives alone.
@@ -136,6 +137,7 @@ def test_stacks_are_whole_matrices_and_match_one_at_a_time():
       qs[0][:1, :3] / (jnp.linalg.norm(qs[0][:1, :3], axis=-2, keepdims=True) + 1e-8)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_contract_scalars_vectors_matrices_3d_jit_dtypes_orbax(tmp_path):
   params = optimizer_contract.contract_tree(0)
   tx = optimizers.create("dion", learning_rate=0.02, rank_fraction=0.5, weight_decay=0.1,
@@ -153,6 +155,7 @@ def test_bad_hyperparameters_are_errors():
     optimizers.create("dion", learning_rate=0.01, scale="spectral")
 
 
+@pytest.mark.slow
 def test_speedrun_dion_config_trains_three_steps(tmp_path):
   code, out = run_config_three_steps("speedrun_cpu_dion.py", tmp_path)
   assert code == 0, out[-3000:]

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import optimizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,6 +20,7 @@ sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 import project_docs  # noqa: E402
 
 
+@pytest.mark.slow
 def test_sphinx_build_has_no_warnings(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   proc = subprocess.run(

@@ -16,6 +16,7 @@ def test_the_four_examples_exist():
                            "schedule_free_eval.py", "sharded_mesh.py"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs(name):
   env = dict(os.environ, PYTHONPATH=str(ROOT))

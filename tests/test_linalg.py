@@ -128,6 +128,7 @@ _SOAP_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_soap_with_many_groups_does_not_deadlock():
   # Factors of three block groups (sizes 128, 96, 64) refreshed at every step: with one QR per
   # factor this hung at once on 2 cores (batches this large are split over the thread pool).

@@ -75,6 +75,7 @@ def test_merge_is_w_plus_scaled_a_b_transpose(base):
   chex.assert_trees_all_equal(lora.merge(base, fresh, LCFG), base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamw", "muon", "shampoo"])
 def test_finetuning_lowers_the_new_texts_loss_and_leaves_the_base_alone(base, name):
   hparams = configs_util.load(f"configs/speedrun_cpu{'' if name == 'adamw' else '_' + name}.py"
@@ -167,6 +168,7 @@ def lora_run(base_run):
   return base_run, summary, base_before["params"]
 
 
+@pytest.mark.slow
 def test_trainer_finetunes_only_the_adapters_and_beats_the_base(lora_run):
   root, summary, base_before = lora_run
   run = json.load(open(root / "lora" / "run.json"))
@@ -198,6 +200,7 @@ def test_trainer_finetunes_only_the_adapters_and_beats_the_base(lora_run):
   assert val[-1] < val[0] - 0.1, val
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_lora_run_ends_bitwise_where_a_straight_one_does(lora_run):
   root = lora_run[0]
   flags = [f"--config.{k}={v}" for k, v in LORA_TINY.items()] + [

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 
 from experiments.training import metrics as metrics_lib
 from tests.test_train import CONFIG, ROOT, TINY, start
@@ -38,6 +39,7 @@ def losses(workdir):
   return [r["train_loss"] for r in metrics_lib.read_metrics(str(workdir)) if "train_loss" in r]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_only_process_zero_writes(tmp_path):
   corpus = tmp_path / "corpus"
   rc, out = single(tmp_path / "one", corpus, "--config.train.steps=6")
@@ -53,6 +55,7 @@ def test_two_processes_match_one_and_only_process_zero_writes(tmp_path):
   assert not list((tmp_path / "two").glob("run.resume_*"))
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_the_rerun_resumes(tmp_path):
   corpus = tmp_path / "corpus"
   wd = tmp_path / "w"
@@ -80,6 +83,7 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_the_rerun_resum
   assert len(losses(wd)) == int(stop_step) + 2
 
 
+@pytest.mark.slow
 def test_a_shared_warm_compilation_cache_does_not_hang_two_processes(tmp_path, monkeypatch):
   # Two launches on one cache directory: without the trainer turning the cache off for
   # multi-process CPU runs, the second loads the first's executables and both processes block

@@ -97,6 +97,7 @@ def test_3_help_exits_0(flag):
   assert rc == 0, out
 
 
+@pytest.mark.slow
 def test_4_the_launcher_prints_one_summary_line_per_process_without_gloo_chatter(tmp_path,
                                                                                  corpus):
   args = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in TINY.items()

@@ -64,6 +64,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_25_steps_match_float64_numpy(case):
   name, cfg = CASES[case]
@@ -115,6 +116,7 @@ def test_normuon_equalizes_neurons_and_keeps_muon_norm():
   assert muon_rms.max() / muon_rms.min() > 1.05  # Muon alone does not equalize them
 
 
+@pytest.mark.slow
 def test_contract_scalars_vectors_matrices_3d_jit_dtypes_orbax(tmp_path):
   params = optimizer_contract.contract_tree(0)
   dn = {"stack": routing.DimensionNumbers(1, 2)}
@@ -136,6 +138,7 @@ def run_config_three_steps(config_name, tmp_path):
   return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_speedrun_normuon_config_trains_three_steps(tmp_path):
   code, out = run_config_three_steps("speedrun_cpu_normuon.py", tmp_path)
   assert code == 0, out[-3000:]

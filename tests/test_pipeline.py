@@ -40,6 +40,7 @@ def test_bubble_fraction():
   assert pipeline.bubble_fraction(4, 8) == pytest.approx(3 / 11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 def test_pipelined_gradients_equal_the_unpipelined_models(mesh_name):
   mesh_values, micro = MESHES[mesh_name]
@@ -73,6 +74,7 @@ def one_device(name):
   return run_steps(pp_config(name), dict(data=1))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_pipeline_meshes_give_the_losses_of_one_device(name):
   ref = one_device(name)
@@ -117,6 +119,7 @@ def test_param_bytes_per_device_fall_as_one_over_stage():
     assert memory.tree_bytes_per_device(params, sh) == (total - norm) // stage + norm
 
 
+@pytest.mark.slow
 def test_trainer_runs_a_pipelined_config_like_one_device(tmp_path):
   common = dict(TINY_TP, **{"model.num_layers": LAYERS, "data.cache_dir": str(tmp_path / "c"),
                             "train.steps": 3, "train.eval_every": 3, "train.log_every": 1,

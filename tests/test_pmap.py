@@ -42,6 +42,7 @@ def _relative_distance(a, b) -> float:
   return float(np.sqrt(diff / sum(np.sum(np.asarray(y, np.float64) ** 2) for y in b)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamw", "sam"])
 def test_pmap_matches_the_jit_step(name):
   """Only the reduction order differs (a mean of 8 device means against one mean over all

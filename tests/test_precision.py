@@ -38,6 +38,7 @@ def _float_dtypes(tree):
   return {str(x.dtype) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_master_weights_and_states():
   tx = optimizers.create("adamw", learning_rate=1e-2, b2=0.95)
   params, state, losses, grads = _train(CFG, tx)

@@ -97,6 +97,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_25_steps_match_float64_numpy_with_the_same_probes(case):
   # The update probability falls from 1 after step 3 to 0.2: some steps skip the fit.
@@ -157,6 +158,7 @@ def test_fitted_preconditioner_whitens_a_fixed_gradient_distribution():
   assert ratio.max() / ratio.min() < 2.0, ratio  # measured 1.79 after 400 fits
 
 
+@pytest.mark.slow
 def test_contract_scalars_vectors_matrices_3d_jit_dtypes_orbax(tmp_path):
   params = optimizer_contract.contract_tree(0)
   tx = optimizers.create("psgd_kron", learning_rate=1e-3, weight_decay=0.1,
@@ -165,6 +167,7 @@ def test_contract_scalars_vectors_matrices_3d_jit_dtypes_orbax(tmp_path):
   optimizer_contract.check_contract(tx, params, grads, tmp_path)
 
 
+@pytest.mark.slow
 def test_speedrun_psgd_kron_config_trains_three_steps(tmp_path):
   code, out = run_config_three_steps("speedrun_cpu_psgd_kron.py", tmp_path)
   assert code == 0, out[-3000:]

@@ -63,6 +63,7 @@ def test_constant_channel_is_exact():
   np.testing.assert_array_equal(quantize.dequantize(quantize.quantize_int8(x)), x)
 
 
+@pytest.mark.slow
 def test_quantized_gpt_params_stay_close_and_shrink():
   cfg = gpt.GPTConfig(vocab_size=64, num_layers=2, width=32, num_heads=4, max_seq_len=16)
   params = gpt.init_params(cfg, jax.random.key(0))

@@ -332,6 +332,7 @@ def test_plans_block_merge_and_route():
   chex.assert_trees_all_equal(blocking.join(blocking.split(x, p), p), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,extra", [("shampoo", dict(block_size=4, root_method="newton")),
                                         ("shampoo", dict(block_size=16, root_method="eigh")),
                                         ("soap", dict(block_size=4))])

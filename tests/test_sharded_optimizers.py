@@ -99,6 +99,7 @@ def _single(name):
 CASES = [(n, m) for n in OPTIMIZERS for m in MESHES if (n, m) != ("adamw_8bit", "data8")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mesh_name", CASES)
 def test_sharded_steps_equal_one_device_and_states_split(name, mesh_name):
   data, fsdp = MESHES[mesh_name]

@@ -48,6 +48,7 @@ def losses(workdir):
 
 # 8-bit AdamW's sharded states are checked step by step on every mesh in
 # test_sharded_optimizers.py, and through the trainer on fsdp 8 below (1/8 of each leaf).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(CONFIGS) - {"adamw_8bit"}))
 def test_meshes_give_the_losses_of_one_device_and_split_the_state(tmp_path, name):
   got = {}
@@ -107,6 +108,7 @@ def test_state_leaves_hold_one_eighth_per_device_on_fsdp8(tmp_path):
     assert x.addressable_shards[0].data.size * 8 == x.size, x.shape
 
 
+@pytest.mark.slow
 def test_a_checkpoint_moves_between_meshes_and_training_continues_identically(tmp_path):
   straight = tmp_path / "straight"
   trainer.train_and_evaluate(config(tmp_path, "muon", (1, 1), train__steps=9,

@@ -115,6 +115,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_tensor_parallel_meshes_give_the_losses_of_one_device(name):
   ref = one_device(name)
@@ -151,6 +152,7 @@ def test_param_bytes_per_device_fall_as_one_over_model():
     assert memory.tree_bytes_per_device(params, sh) == (total - norms) // model + norms
 
 
+@pytest.mark.slow
 def test_checkpoint_moves_from_model2_to_fsdp2_and_training_continues_identically(tmp_path):
   """The user path: `python -m experiments.train --config.mesh.model=2` writes step 3; the run
   continues on (fsdp 2) in process; losses and final parameters match a straight (model 2) run."""

@@ -105,6 +105,7 @@ def _run(name, static, hp, params, grads_seq):
 _NEWTON_SCHULZ = ("muon", "normuon", "optax_muon")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", optimizers.names())
 def test_numeric_hyperparameters_trace(name):
   static, floats = _base(name)

@@ -89,6 +89,7 @@ def test_eight_devices_and_one_give_the_same_losses(tmp_path):
   chex.assert_trees_all_close(np.array(losses[8]), np.array(losses[1]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bitwise_identical(tmp_path):
   corpus = tmp_path / "corpus"
   rc, out = run_cli(tmp_path / "straight", corpus, "--config.train.steps=40")
@@ -205,6 +206,7 @@ def test_cli_overrides_reach_the_config_and_bad_optimizer_names_fail(tmp_path):
   assert "Unknown optimizer 'adamq'" in out and "adamw" in out and "sgd" in out
 
 
+@pytest.mark.slow
 def test_124m_config_trains_from_bin_shards(tmp_path):
   """The GPU config's data path (FineWeb-style shards, 50,304 vocab), shrunk to run on CPU."""
   rng = np.random.default_rng(0)
@@ -259,6 +261,7 @@ _VARIANTS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
                    f[len("speedrun_cpu_"):-3] not in _ELSEWHERE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _VARIANTS)
 def test_every_cpu_speedrun_config_trains(tmp_path, name):
   # 12 steps: past Shampoo's and SOAP's first root / basis refresh at step 11.
@@ -315,6 +318,7 @@ def test_batch_scaling_rule_is_a_choice_and_scales_every_peak_learning_rate(tmp_
   assert trainer.lr_scale(cfg) == 1.0
 
 
+@pytest.mark.slow
 def test_plots_label_runs_by_optimizer_and_write_beside_the_first_run(tmp_path):
   corpus = tmp_path / "corpus"
   for name, lr in (("a", "0.003"), ("b", "0.01")):

@@ -26,6 +26,7 @@ def _val(workdir):
   return [r["val_loss"] for r in metrics_lib.read_metrics(str(workdir)) if "val_loss" in r]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_large_batch(tmp_path):
   runs = {}
   for accum in (1, 4):
@@ -64,6 +65,7 @@ _OPTIMIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
 def test_resume_through_the_trainer_is_bitwise_for(tmp_path, name):
   from tests.test_train import TINY  # pylint: disable=g-import-not-at-top
@@ -92,6 +94,7 @@ def test_resume_through_the_trainer_is_bitwise_for(tmp_path, name):
   assert _val(tmp_path / "r")[-1] < _val(tmp_path / "r")[0]
 
 
+@pytest.mark.slow
 def test_sam_trains_through_the_trainer_with_clipping(tmp_path):
   cfg = tiny_config(tmp_path, train__steps=10, train__grad_clip_norm=0.5)
   cfg.optimizer = {"name": "sam", "inner": "adamw", "rho": 0.05, "learning_rate": 3e-3}
@@ -135,6 +138,7 @@ def test_stop_at_step_reports_the_latest_validation_loss_and_its_step(tmp_path):
   assert summary["val_loss"] == _val(tmp_path / "w")[-1]
 
 
+@pytest.mark.slow
 def test_schedule_free_is_evaluated_and_logged_at_the_averaged_point(tmp_path):
   from tests.test_train import TINY  # pylint: disable=g-import-not-at-top
   import optimizers  # pylint: disable=g-import-not-at-top
@@ -158,6 +162,7 @@ def test_schedule_free_is_evaluated_and_logged_at_the_averaged_point(tmp_path):
   np.testing.assert_allclose(logged, at_x, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_pmap_parallelism_matches_jit_and_resumes_from_its_checkpoints(tmp_path):
   train = {}
   for par in ("jit", "pmap"):
@@ -176,6 +181,7 @@ def test_pmap_parallelism_matches_jit_and_resumes_from_its_checkpoints(tmp_path)
   np.testing.assert_allclose(_val(tmp_path / "pmap"), _val(tmp_path / "jit"), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_precision_bf16_sets_the_compute_dtype_and_remat_may_change_on_resume(tmp_path):
   from experiments.problems import workloads  # pylint: disable=g-import-not-at-top
   cfg = tiny_config(tmp_path, train__steps=6, train__stop_at_step=3, precision="bf16")
@@ -188,6 +194,7 @@ def test_precision_bf16_sets_the_compute_dtype_and_remat_may_change_on_resume(tm
   assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
 
 
+@pytest.mark.slow
 def test_pmap_skips_injected_nonfinite_steps_and_accumulates_like_jit(tmp_path):
   # The strategies compile one train step: pmap has jit's skipping, fault injection and
   # micro-batch sum (two micro-batches of 8 rows over 8 devices here).

@@ -69,6 +69,7 @@ def straight_30(tmp_path_factory, corpus):
 
 # 1. -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_flipped_byte_falls_back_to_the_newest_intact_checkpoint(tmp_path, corpus, straight_30):
   wd = tmp_path / "w"
   rc, out = run_cli(wd, corpus, "--config.train.steps=30", "--config.train.stop_at_step=20")
@@ -125,6 +126,7 @@ def test_a_directory_where_a_shard_should_be_is_a_clear_error(tmp_path, corpus):
 
 # 3. -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_exits_naming_the_first(tmp_path, corpus):
   wd = tmp_path / "w"
   first = run_cli(wd, corpus, "--config.train.steps=400", "--config.train.checkpoint_every=5",
@@ -157,6 +159,7 @@ def _wait_for_step(wd, step, proc, timeout=300):
 
 # 4. -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_config_drift_on_resume_is_an_error_unless_allowed(tmp_path, corpus):
   wd = tmp_path / "w"
   rc, out = run_cli(wd, corpus, "--config.train.steps=20", "--config.train.stop_at_step=10")
@@ -241,6 +244,7 @@ def test_a_torn_metrics_line_is_dropped_and_a_killed_run_leaves_no_duplicates(tm
 
 # 8. -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_skip_nonfinite_updates_skips_counts_and_stops_after_n(tmp_path, corpus):
   wd = tmp_path / "w"
   rc, out = run_cli(wd, corpus, "--config.train.steps=12",

@@ -127,6 +127,7 @@ def _compare(*args):
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_compare_sweep_vectorized_as_a_user_runs_it(tmp_path):
   """`compare sweep --vectorize=always` records what `--vectorize=never` records (the same runs,
   steps to target), with the timing record beside; a rerun trains nothing; a records directory

@@ -39,6 +39,7 @@ def config(name, corpus_dir, **overrides):
   return configs_util.load(os.path.join(ROOT, "configs", f"workload_{name}.py"), values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_config_builds_workload_with_target_and_budget(name, corpus_dir, tmp_path):
   cfg = config(name, corpus_dir)
@@ -117,6 +118,7 @@ def test_gpt_workload_is_the_trainers_data_and_model(corpus_dir, tmp_path):
   assert w.items_per_step == cfg.train.batch_size * cfg.data.seq_len
 
 
+@pytest.mark.slow
 def test_mds_metric_is_zero_at_the_points_and_scaled_loss(tmp_path):
   cfg = config("mds", None)
   w = workloads.build(cfg, str(tmp_path))
