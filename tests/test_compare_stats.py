@@ -114,3 +114,16 @@ def test_update_rewrites_workspace_and_readme_blocks_idempotently(tmp_path):
   readme.write_text("# Project\n")
   update_workspace.update(str(ws), str(records_dir))
   assert readme.read_text() == "# Project\n"
+
+
+def test_reference_runs_are_no_tuning_study():
+  # A target-setting reference run (study >= 1000 or "reference": true) never enters a study's
+  # best trial, however fast it was.
+  from experiments.harness import scoring  # pylint: disable=g-import-not-at-top
+  def rec(study, steps, **kw):
+    return dict(workload="w", optimizer="adamw", study=study, trial=0, steps_to_target=steps,
+                time_to_target_s=float(steps), final_metric=1.0, **kw)
+  rs = [rec(0, 100), rec(1000, 10), rec(1, 50, reference=True)]
+  assert [r["study"] for r in scoring.study_results(rs)[("w", "adamw")]] == [0]
+  assert scoring.is_reference(rs[1]) and scoring.is_reference(rs[2])
+  assert not scoring.is_tuning_trial(rs[2]) and scoring.is_tuning_trial(rs[0])

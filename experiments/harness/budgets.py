@@ -54,7 +54,7 @@ record's `metric` naming the loss (lower is better). Definitions, in the order t
   `graft_only_dim`), so on a model without a factored leaf they are their grafted / Adam
   fallback. Such cells are flagged and neither tested nor counted in Holm's family.
 * Steps to target (`steps_to_target`), a second view: the target is the median over the
-  baseline's reference runs (records with `"reference": true` or a study >= REFERENCE_STUDY,
+  baseline's reference runs (`scoring.is_reference`: `"reference": true` or a study >= 1000,
   trained apart from the tuning studies, so that the target is not picked from the very runs
   it then scores) of each run's lowest evaluated loss. Each trial's crossing is interpolated
   linearly between the two evaluations of its `curve` that bracket the target; a study's
@@ -94,14 +94,7 @@ TARGET_SPEEDUP = 1.25  # the effect the power of an inconclusive cell is stated 
 N_POWER = 200
 MIN_STUDIES = 5  # a cell from fewer studies is marked
 # Studies at or above this are reference runs (steps-to-target targets), not tuning studies.
-REFERENCE_STUDY = 1000
 EXACT, LOWER, UPPER = "", "lower_bound", "upper_bound"
-
-
-def is_reference(record: dict) -> bool:
-  """Whether `record` is a reference run (a target-setting run, not a tuning study's trial)."""
-  study = record.get("study")
-  return bool(record.get("reference")) or (isinstance(study, int) and study >= REFERENCE_STUDY)
 
 
 def _loss(value) -> float:
@@ -149,7 +142,7 @@ def best_per_budget(records: Sequence[dict], workload: str, optimizer: str) -> B
   optimizer has none on the workload.
   """
   rs = [r for r in records if r["workload"] == workload and r["optimizer"] == optimizer
-        and isinstance(r.get("study"), int) and not is_reference(r) and has_budgets(r)]
+        and isinstance(r.get("study"), int) and not scoring.is_reference(r) and has_budgets(r)]
   if not rs:
     return None
   budgets = sorted({int(e["budget"]) for r in rs for e in r["budget_metrics"]})
@@ -457,10 +450,10 @@ def crossing(curve: Sequence[Sequence[float]], target: float) -> float:
 
 
 def reference_target(records: Sequence[dict], workload: str, baseline: str = "adamw") -> float:
-  """The median over the baseline's reference runs (`is_reference`) of each run's lowest
+  """The median over the baseline's reference runs (`scoring.is_reference`) of each run's lowest
   evaluated loss; NaN without reference runs."""
   best = [min(_loss(v) for _, _, v in r["curve"]) for r in records
-          if r["workload"] == workload and r["optimizer"] == baseline and is_reference(r)
+          if r["workload"] == workload and r["optimizer"] == baseline and scoring.is_reference(r)
           and r.get("curve")]
   return float(np.median(best)) if best else math.nan
 
@@ -471,7 +464,7 @@ def study_steps(records: Sequence[dict], workload: str, optimizer: str,
   out: dict = {}
   budget = 0.0
   for r in records:
-    if (r["workload"] != workload or r["optimizer"] != optimizer or is_reference(r)
+    if (r["workload"] != workload or r["optimizer"] != optimizer or scoring.is_reference(r)
         or not isinstance(r.get("study"), int)):
       continue
     budget = max(budget, float(r["step_budget"]))

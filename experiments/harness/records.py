@@ -129,7 +129,8 @@ def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
   target, metric (name), step_budget, steps_to_target (None if never reached),
   time_to_target_s (training seconds to that eval, None if never reached), final_metric, and
   curve: [[step, seconds, metric], ...] of every evaluation. Its `budget_metrics` (a run with
-  `train.budgets`: [{budget, <metric>, train_time_s}]) is kept when present.
+  `train.budgets`: [{budget, <metric>, train_time_s}]) is kept when present, with `params` and
+  `tokens_per_step` (the regime) when the result has them.
   """
   needed = ("target", "metric", "step_budget", "steps_to_target", "time_to_target_s",
             "final_metric", "curve")
@@ -141,6 +142,9 @@ def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
   record.update({k: result[k] for k in needed})
   if result.get("budget_metrics") is not None:
     record["budget_metrics"] = result["budget_metrics"]
+  for key in ("params", "tokens_per_step"):  # the regime (runs.train_run, budget workloads)
+    if result.get(key) is not None:
+      record[key] = result[key]
   if spec.full_budget:
     record["full_budget"] = True
   if spec.space is not None:

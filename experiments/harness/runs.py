@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import os
 
 from experiments.harness import records as records_lib
@@ -173,6 +174,15 @@ def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
   if summary and summary.get("budget_metrics") is not None:
     # [{budget, <metric>, train_time_s}]: the branched cooldowns' losses (train.budgets).
     result["budget_metrics"] = summary["budget_metrics"]
+    # The regime, so that a record says it without its workload's config: N, and tokens (or
+    # examples) per step; tokens per parameter at budget B = B x tokens_per_step / params.
+    try:
+      with open(os.path.join(workdir, "run.json")) as f:
+        result["params"] = int(json.load(f)["num_params"])
+    except (OSError, ValueError, KeyError, TypeError):
+      pass
+    if cfg.get("data") is not None and cfg.data.get("seq_len"):
+      result["tokens_per_step"] = int(cfg.train.batch_size) * int(cfg.data.seq_len)
   return result
 
 

@@ -33,14 +33,31 @@ def _value(record: dict, field: str) -> float:
   return INF if v is None else float(v)
 
 
+# Reference runs set a steps-to-target target (experiments/harness/budgets.py) and are no tuning
+# study's trial: records with `"reference": true` or a study number from REFERENCE_STUDY up.
+REFERENCE_STUDY = 1000
+
+
+def is_reference(record: dict) -> bool:
+  """Whether `record` is a reference run (a target-setting run, not a tuning study's trial)."""
+  study = record.get("study")
+  return bool(record.get("reference")) or (isinstance(study, int) and study >= REFERENCE_STUDY)
+
+
+def is_tuning_trial(record: dict) -> bool:
+  """A trial of an (integer-numbered) tuning study: what studies, medians and ratios count."""
+  return isinstance(record.get("study"), int) and not is_reference(record)
+
+
 def study_results(records: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
-  """(workload, optimizer) -> per study (integer studies only) the best trial by time-to-target.
+  """(workload, optimizer) -> per study (tuning studies only: `is_tuning_trial`) the best trial
+  by time-to-target.
 
   Ties (e.g. every trial failed) go to the fewer steps, then the lower final metric.
   """
   groups: dict[tuple, list[dict]] = {}
   for r in records:
-    if isinstance(r["study"], int):
+    if is_tuning_trial(r):
       groups.setdefault((r["workload"], r["optimizer"], r["study"]), []).append(r)
   out: dict[tuple[str, str], list[dict]] = {}
   for (w, o, _), rs in sorted(groups.items()):

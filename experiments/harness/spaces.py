@@ -303,7 +303,7 @@ def best_per_study(records: Sequence[dict]) -> dict[float | None, list[dict]]:
   for b in budgets:
     by_study: dict = {}
     for r in with_budgets:
-      if isinstance(r["study"], int) and math.isfinite(_budget_loss(r, b)):
+      if scoring.is_tuning_trial(r) and math.isfinite(_budget_loss(r, b)):
         by_study.setdefault(r["study"], []).append(r)
     if by_study:
       out[b] = [min(rs, key=lambda r: _budget_loss(r, b)) for _, rs in sorted(by_study.items())]

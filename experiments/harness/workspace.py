@@ -38,7 +38,7 @@ def coverage(records: Sequence[dict]) -> dict[str, dict[str, tuple[int, int]]]:
   workloads = sorted({r["workload"] for r in records})
   trials: dict[tuple, dict] = {}  # (optimizer, workload) -> study -> its trials
   for r in records:
-    if isinstance(r["study"], int):
+    if scoring.is_tuning_trial(r):
       studies = trials.setdefault((r["optimizer"], r["workload"]), {})
       studies.setdefault(r["study"], set()).add(r["trial"])
   out: dict[str, dict[str, tuple[int, int]]] = {}
