@@ -58,6 +58,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import configs_util
 from experiments.harness import records as records_lib
 from experiments.harness import report as report_lib
 from experiments.harness import runs as runs_lib
@@ -650,21 +651,9 @@ def _fail(message: str, status: int = 2):
   sys.exit(status)
 
 
-_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
-
-
 def _parse_flags(argv):
   """absl's flag parsing, with --help exiting 0 and a bad flag as one line (status 2)."""
-  wants_help = any(a.startswith("-") and a.lstrip("-").split("=", 1)[0] in _HELP_FLAGS
-                   for a in argv[1:])
-  try:
-    return flags.FLAGS(argv)
-  except SystemExit as e:
-    if wants_help and e.code in (None, 0, 1):  # absl's help flags exit 1 after printing it
-      sys.exit(0)
-    raise
-  except flags.Error as e:
-    _fail(f"{e} (--help lists the flags)")
+  return configs_util.parse_flags(argv, lambda e: f"{e} (--help lists the flags)", _fail)
 
 
 def _main(argv):

@@ -1,11 +1,46 @@
-"""Loading `ml_collections` config files by path, as the binaries' `--config` flag does."""
+"""Loading `ml_collections` config files by path, as the binaries' `--config` flag does, and
+the binaries' shared flag parsing (`parse_flags`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from typing import Callable, NoReturn
 
+from absl import flags
 import ml_collections
+
+# absl's help flags: they print and exit 1; the binaries exit 0 (a user asked for the help).
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def flag_args(argv: list[str]) -> list[str]:
+  """The flag arguments of `argv` (before a `--` that ends them)."""
+  args = list(argv[1:])
+  return args[:args.index("--")] if "--" in args else args
+
+
+def wants_help(argv: list[str]) -> bool:
+  """Whether `argv` asks for a help flag."""
+  return any(a.startswith("-") and a.lstrip("-").split("=", 1)[0] in HELP_FLAGS
+             for a in flag_args(argv))
+
+
+def parse_flags(argv: list[str], explain: Callable[[Exception], str],
+                fail: Callable[[str], NoReturn]) -> list[str]:
+  """absl's flag parsing for `app.run(..., flags_parser=...)`: a help flag exits 0, and a flag
+  absl refuses goes to `fail(explain(error))` (the binary's one `ERROR:` line) instead of a
+  traceback and absl's usage text."""
+  help_asked = wants_help(argv)
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as e:
+    if help_asked and e.code in (None, 0, 1):  # absl's help flags exit 1 after printing it
+      sys.exit(0)
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    fail(explain(e))
 
 
 def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:

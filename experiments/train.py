@@ -77,23 +77,9 @@ def _fail_storage(error: checkpoints.StorageError):
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
-
-
-def _flag_args(argv):
-  """The flag arguments (before a `--` that ends them)."""
-  args = list(argv[1:])
-  return args[:args.index("--")] if "--" in args else args
-
-
-def _wants_help(argv) -> bool:
-  return any(a.startswith("-") and a.lstrip("-").split("=", 1)[0] in _HELP_FLAGS
-             for a in _flag_args(argv))
-
-
 def _config_arg(argv) -> str | None:
   """The value of the last `--config` flag (`--config=x`, `--config x`, `-config=x`)."""
-  args, spec = _flag_args(argv), None
+  args, spec = configs_util.flag_args(argv), None
   for i, a in enumerate(args):
     name, eq, value = a.lstrip("-").partition("=")
     if not a.startswith("-") or name != "config":
@@ -158,22 +144,18 @@ def _with_traceback(message: str) -> str:
 def _parse_flags(argv):
   """absl's flag parsing, with config-file and config-override mistakes as one line and a hint;
   --help and --helpfull exit 0."""
-  wants_help = _wants_help(argv)
-  spec = None if wants_help else _config_arg(argv)
+  spec = None if configs_util.wants_help(argv) else _config_arg(argv)
   if spec is not None:
     problem = _config_file_problem(spec)
     if problem:
       _fail(problem)
-  try:
-    return flags.FLAGS(argv)
-  except SystemExit as e:
-    if wants_help and e.code in (None, 0, 1):  # absl's help flags exit 1 after printing it
-      sys.exit(0)
-    raise
-  except Exception as e:  # pylint: disable=broad-except
+
+  def explain(e: Exception) -> str:
     if "--traceback" in argv:
       traceback.print_exc()
-    _fail(_explain_flag_error(argv, e))
+    return _explain_flag_error(argv, e)
+
+  return configs_util.parse_flags(argv, explain, _fail)
 
 
 def _explain_flag_error(argv, error: Exception) -> str:

@@ -233,7 +233,7 @@ def test_compare_command_line_mistakes_are_one_line_and_status_2(tmp_path):
   rc, out = _compare("scroe", "records")
   assert rc == 2 and out.strip().splitlines() == [
       "ERROR: unknown command 'scroe'; did you mean 'score'? the commands are: score, sweep, "
-      "plots, all, targets, retarget"], out
+      "plots, all, targets, retarget, budgets, edges"], out
   rc, out = _compare("score", str(tmp_path / "nowhere"))
   assert rc == 2 and len(out.strip().splitlines()) == 1, out
   assert out.startswith(f"ERROR: the records directory '{tmp_path / 'nowhere'}' does not exist")
