@@ -578,6 +578,7 @@ def print_budgets(records_dir: str) -> None:
 
 
 def main(argv):
+  configs_util.quiet_library_info()
   if len(argv) < 2:
     _fail(f"a command is needed: python -m experiments.compare {{{','.join(COMMANDS)}}} "
           "RECORDS_DIR (--help lists the flags)")

@@ -4,11 +4,13 @@ the binaries' shared flag parsing (`parse_flags`)."""
 from __future__ import annotations
 
 import importlib.util
+import logging as py_logging
 import os
 import sys
 from typing import Callable, NoReturn
 
 from absl import flags
+from absl import logging
 import ml_collections
 
 # absl's help flags: they print and exit 1; the binaries exit 0 (a user asked for the help).
@@ -61,3 +63,12 @@ def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
       parent = parent[part]
     parent[last] = value
   return cfg
+
+
+def quiet_library_info() -> None:
+  """Drops two libraries' INFO chatter from absl's log handler, keeping their warnings: orbax's
+  step-by-step save logs, and JAX's line for each optional backend it could not start on this
+  machine (TPU, the IFRT proxy), which would otherwise come before every line a user reads."""
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= py_logging.WARNING or not (
+          "/orbax/" in r.pathname or "Unable to initialize backend" in r.getMessage()))

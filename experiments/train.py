@@ -22,7 +22,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import difflib
 import importlib.util
-import logging as py_logging
 import sys
 import traceback
 
@@ -187,12 +186,7 @@ def main(argv):
     return
   if not _WORKDIR.value:
     _fail("--workdir is required: the directory for checkpoints, metrics and logs")
-  # Orbax logs every save step by step at INFO, and JAX each optional backend it could not start
-  # on this machine (TPU, the IFRT proxy): keep their warnings, drop the chatter in front of
-  # every line a user reads (an `ERROR:` line included).
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= py_logging.WARNING or not (
-          "/orbax/" in r.pathname or "Unable to initialize backend" in r.getMessage()))
+  configs_util.quiet_library_info()  # the chatter would come before an `ERROR:` line too
   try:
     distributed.initialize(config)  # before any JAX computation
   except validate.ConfigError as e:

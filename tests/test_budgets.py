@@ -284,3 +284,28 @@ def test_headline_markdown():
   assert "lower loss than adamw (Holm p = 0.048)" in text
   assert "inconclusive (power for a 1.25x speed-up n/a: 1.25 x 1600 steps is beyond" in text
   assert "Wen et al. 2025" in text and "3,250" in text and "5,625" in text
+
+
+def test_the_budgets_command_as_a_user_runs_it(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(records):
+    with open(tmp_path / "w.jsonl", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+    p = subprocess.run([sys.executable, "-m", "experiments.compare", "budgets", str(tmp_path)],
+                       cwd=root, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return p.returncode, p.stdout + p.stderr
+
+  # A sweep in progress: only the baseline so far.
+  rc, out = run(_law_records("adamw", 1.0))
+  assert rc == 0, out
+  assert "No challenger with records beside adamw yet." in out
+  assert "Unable to initialize backend" not in out  # JAX's INFO chatter stays out
+  rc, out = run(_law_records("adamw", 1.0) + _law_records("muon", 1.5))
+  assert rc == 0 and "| muon | 1.59x [" in out, out
+  assert f"python -m experiments.compare budgets {tmp_path} --baseline=adamw --workloads=w" in out

@@ -632,6 +632,11 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
       lines += [f"## {w}", "", str(e), ""]
       continue
     budgets = res["budgets"]
+    if not budgets:  # only the baseline's records so far (a sweep in progress)
+      others = sorted({r["optimizer"] for r in with_b if r["workload"] == w} - {baseline})
+      lines += [f"## {w}", "", f"No challenger with records beside {baseline} yet"
+                + (f" ({', '.join(others)}: no budget in common)" if others else "") + ".", ""]
+      continue
     metric = next(r["metric"] for r in with_b if r["workload"] == w)
     lines += [f"## {w}", "", f"Regenerate: `{cmd}`", ""]
     reg = regime_fn(with_b, w)
