@@ -60,12 +60,14 @@ CHATTER = re.compile(r"(Starting|Connecting to) JAX distributed service on")
 # newline, arriving later on a line of its own, is dropped.
 GLOO = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. "
                   r"Expected number of connected peer ranks is : \d+")
-# The message is written in pieces (`<<` by `<<`), and two of a process's threads can write theirs
-# at once: CI once printed `[Gloo] Rank 1 is connected to 7 peer ranks. Expected number of
-# connected peer ranks is : [Gloo] Rank 3 is connected to 77` and then ` peer ranks. Expected
-# number of connected peer ranks is : 7`. A line made of nothing but such pieces (and their
-# numbers) is chatter too; a line with any other text is kept whole.
-GLOO_PIECE = re.compile(r"\[Gloo\] Rank \d*| is connected to \d*| peer ranks\. ?"
+# The message is written in pieces (`<<` by `<<`, each into C stdio's buffer), so a flush, or two
+# of a process's threads writing at once, can split it between pieces: CI printed `[Gloo] Rank
+# 1 is connected to 7 peer ranks. Expected number of connected peer ranks is : [Gloo] Rank 3 is
+# connected to 77` then ` peer ranks. Expected number of connected peer ranks is : 7`, and
+# `[Gloo] Rank READY pid=22694` (the program's own line after the message's first piece). The
+# pieces (with the numbers they print) are cut out of every line; a line left with nothing but
+# numbers and spaces was chatter only.
+GLOO_PIECE = re.compile(r"\[Gloo\] Rank \d*|\d* is connected to \d*|\d* peer ranks\. ?"
                         r"|Expected number of connected peer ranks is : \d*")
 # "step 12/400 | loss", "Done: step 400/400", "Stopped by signal 15 at step 12/400", ...
 STEP = re.compile(r"\bstep (\d+)/(\d+)")
@@ -87,16 +89,13 @@ class _Output:
       return None
     body = line.rstrip("\n")
     found = list(GLOO.finditer(body))
-    if found:
-      # A message with more text after it on the line: its newline comes later.
-      self._stray_newlines += sum(m.end() < len(body) for m in found)
-      body = GLOO.sub("", body)
-      if not body.strip():
+    # A whole message with more text after it on the line: its newline comes later.
+    self._stray_newlines += sum(m.end() < len(body) for m in found)
+    rest = GLOO_PIECE.sub("", GLOO.sub("", body))
+    if rest != body:
+      if not rest.strip(" 0123456789"):
         return None
-    if GLOO_PIECE.search(body) and not GLOO_PIECE.sub("", body).strip(" 0123456789"):
-      return None
-    if found:
-      return body + line[len(line.rstrip("\n")):]
+      return rest + line[len(body):]
     if not body.strip() and self._stray_newlines:
       self._stray_newlines -= 1
       return None

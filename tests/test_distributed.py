@@ -155,8 +155,13 @@ def test_launcher_cuts_gloo_messages_out_of_the_programs_lines():
   assert out.shown("\n") == "\n"  # a line the program printed empty stays
   assert out.shown(gloo + gloo + "x\n") == "x\n"
   assert out.shown("\n") is None and out.shown("\n") is None and out.shown("\n") == "\n"
-  torn = "[Gloo] Rank 1 is conSTOPPED step=3\n"  # a message split inside: shown, not lost
-  assert out.shown(torn) == torn
+  # A message split inside a piece: its whole pieces cut, the program's line shown, not lost.
+  assert out.shown("[Gloo] Rank 1 is conSTOPPED step=3\n") == " is conSTOPPED step=3\n"
+  # The message's first piece, then the program's line (CI, 2026-12-07).
+  assert out.shown("[Gloo] Rank READY pid=22694\n") == "READY pid=22694\n"
+  # ... and the message's rest, its rank number first, in front of another line of the program.
+  assert out.shown("1 is connected to 7 peer ranks. Expected number of connected peer ranks is "
+                   ": 7STOPPED step=3\n") == "STOPPED step=3\n"
   # Two threads' messages written piece by piece into each other (CI, 2026-12-07): chatter.
   assert out.shown("[Gloo] Rank 1 is connected to 7 peer ranks. Expected number of connected "
                    "peer ranks is : [Gloo] Rank 3 is connected to 77\n") is None
