@@ -13,10 +13,10 @@ import configs
 from configs import speedrun_cpu
 
 # The target by experiments/harness/scoring.baseline_target's rule (issue 21), from tuned AdamW
-# (records/gpt_deep.jsonl: 5 studies x 5 trials trained to the full budget): per study, the
-# best validation loss at or before 90% of the budget, sorted: 1.916, 1.936, 1.941, 1.9485,
-# 1.950; the 4th best, rounded up. `python -m experiments.compare targets records` recomputes
-# it. (Before: 1.95, from two hand-tuned AdamW runs.)
+# (records/history/issue21/gpt_deep.jsonl: 5 studies x 5 trials trained to the full budget): per
+# study, the best validation loss at or before 90% of the budget, sorted: 1.916, 1.936, 1.941,
+# 1.9485, 1.950; the 4th best, rounded up. `python -m experiments.compare targets
+# records/history/issue21` recomputes it. (Before: 1.95, from two hand-tuned AdamW runs.)
 TARGET = 1.949
 
 

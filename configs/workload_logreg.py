@@ -15,10 +15,11 @@ import configs
 from configs import speedrun_cpu
 
 # The target by experiments/harness/scoring.baseline_target's rule (issue 21), from tuned AdamW
-# (records/logreg.jsonl: 5 studies x 5 trials trained to the full budget): per study, the best
-# suboptimality at or before 90% of the budget, sorted: 4.89e-4, 6.41e-4, 1.030e-3, 1.3865e-3,
-# 1.497e-3; the 4th best, rounded up. `python -m experiments.compare targets records`
-# recomputes it. (Before: 1e-3, which no optimizer of the first sweep reached.)
+# (records/history/issue21/logreg.jsonl: 5 studies x 5 trials trained to the full budget): per
+# study, the best suboptimality at or before 90% of the budget, sorted: 4.89e-4, 6.41e-4, 1.030e-3,
+# 1.3865e-3, 1.497e-3; the 4th best, rounded up. `python -m experiments.compare targets
+# records/history/issue21` recomputes it. (Before: 1e-3, which no optimizer of the first sweep
+# reached.)
 TARGET = 1.387e-3
 
 

@@ -14,11 +14,11 @@ import configs
 from configs import speedrun_cpu
 
 # The target by experiments/harness/scoring.baseline_target's rule (issue 21), from tuned AdamW
-# (records/mds.jsonl: 5 studies x 5 trials trained to the full budget): per study, the best
-# relative stress at or before 90% of the budget, sorted: 1.3e-12, 6.6e-11, 2.8e-10, 1.0e-9,
-# 1.3e-8; the 4th best is below the rule's floor, 1e-6 x the median step-0 stress (1.0738), so
-# the floor, rounded up: that far down float32's rounding, not the optimizer, would decide.
-# `python -m experiments.compare targets records` recomputes it. (Before: 1e-4.)
+# (records/history/issue21/mds.jsonl: 5 studies x 5 trials trained to the full budget): per study,
+# the best relative stress at or before 90% of the budget, sorted: 1.3e-12, 6.6e-11, 2.8e-10,
+# 1.0e-9, 1.3e-8; the 4th best is below the rule's floor, 1e-6 x the median step-0 stress (1.0738),
+# so the floor, rounded up: that far down float32's rounding, not the optimizer, would decide.
+# `python -m experiments.compare targets records/history/issue21` recomputes it. (Before: 1e-4.)
 TARGET = 1.074e-6
 
 

@@ -13,12 +13,12 @@ import configs
 from configs import speedrun_cpu
 
 # The target by experiments/harness/scoring.baseline_target's rule (issue 21), from tuned AdamW
-# (records/mlp_digits.jsonl: 5 studies x 5 trials trained to the full budget): per study, the
-# best validation error at or before 90% of the budget, sorted: 1/296 four times, then 2/296;
-# the 4th best is one error among the 296 held-out images. On this discrete metric every value
-# in [1/296, 2/296) is the same target; the middle is taken so that float32's rounding of 1/296
-# cannot decide it. `python -m experiments.compare targets records` recomputes it. (Before:
-# 0.02, about 6 errors.)
+# (records/history/issue21/mlp_digits.jsonl: 5 studies x 5 trials trained to the full budget): per
+# study, the best validation error at or before 90% of the budget, sorted: 1/296 four times, then
+# 2/296; the 4th best is one error among the 296 held-out images. On this discrete metric every
+# value in [1/296, 2/296) is the same target; the middle is taken so that float32's rounding of
+# 1/296 cannot decide it. `python -m experiments.compare targets records/history/issue21` recomputes
+# it. (Before: 0.02, about 6 errors.)
 TARGET = 1.5 / 296
 
 

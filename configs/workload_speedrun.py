@@ -9,8 +9,9 @@ sweep on two CPU cores can afford: 200 steps (the schedule spans them), target T
 Variants for the loss-at-several-budgets comparison (issue 39; branched cooldowns,
 experiments/training/budgets.py): `:budgets`, the speedrun model under WSD (warmup 20, decay
 20% of each budget) with `train.budgets=BUDGETS`, so one 400-step run also gives the losses of
-runs of 50, 100 and 200 steps; `:wide_budgets`, the same with model width WIDE_WIDTH (3.28M
-parameters, 3.8x the speedrun's 853k). Neither has a target: the result is the loss per budget.
+runs of 50, 100 and 200 steps; `:wide_budgets`, the same with model width WIDE_WIDTH (3,482,952
+parameters, 4.08x the speedrun's 853,120; width 256 would give 3.84x). Neither has a target:
+the result is the loss per budget.
 
   python -m experiments.train --config=configs/workload_speedrun.py:budgets --workdir=runs/budgets
   python -m scripts.check_branched_cooldown --workload=speedrun_budgets --out=results/bc.json
@@ -21,13 +22,13 @@ import ml_collections
 from configs import speedrun_cpu
 
 # The target by experiments/harness/scoring.baseline_target's rule (issue 21), from tuned AdamW
-# (records/speedrun.jsonl: 5 studies x 5 trials trained to the full budget): per study, the
-# best validation loss at or before 90% of the budget, sorted: 1.834, 1.878, 1.885, 1.8934,
-# 1.905; the 4th best, rounded up. `python -m experiments.compare targets records` recomputes
-# it. (Before: 1.92, from one hand-tuned AdamW run.)
+# (records/history/issue21/speedrun.jsonl: 5 studies x 5 trials trained to the full budget): per
+# study, the best validation loss at or before 90% of the budget, sorted: 1.834, 1.878, 1.885,
+# 1.8934, 1.905; the 4th best, rounded up. `python -m experiments.compare targets
+# records/history/issue21` recomputes it. (Before: 1.92, from one hand-tuned AdamW run.)
 TARGET_SHORT = 1.894
 BUDGETS = (50, 100, 200, 400)
-WIDE_WIDTH = 256
+WIDE_WIDTH = 264  # the smallest width (head dim even) with at least 4x the parameters
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -7,14 +7,15 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
   python -m experiments.compare targets records/   # each workload's target by the AdamW rule
   python -m experiments.compare retarget records/  # rescore records on the configs' targets
-  python -m experiments.compare budgets records/ [--baseline=adamw] [--workloads=speedrun]
-      # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py)
+  python -m experiments.compare budgets records/budgets [--baseline=adamw] [--paired]
+      # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py): the
+      # README headline, WORKSPACE's budgets section, results/budgets_<workload>.png
   python -m experiments.compare edges records/     # tuned values at an edge of their range
 
 Publishing is explicit: README.md's headline, WORKSPACE.md's section and results/*.png are
-written only when RECORDS_DIR is the repository's own records/ (its resolved real path) or
---publish is given. Any other directory (a scratch sweep) gets its report on stdout and in
-RECORDS_DIR/report.md, its plots in RECORDS_DIR/plots/.
+written only when RECORDS_DIR is the repository's own records/ or records/budgets/ (resolved
+real paths) or --publish is given. Any other directory (a scratch sweep) gets its report on
+stdout and in RECORDS_DIR/report.md, its plots in RECORDS_DIR/plots/.
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
 optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
@@ -34,7 +35,7 @@ claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
 Exit status: 0 done (also --help), 2 a usage error (a wrong command, flag or records directory:
 one `ERROR:` line), 3 a workdir or records directory that cannot be written (no space left, ...:
-one line), 1 `all` refused to publish results tuned at an edge of a search space (one
+one line), 1 `all` or `budgets` refused to publish results tuned at an edge of a search space (one
 `ERROR:` line naming them; `--allow_edges` publishes anyway), 128+N stopped by signal N
 (SIGTERM, Ctrl-C: after the running trial's record is written; rerun the same command to
 resume).
@@ -185,6 +186,9 @@ COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", 
 # Tests point publishing at a copy of the repository (README.md, WORKSPACE.md, results/,
 # records/) through this variable instead of writing into the checkout.
 ROOT_ENV = "COMPARE_REPO_ROOT"
+# The repository's own records: the step-to-target comparison's records/ and the budget
+# comparison's records/budgets/ (issue 39).
+PUBLISHED_DIRS = (("records",), ("records", "budgets"))
 
 
 def repo_root() -> str:
@@ -194,10 +198,11 @@ def repo_root() -> str:
 
 def publishes(records_dir: str, publish: bool = False) -> bool:
   """Whether a command on `records_dir` writes README.md, WORKSPACE.md and results/: only for
-  the repository's own records/ (resolved real paths, so a symlink or `./records` counts) or
-  when asked (`--publish`). A scratch sweep must not overwrite the published comparison."""
-  own = os.path.join(repo_root(), "records")
-  return publish or os.path.realpath(records_dir) == os.path.realpath(own)
+  the repository's own records/ or records/budgets/ (`PUBLISHED_DIRS`; resolved real paths, so
+  a symlink or `./records` counts) or when asked (`--publish`). A scratch sweep must not
+  overwrite the published comparison."""
+  own = [os.path.realpath(os.path.join(repo_root(), *d)) for d in PUBLISHED_DIRS]
+  return publish or os.path.realpath(records_dir) in own
 
 
 def output_paths(records_dir: str, publish: bool) -> dict:
@@ -565,16 +570,43 @@ def update_from_flags(records_dir: str, workspace: str | None = None,
 
 def print_budgets(records_dir: str) -> None:
   """The budgets headline (experiments/harness/budgets.py) of the records with budget_metrics,
-  on stdout; records without them are skipped with a one-line note."""
+  on stdout (records without them are skipped with a one-line note), and its plots. Publishing
+  (`publishes`): README.md's headline, WORKSPACE.md's budgets section and
+  results/budgets_<workload>.png, refused when a tuned value sits at an edge of its range
+  (`check_edges`); otherwise RECORDS_DIR/report.md and RECORDS_DIR/plots/."""
   from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
+  from experiments.harness import plots as plots_lib  # pylint: disable=g-import-not-at-top
   records = read_records(records_dir)
-  if not any(budgets_lib.has_budgets(r) for r in records):
+  with_b = [r for r in records if budgets_lib.has_budgets(r)]
+  if not with_b:
     _fail(f"no records with budget_metrics in {records_dir} ({len(records)} without)")
   f = flags.FLAGS
-  print(budgets_lib.headline(
-      records, records_dir, _WORKLOADS.value if f["workloads"].present else None,
-      _BASELINE.value, _PAIRED.value, _ALPHA.value if f["alpha"].present else
-      budgets_lib.ALPHA))
+  alpha = _ALPHA.value if f["alpha"].present else budgets_lib.ALPHA
+  computed = budgets_lib.results(records, _WORKLOADS.value if f["workloads"].present else None,
+                                 _BASELINE.value, _PAIRED.value, alpha)
+  print(budgets_lib.headline(records, records_dir, None, _BASELINE.value, _PAIRED.value, alpha,
+                             computed=computed))
+  out = output_paths(records_dir, _PUBLISH.value)
+  plots = plots_lib.plot_budget_results(records, computed, out["out_dir"])
+  for path in plots.values():
+    print(f"wrote {path}")
+  if out["workspace"]:
+    check_edges(with_b, _ALLOW_EDGES.value)
+    changed = workspace_lib.update_budgets(out["workspace"], records_dir, plots,
+                                           baseline=_BASELINE.value, paired=_PAIRED.value,
+                                           alpha=alpha, computed=computed)
+    print(f"{out['workspace']} and its README.md: {'updated' if changed else 'unchanged'}")
+  else:
+    here = os.path.dirname(os.path.abspath(out["report"]))
+    rel = {w: os.path.relpath(p, here) for w, p in plots.items()}
+    head, section = workspace_lib.budgets_texts(records, records_dir, rel, _BASELINE.value,
+                                                _PAIRED.value, alpha, computed)
+    with open(out["report"], "w") as fh:
+      fh.write("# Budget comparison report (not published)\n\n"
+               f"From `{records_dir}`; README.md, WORKSPACE.md and results/ are written only "
+               "for the repository's records/ or records/budgets/, or with --publish.\n\n"
+               f"## Headline\n\n{head}\n\n## Section\n\n{section}\n")
+    print(f"{out['report']}: written (not published)")
 
 
 def main(argv):

@@ -309,3 +309,22 @@ def test_the_budgets_command_as_a_user_runs_it(tmp_path):
   rc, out = run(_law_records("adamw", 1.0) + _law_records("muon", 1.5))
   assert rc == 0 and "| muon | 1.59x [" in out, out
   assert f"python -m experiments.compare budgets {tmp_path} --baseline=adamw --workloads=w" in out
+
+
+def test_incomplete_studies_are_left_out_until_complete():
+  """A sweep in progress: muon's study 1 has 1 of 3 trials; it must not be compared as a
+  study's best (it is named instead), and once complete it counts."""
+  base = _law_records("adamw", 1.0)
+  muon = [r for r in _law_records("muon", 1.5) if not (r["study"] == 1 and r["trial"] > 0)]
+  kept, notes = budgets.complete_studies(base + muon)
+  assert notes == ["w: muon study 1 (1 of 3 trials)"]
+  assert len(kept) == len(base) + len(muon) - 1
+  res = budgets.results(base + muon, shapes_fn=lambda w: None, n_resamples=50, n_power=5)["w"]
+  assert res["incomplete"] == ["muon study 1 (1 of 3 trials)"]
+  assert res["cells"][("muon", 50.0)]["n"] == 4
+  assert budgets.coverage_text(base + muon, "w") == (
+      "adamw 3 x 5, muon 3 x 4; left out until complete (a sweep in progress): "
+      "muon study 1 (1 of 3 trials)")
+  only = budgets.results(base + muon[:1], shapes_fn=lambda w: None)["w"]
+  assert only.startswith("No challenger with records beside adamw yet.")
+  assert "muon study 0 (1 of 3 trials)" in only

@@ -255,13 +255,14 @@ def test_follows_rule_by_hand():
 
 
 def test_checked_in_targets_follow_the_rule_and_adamw_reaches_them():
-  """configs/workload_*.py's targets against records/: each is the rule's value (rounded up no
+  """configs/workload_*.py's targets against the step-to-target comparison's records
+  (records/history/issue21/, where they were set): each is the rule's value (rounded up no
   further than the next study's best), the records are scored on it, and tuned AdamW reaches
   it in at least TARGET_STUDIES of its studies."""
   from experiments.harness import runs as runs_lib
   from experiments.harness import scoring
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  records = compare.read_records(os.path.join(root, "records"))
+  records = compare.read_records(os.path.join(root, "records", "history", "issue21"))
   for w in compare.WORKLOAD_CONFIGS:
     if w in runs_lib.BUDGET_WORKLOADS:  # scored per budget: no target
       continue

@@ -30,10 +30,11 @@ def _snapshot():
 
 
 def _scratch(tmp_path):
-  """A scratch records directory holding one real AdamW record of mds (from records/),
+  """A scratch records directory holding one real AdamW record of mds (from the step-to-target
+  comparison, records/history/issue21/),
   re-keyed to the run `all --workloads=mds --optimizers=adamw --trials=1 --studies=1` plans,
   so that its sweep has nothing to train."""
-  with open(os.path.join(ROOT, "records", "mds.jsonl")) as f:
+  with open(os.path.join(ROOT, "records", "history", "issue21", "mds.jsonl")) as f:
     rec = next(r for r in map(json.loads, f) if r["optimizer"] == "adamw")
   rec.update(study=0, trial=0, seed=records_lib.run_seed(0, 0),
              hparams=records_lib.draw_trials("adamw", 1, 0)[0])
@@ -90,12 +91,58 @@ def test_budgets_command(tmp_path):
         + [test_budgets._rec("muon", 0, 9, None)])
   for r in rs:
     records_lib.append_record(str(tmp_path), r)
+  before = _snapshot()
   out = _run(["budgets", str(tmp_path), "--workloads=w"]).stdout
   assert "(1 records without budget_metrics skipped.)" in out
   assert "| muon | 1.59x [" in out
   assert f"python -m experiments.compare budgets {tmp_path} --baseline=adamw --workloads=w" in out
+  # A scratch directory: its report and plots beside the records, the checkout untouched.
+  assert _snapshot() == before
+  report = (tmp_path / "report.md").read_text()
+  assert "not published" in report and "![w](plots/budgets_w.png)" in report
+  assert "| muon | 1.59x [" in report and "Trials per study x studies: adamw 3 x 5, muon 3 x 5" \
+      in report
+  assert (tmp_path / "plots" / "budgets_w.png").stat().st_size > 10_000
   empty = tmp_path / "empty"
   records_lib.append_record(str(empty), test_budgets._rec("adamw", 0, 0, None))
   bad = subprocess.run([sys.executable, "-m", "experiments.compare", "budgets", str(empty)],
                        cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 2 and "no records with budget_metrics" in bad.stderr
+
+
+def test_budgets_publishes_the_readme_headline_and_workspace_section(tmp_path):
+  """`compare budgets` on a copy of the repository's records/budgets/ rewrites README.md's
+  headline and WORKSPACE.md's budgets section there, and a second run changes nothing."""
+  repo = tmp_path / "repo"
+  (repo / "results").mkdir(parents=True)
+  for name in ("README.md", "WORKSPACE.md"):
+    shutil.copy(os.path.join(ROOT, name), repo / name)
+  records = repo / "records" / "budgets"
+  for r in test_budgets._law_records("adamw", 1.0) + test_budgets._law_records("muon", 1.5):
+    records_lib.append_record(str(records), r)
+  before = _snapshot()
+  env = {compare.ROOT_ENV: str(repo)}
+  readme_before = (repo / "README.md").read_text()
+  # The synthetic trials all sit at learning rate 0.1, the top of AdamW's legacy range.
+  refused = subprocess.run([sys.executable, "-m", "experiments.compare", "budgets",
+                            str(records)], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, **env})
+  assert refused.returncode == 1, refused.stderr
+  assert "at an edge of their range, so no headline is written" in refused.stderr
+  assert "w adamw 400 learning_rate high 5/5" in refused.stderr
+  assert (repo / "README.md").read_text() == readme_before
+  out = _run(["budgets", str(records), "--allow_edges"], env).stdout
+  assert "README.md: updated" in out
+  readme = (repo / "README.md").read_text()
+  head = readme.split("<!-- headline:begin -->")[1].split("<!-- headline:end -->")[0]
+  assert "| speed-up over adamw | 50 steps |" in head and "| muon | **1.59x [" in head
+  assert "from the 30 tuning runs in `records/budgets/`" in head
+  assert "![w](results/budgets_w.png)" in head and "Wen et al. 2025" in head
+  ws = (repo / "WORKSPACE.md").read_text()
+  section = ws.split("<!-- budgets:begin -->")[1].split("<!-- budgets:end -->")[0]
+  assert "**Loss difference, w:" in section and "![w](results/budgets_w.png)" in section
+  assert (repo / "results" / "budgets_w.png").exists()
+  assert not (records / "report.md").exists()
+  again = _run(["budgets", str(records), "--allow_edges"], env).stdout
+  assert "unchanged" in again and (repo / "README.md").read_text() == readme
+  assert _snapshot() == before

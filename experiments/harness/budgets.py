@@ -606,45 +606,132 @@ ANCHORS = ("Published anchors: Wen et al. 2025 (arXiv 2509.02046) measure speed-
            "against AdamW's 5,625 (1.73x).")
 
 
-def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str] | None = None,
-             baseline: str = "adamw", paired: bool = False, alpha: float = ALPHA,
-             shapes_fn=param_shapes, regime_fn=regime, **kwargs) -> str:
-  """Markdown: per workload with budget_metrics the regime line, the speed-up, loss-difference
-  and verdict tables, the steps-to-target view when reference runs exist, the command that
-  regenerates it; the published anchors last. `shapes_fn(workload)` / `regime_fn(records,
-  workload)` are injectable (tests; a workload without a model to count)."""
+def coverage(records: Sequence[dict], workload: str) -> dict[str, tuple[int, int]]:
+  """{optimizer: (most trials in one study, studies)} over a workload's tuning records with
+  budget_metrics (reference runs excluded): what each optimizer's figures rest on."""
+  per: dict[str, dict] = {}
+  for r in records:
+    if (r["workload"] == workload and has_budgets(r) and isinstance(r.get("study"), int)
+        and not scoring.is_reference(r)):
+      per.setdefault(r["optimizer"], {}).setdefault(r["study"], set()).add(r["trial"])
+  return {o: (max(len(t) for t in studies.values()), len(studies))
+          for o, studies in sorted(per.items())}
+
+
+def coverage_text(records: Sequence[dict], workload: str, baseline: str = "adamw") -> str:
+  """`adamw 6 x 5, muon 6 x 5, ...` (trials per study x studies of complete studies), the
+  baseline first, then the incomplete studies left out (`complete_studies`), if any."""
+  kept, incomplete = complete_studies(records)
+  cov = coverage(kept, workload)
+  order = sorted(cov, key=lambda o: (o != baseline, o))
+  text = ", ".join(f"{o} {cov[o][0]} x {cov[o][1]}" for o in order)
+  left = [n.split(": ", 1)[1] for n in incomplete if n.startswith(workload + ": ")]
+  if left:
+    text += "; left out until complete (a sweep in progress): " + ", ".join(left)
+  return text
+
+
+def complete_studies(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
+  """(records, left out): the tuning records of (workload, optimizer, study) groups holding
+  as many trials as the workload's fullest study, and one `optimizer study s (k of n trials)`
+  per group left out. A study's best trial is only a best once all its trials ran: while a
+  sweep is in progress, a study of 1 of 6 trials would be compared against studies of 6.
+  Reference runs and records without budget_metrics pass through."""
+  groups: dict[tuple, set] = {}
+  for r in records:
+    if has_budgets(r) and isinstance(r.get("study"), int) and not scoring.is_reference(r):
+      groups.setdefault((r["workload"], r["optimizer"], r["study"]), set()).add(r["trial"])
+  full: dict[str, int] = {}
+  for (w, _, _), trials in groups.items():
+    full[w] = max(full.get(w, 0), len(trials))
+  short = {k for k, trials in groups.items() if len(trials) < full[k[0]]}
+  kept = [r for r in records
+          if (r["workload"], r["optimizer"], r.get("study")) not in short
+          or not has_budgets(r) or scoring.is_reference(r)]
+  notes = [f"{w}: {o} study {s} ({len(groups[(w, o, s)])} of {full[w]} trials)"
+           for w, o, s in sorted(short)]
+  return kept, notes
+
+
+def results(records: Sequence[dict], workloads: Sequence[str] | None = None,
+            baseline: str = "adamw", paired: bool = False, alpha: float = ALPHA,
+            shapes_fn=param_shapes, **kwargs) -> dict[str, dict | str]:
+  """{workload: `compare_budgets`' dict plus its `shapes`, or the sentence saying why there is
+  none} for every workload (default: each with budget_metrics); computed once and rendered by
+  `headline`, `readme_headline` and the plots. Only complete studies count
+  (`complete_studies`); each entry's `incomplete` lists those left out."""
+  everything = records
+  records, incomplete = complete_studies(records)
   with_b = [r for r in records if has_budgets(r)]
-  skipped = len(records) - len(with_b)
-  lines = []
-  if skipped:
-    lines += [f"({skipped} records without budget_metrics skipped.)", ""]
+  short = [r for r in everything if has_budgets(r) and not any(r is k for k in with_b)]
   names = sorted({r["workload"] for r in with_b})
+  out: dict[str, dict | str] = {}
   for w in workloads or names:
-    cmd = (f"python -m experiments.compare budgets {records_dir} --baseline={baseline} "
-           f"--workloads={w}" + (" --paired" if paired else ""))
     if w not in names:
-      lines += [f"## {w}", "", "No records with budget_metrics.", ""]
+      out[w] = "No records with budget_metrics."
       continue
     shapes = shapes_fn(w)
     try:
       res = compare_budgets(with_b, w, baseline, paired, alpha, shapes, **kwargs)
     except ValueError as e:
-      lines += [f"## {w}", "", str(e), ""]
+      out[w] = str(e)
       continue
-    budgets = res["budgets"]
-    if not budgets:  # only the baseline's records so far (a sweep in progress)
+    if not res["budgets"]:  # only the baseline's records so far (a sweep in progress)
       others = sorted({r["optimizer"] for r in with_b if r["workload"] == w} - {baseline})
-      lines += [f"## {w}", "", f"No challenger with records beside {baseline} yet"
-                + (f" ({', '.join(others)}: no budget in common)" if others else "") + ".", ""]
+      out[w] = (f"No challenger with records beside {baseline} yet"
+                + (f" ({', '.join(others)}: no budget in common)" if others else "")
+                + f". Trials per study x studies: {coverage_text(with_b + short, w, baseline)}.")
       continue
+    out[w] = {**res, "shapes": shapes,
+              "incomplete": [n.split(": ", 1)[1] for n in incomplete if n.startswith(w + ": ")]}
+  return out
+
+
+def regime_text(reg: dict | None, budgets: Sequence[float]) -> str:
+  """`853,120 parameters, 4,096 tokens per step; tokens per parameter at each budget: 50:
+  0.24, ...` ('' when the regime is unknown)."""
+  if not reg:
+    return ""
+  tpp = ", ".join(f"{b:g}: {b * reg['tokens_per_step'] / reg['params']:.3g}" for b in budgets)
+  return (f"{reg['params']:,} parameters, {reg['tokens_per_step']:,} tokens per step; tokens "
+          f"per parameter at each budget: {tpp}")
+
+
+def command(records_dir: str, baseline: str = "adamw", paired: bool = False,
+            workload: str | None = None) -> str:
+  """The command line that regenerates a workload's figures (all workloads without one)."""
+  return (f"python -m experiments.compare budgets {records_dir} --baseline={baseline}"
+          + (f" --workloads={workload}" if workload else "") + (" --paired" if paired else ""))
+
+
+def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str] | None = None,
+             baseline: str = "adamw", paired: bool = False, alpha: float = ALPHA,
+             shapes_fn=param_shapes, regime_fn=regime, computed: dict | None = None,
+             **kwargs) -> str:
+  """Markdown: per workload with budget_metrics the regime line, the speed-up, loss-difference
+  and verdict tables, the steps-to-target view when reference runs exist, the command that
+  regenerates it; the published anchors last. `shapes_fn(workload)` / `regime_fn(records,
+  workload)` are injectable (tests; a workload without a model to count); `computed` is
+  `results`' dict when the caller has it already."""
+  with_b = [r for r in records if has_budgets(r)]
+  skipped = len(records) - len(with_b)
+  lines = []
+  if skipped:
+    lines += [f"({skipped} records without budget_metrics skipped.)", ""]
+  if computed is None:
+    computed = results(records, workloads, baseline, paired, alpha, shapes_fn, **kwargs)
+  for w, res in computed.items():
+    if isinstance(res, str):
+      lines += [f"## {w}", "", res, ""]
+      continue
+    cmd = command(records_dir, baseline, paired, w)
+    shapes, budgets = res["shapes"], res["budgets"]
     metric = next(r["metric"] for r in with_b if r["workload"] == w)
     lines += [f"## {w}", "", f"Regenerate: `{cmd}`", ""]
-    reg = regime_fn(with_b, w)
+    reg = regime_text(regime_fn(with_b, w), budgets)
     if reg:
-      tpp = ", ".join(f"{b:g}: {b * reg['tokens_per_step'] / reg['params']:.3g}"
-                      for b in budgets)
-      lines += [f"Regime: {reg['params']:,} parameters, {reg['tokens_per_step']:,} tokens per "
-                f"step; tokens per parameter at each budget: {tpp}.", ""]
+      lines += [f"Regime: {reg}.", ""]
+    lines += [f"Trials per study x studies: {coverage_text(with_b, w, baseline)}.", ""]
     head = "| optimizer | " + " | ".join(f"{b:g} steps" for b in budgets) + " |"
     rule = "|---" * (len(budgets) + 1) + "|"
     tested = sum(not math.isnan(c["p"]) for c in res["cells"].values())
@@ -684,5 +771,61 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
         p = "n/a" if math.isnan(s["p"]) else f"{s['p']:.2g}"
         lines.append(f"| {o} | {speedup_text(s)} | {p} | {s['n']} vs {s['n_base']} |")
       lines.append("")
+  lines.append(ANCHORS)
+  return "\n".join(lines)
+
+
+def _cell_text(c: dict) -> str:
+  """A README cell: the speed-up with its interval, bold where Holm's test says the loss
+  differs (a `-` suffix: higher loss than the baseline), `=` where identical by construction."""
+  if c["identical"]:
+    return "= (identical)"
+  text = speedup_text(c)
+  if c.get("reject"):
+    return f"**{text}**" + ("" if c["diff"] < 0 or math.isnan(c["diff"]) else " (worse)")
+  return text
+
+
+def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
+                    baseline: str = "adamw", paired: bool = False, alpha: float = ALPHA,
+                    plots: dict[str, str] | None = None, regime_fn=regime,
+                    workspace_section: str = "WORKSPACE.md") -> str:
+  """README.md's headline: per workload the regime, what each optimizer's figures rest on
+  and one table of speed-ups with their intervals (`computed`: `results`' dict); the loss
+  differences, p-values, power and steps to target are `headline`'s, in WORKSPACE.md."""
+  with_b = [r for r in records if has_budgets(r)]
+  n_runs = sum(1 for r in with_b if not scoring.is_reference(r))
+  lines = [f"Generated by `{command(records_dir, baseline, paired)}` from the {n_runs} tuning "
+           f"runs in `{records_dir}/` (every trial trained to its full budget; the loss at each "
+           "shorter budget from a cooldown branched off the same run). Do not edit by hand.",
+           ""]
+  for w, res in computed.items():
+    if isinstance(res, str):
+      lines += [f"**{w}**: {res}", ""]
+      continue
+    budgets = res["budgets"]
+    reg = regime_text(regime_fn(with_b, w), budgets)
+    lines += [f"**{w}**" + (f" ({reg})" if reg else "") + f". Trials per study x studies: "
+              f"{coverage_text(with_b, w, baseline)}.", ""]
+    lines += [f"| speed-up over {baseline} | " + " | ".join(f"{b:g} steps" for b in budgets)
+              + " |", "|---" * (len(budgets) + 1) + "|"]
+    for o in res["optimizers"]:
+      row = [_cell_text(res["cells"][(o, b)]) if (o, b) in res["cells"] else ""
+             for b in budgets]
+      lines.append(f"| {o} | " + " | ".join(row) + " |")
+    tested = sum(not math.isnan(c["p"]) for c in res["cells"].values())
+    lines += ["", f"Speed-up: the {baseline} budget that reaches the optimizer's loss, divided "
+              "by the budget (Wen et al. 2025), from medians over studies of each study's "
+              "best trial at that budget; [95% bootstrap interval over studies]; ≥ / ≤: beyond "
+              f"{baseline}'s budgets, a bound. **Bold**: the loss differs from {baseline}'s "
+              + (f"after Holm's correction over the {tested} tested cells (family-wise alpha "
+                 f"{alpha:g})" if tested else "after Holm's correction (no cell is testable "
+                 "yet: a test needs 2 studies a side)")
+              + "; every other cell is inconclusive (its power for a "
+              f"{TARGET_SPEEDUP:g}x speed-up, the loss differences and p-values: "
+              f"{workspace_section}). * fewer than {MIN_STUDIES} studies on a side. "
+              f"Regenerate: `{command(records_dir, baseline, paired, w)}`.", ""]
+    if plots and w in plots:
+      lines += [f"![{w}]({plots[w]})", ""]
   lines.append(ANCHORS)
   return "\n".join(lines)

@@ -13,6 +13,7 @@ target is the dashed line; the metric axis is logarithmic where the curves span 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -176,3 +177,75 @@ def plot_all(records: Sequence[dict], out_dir: str, r_max: float = 4.0,
                              field))
   return paths
 
+
+
+def plot_budgets(records: Sequence[dict], workload: str, res: dict, path: str) -> str:
+  """Writes `path`: a budget comparison (experiments/harness/budgets.py) of one workload.
+
+  Left, the loss at each budget (log budget axis): per optimizer the median over studies of
+  each study's best trial at that budget, a bar from the best to the worst study, the
+  baseline's running-minimum curve (what speed-ups are read off) dashed. Right, each
+  challenger's speed-up with its 95% bootstrap interval; a bound (beyond the baseline's
+  budgets) is a triangle pointing the way the true value lies. `res` is one workload's
+  `budgets.results` entry.
+  """
+  from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
+  records = budgets_lib.complete_studies(records)[0]  # what `res` was computed from
+  base = res["baseline"]
+  optimizers = [base] + list(res["optimizers"])
+  style = styles(optimizers)
+  fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(14, 5.2))
+  n_opt = len(optimizers)
+  metric = next(r["metric"] for r in records
+                if r["workload"] == workload and budgets_lib.has_budgets(r))
+  for k, o in enumerate(optimizers):
+    table = budgets_lib.best_per_budget(records, workload, o)
+    if table is None:
+      continue
+    # Side by side within a budget (a small multiplicative offset), so bars do not hide.
+    shift = 1.0 + 0.025 * (k - (n_opt - 1) / 2)
+    x = table.budgets * shift
+    loss = np.where(np.isfinite(table.loss), table.loss, np.nan)
+    med = np.nanmedian(loss, axis=0) if len(loss) else np.full(len(x), np.nan)
+    ax_l.errorbar(x, med, yerr=[med - np.nanmin(loss, axis=0), np.nanmax(loss, axis=0) - med],
+                  marker="o", ms=4, capsize=2, lw=2.2 if o == base else 1.4, **style[o],
+                  label=f"{o} ({len(table.studies)} stud"
+                        f"{'y' if len(table.studies) == 1 else 'ies'})")
+    if o == base:
+      ax_l.plot(table.budgets, budgets_lib.envelope(table.median()), color="k", ls="--", lw=1,
+                label=f"{base}: running minimum of the median")
+      continue
+    cells = [res["cells"].get((o, float(b))) for b in table.budgets]
+    for b, c in zip(x, cells):
+      if c is None or not math.isfinite(c["speedup"]):
+        continue
+      marker = {budgets_lib.LOWER: "^", budgets_lib.UPPER: "v"}.get(c["flag"], "o")
+      lo, hi = min(c["lo"], c["speedup"]), max(c["hi"], c["speedup"])
+      ax_s.errorbar([b], [c["speedup"]], yerr=[[c["speedup"] - lo], [hi - c["speedup"]]],
+                    marker=marker, ms=7, capsize=3, color=style[o]["color"],
+                    mfc="white" if c.get("identical") else style[o]["color"])
+    ax_s.plot([], [], marker="o", color=style[o]["color"], ls="", label=o)
+  ax_s.axhline(1.0, color="k", lw=1)
+  for ax in (ax_l, ax_s):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (training steps)")
+    ax.grid(alpha=0.3, which="both")
+  ax_l.set_ylabel(METRIC_LABELS.get(metric, metric))
+  ax_l.set_title("loss at each budget: median study, bar = best to worst study")
+  ax_s.set_ylabel(f"speed-up over {base} (its budget reaching the loss / the budget)")
+  ax_s.set_title("speed-up, 95% bootstrap interval (^ / v: lower / upper bound)")
+  ax_l.legend(fontsize=8, frameon=False)
+  ax_s.legend(fontsize=8, frameon=False)
+  fig.suptitle(f"{workload}: end-of-training {metric} at each budget (branched cooldowns)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def plot_budget_results(records: Sequence[dict], computed: dict, out_dir: str) -> dict[str, str]:
+  """`plot_budgets` for every workload of `budgets.results`' dict that has a comparison;
+  {workload: path} of the files written (`<out_dir>/budgets_<workload>.png`)."""
+  os.makedirs(out_dir, exist_ok=True)
+  return {w: plot_budgets(records, w, res, os.path.join(out_dir, f"budgets_{w}.png"))
+          for w, res in computed.items() if isinstance(res, dict)}
