@@ -11,6 +11,8 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
       # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py): the
       # README headline, WORKSPACE's budgets section, results/budgets_<workload>.png
   python -m experiments.compare edges records/     # tuned values at an edge of their range
+  python -m experiments.compare reference records/budgets --runs_dir=runs/budgets
+      # the baseline's best tuned trial x --reference_runs seeds: the steps-to-target target
 
 Publishing is explicit: README.md's headline, WORKSPACE.md's section and results/*.png are
 written only when RECORDS_DIR is the repository's own records/ or records/budgets/ (resolved
@@ -168,7 +170,7 @@ _WORKSPACE = flags.DEFINE_string("workspace", os.path.join(_ROOT, "WORKSPACE.md"
                                  "all: the file whose marked results section is regenerated.")
 
 _PUBLISH = flags.DEFINE_bool(
-    "publish", False, "all, plots: write README.md's headline, WORKSPACE.md's section and "
+    "publish", False, "all, plots, budgets: write README.md's headline, WORKSPACE.md's section and "
     "results/*.png although RECORDS_DIR is not the repository's records/ (for records/ itself "
     "they always are); otherwise the report goes to stdout and RECORDS_DIR/report.md, the "
     "plots to RECORDS_DIR/plots/.")
@@ -178,10 +180,16 @@ _PAIRED = flags.DEFINE_bool(
     "side can reach p = 0.008 where the paired Wilcoxon test cannot go below 0.0625.")
 
 _ALLOW_EDGES = flags.DEFINE_bool(
-    "allow_edges", False, "all: write WORKSPACE.md's results even when a tuned hyperparameter's "
-    "best trials sit at an edge of its range (`compare edges`) in 3 or more studies.")
+    "allow_edges", False, "all, budgets: write WORKSPACE.md's results even when a tuned "
+    "hyperparameter's best trials sit at an edge of its range (`compare edges`) in 3 or more "
+    "studies.")
 
-COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", "edges")
+_REFERENCE_RUNS = flags.DEFINE_integer(
+    "reference_runs", 5, "reference: how many seeds the baseline's best tuned trial is trained "
+    "with (studies 1000, 1001, ...; the steps-to-target view's target).")
+
+COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", "edges",
+            "reference")
 
 # Tests point publishing at a copy of the repository (README.md, WORKSPACE.md, results/,
 # records/) through this variable instead of writing into the checkout.
@@ -306,6 +314,39 @@ def plan_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
   name = name or (f"{ruleset} ruleset: {trials} trials x {studies} studies x "
                   f"{len(optimizers)} optimizers x {len(workloads_)} workloads")
   return Phase(name, records_dir, runs_dir, tuple(specs))
+
+
+def reference_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
+                    baseline: str = "adamw", n: int = 5) -> Phase:
+  """The baseline's reference runs (issue 39, item 3): its best tuned trial
+  (`budgets.best_trial`) trained again to the full budget with `n` other seeds, as studies
+  REFERENCE_STUDY, REFERENCE_STUDY + 1, ... (trial 0), which every scorer leaves out of the
+  tuning statistics; the steps-to-target view takes its target from them, so the target is not
+  picked from the very runs it then scores. Resumable: once a workload has reference records,
+  their hyperparameters are kept (a later, better tuned trial does not mix two configurations
+  into one target; move the records away to redo them)."""
+  from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
+  records = read_records(records_dir)
+  specs = []
+  for w in workloads_:
+    made = sorted((r for r in records if r["workload"] == w and r["optimizer"] == baseline
+                   and scoring.is_reference(r)), key=lambda r: r["study"])
+    best = made[0] if made else budgets_lib.best_trial(records, w, baseline)
+    if best is None:
+      raise app.UsageError(
+          f"{w}: no complete {baseline} study in {records_dir} to take the reference "
+          f"hyperparameters from (run `python -m experiments.compare sweep {records_dir} "
+          f"--workloads={w} --optimizers={baseline} ...` first)")
+    origin = ("the reference runs already recorded" if made else
+              f"study {best['study']} trial {best['trial']}")
+    print(f"{w}: {baseline}'s reference hyperparameters from {origin}: {best['hparams']}")
+    for i in range(n):
+      study = scoring.REFERENCE_STUDY + i
+      specs.append(RunSpec(w, baseline, dict(best["hparams"]), study, 0,
+                           records_lib.run_seed(study, 0), full_budget=True,
+                           space=best.get("space")))
+  return Phase(f"reference runs: {baseline}'s best tuned trial x {n} seeds x "
+               f"{len(workloads_)} workloads", records_dir, runs_dir, tuple(specs))
 
 
 # AlgoPerf's budget (issue 21): the six core optimizers 5 trials x 5 studies, the frontier entries
@@ -637,6 +678,17 @@ def main(argv):
     return
   if command == "budgets":
     print_budgets(records_dir)
+    return
+  if command == "reference":
+    if _REFERENCE_RUNS.value < 1:
+      _fail(f"--reference_runs must be >= 1, not {_REFERENCE_RUNS.value}")
+    present = sorted({r["workload"] for r in read_records(records_dir)
+                      if r["optimizer"] == _BASELINE.value})
+    workloads_ = _WORKLOADS.value if flags.FLAGS["workloads"].present else present
+    run_phases([reference_phase(records_dir, _RUNS.value, workloads_, _BASELINE.value,
+                                _REFERENCE_RUNS.value)])
+    print(f"reference runs done in {(time.time() - t0) / 60:.1f} min; `python -m "
+          f"experiments.compare budgets {records_dir}` scores steps to their target")
     return
   if command == "edges":
     for finding in spaces_lib.edges(read_records(records_dir)):

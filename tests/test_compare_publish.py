@@ -146,3 +146,31 @@ def test_budgets_publishes_the_readme_headline_and_workspace_section(tmp_path):
   again = _run(["budgets", str(records), "--allow_edges"], env).stdout
   assert "unchanged" in again and (repo / "README.md").read_text() == readme
   assert _snapshot() == before
+
+
+def test_reference_runs_repeat_the_best_tuned_trial_with_other_seeds(tmp_path):
+  """`compare reference` through the binary: AdamW's best trial of its complete studies,
+  trained again with 2 other seeds as studies 1000 and 1001 (left out of every tuning
+  statistic); a rerun trains nothing; no baseline study is one ERROR line."""
+  records, runs = tmp_path / "records", tmp_path / "runs"
+  common = ["--workloads=mds", f"--runs_dir={runs}", "--vectorize=never"]
+  _run(["sweep", str(records), "--optimizers=adamw", "--trials=2", "--studies=1",
+        "--full_budget", *common])
+  tuned = compare.read_records(str(records))
+  best = min(tuned, key=lambda r: (r["final_metric"], r["trial"]))
+  out = _run(["reference", str(records), "--reference_runs=2", *common]).stdout
+  assert f"from study 0 trial {best['trial']}" in out
+  refs = [r for r in compare.read_records(str(records)) if r["study"] >= 1000]
+  assert sorted((r["study"], r["trial"], r["seed"]) for r in refs) == [
+      (1000, 0, records_lib.run_seed(1000, 0)), (1001, 0, records_lib.run_seed(1001, 0))]
+  assert all(r["hparams"] == best["hparams"] and r["step_budget"] == best["step_budget"]
+             and len(r["curve"]) == len(best["curve"]) for r in refs)  # full budget
+  assert refs[0]["final_metric"] != refs[1]["final_metric"]  # other seeds, other runs
+  again = _run(["reference", str(records), "--reference_runs=2", *common]).stdout
+  assert "2 runs planned, 2 already recorded" in again
+  assert "from the reference runs already recorded" in again
+  bad = subprocess.run([sys.executable, "-m", "experiments.compare", "reference", str(records),
+                        "--workloads=logreg", *common[1:]],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 2
+  assert bad.stderr.startswith("ERROR: logreg: no complete adamw study in")

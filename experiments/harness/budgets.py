@@ -653,6 +653,25 @@ def complete_studies(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
   return kept, notes
 
 
+def best_trial(records: Sequence[dict], workload: str, optimizer: str) -> dict | None:
+  """The tuned configuration reference runs repeat: among the optimizer's complete tuning
+  studies (`complete_studies`), the trial with the lowest loss at its longest budget (records
+  with budget_metrics) or the lowest `final_metric` (others); ties to the lower (study, trial).
+  None without one."""
+  kept = complete_studies(records)[0]
+  rs = [r for r in kept if r["workload"] == workload and r["optimizer"] == optimizer
+        and scoring.is_tuning_trial(r)]
+
+  def loss(r):
+    if has_budgets(r):
+      last = max(r["budget_metrics"], key=lambda e: e["budget"])
+      return _loss(last.get(r["metric"]))
+    return _loss(r.get("final_metric"))
+
+  rs = [r for r in rs if math.isfinite(loss(r))]
+  return min(rs, key=lambda r: (loss(r), r["study"], r["trial"])) if rs else None
+
+
 def results(records: Sequence[dict], workloads: Sequence[str] | None = None,
             baseline: str = "adamw", paired: bool = False, alpha: float = ALPHA,
             shapes_fn=param_shapes, **kwargs) -> dict[str, dict | str]:
