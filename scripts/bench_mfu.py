@@ -8,7 +8,8 @@ In one run it prints:
   2. the step's model FLOPs counted from the config (6 x parameters-in-matmuls per token plus
      the causal attention's half of its T x T scores and values), beside XLA's cost analysis
      of the compiled step (which counts the full T x T products and the elementwise work);
-  3. per model size ("small": the speedrun, "large": width 256, 4x the block parameters) and
+  3. per model size ("small": the speedrun, "large": the budget comparison's larger model,
+     width `configs/workload_speedrun.WIDE_WIDTH`, 4.08x the parameters) and
      optimizer, the trainer's own jitted step (`experiments.parallel.strategies`, metrics and
      donation included) timed in interleaved rounds with the same architecture in PyTorch
      (scripts/torch_gpt.py, AdamW, eager and `torch.compile`): median ms, MFU (model FLOPs /
@@ -44,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import workload_speedrun
 from experiments import configs_util
 from experiments.parallel import sharding as sharding_lib
 from experiments.parallel import strategies
@@ -53,7 +55,8 @@ from experiments.training import train_state
 from models import gpt
 
 _SIZES = flags.DEFINE_list("sizes", ["small", "large"], "Model sizes: small (the speedrun's), "
-                           "large (width 256: 4x the block parameters).")
+                           "large (the budget comparison's width, WIDE_WIDTH: 4.08x the "
+                           "parameters).")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap"],
                                 "Optimizers (configs/speedrun_cpu[_<name>].py).")
 _ROUNDS = flags.DEFINE_integer("rounds", 6, "Interleaved rounds.")
@@ -63,7 +66,7 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Steps per runner per round.")
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch peer (eager and torch.compile).")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Traced steps (0: no profile).")
 
-SIZES = {"small": {}, "large": {"width": 256}}
+SIZES = {"small": {}, "large": {"width": workload_speedrun.WIDE_WIDTH}}
 
 
 def config_for(optimizer: str, size: str):
