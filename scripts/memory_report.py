@@ -55,6 +55,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import configs_util
 from experiments.parallel import memory
 from experiments.parallel import sharding as sharding_lib
+from experiments.training import train_state
 from models import gpt
 import optimizers
 
@@ -98,9 +99,7 @@ def optimizer_hparams(name: str, config: Any | None = None) -> dict:
     section = configs_util.load(path).optimizer
   if section is None:
     return {"learning_rate": 1e-3}
-  # The trainer's own keys (train_state.TRAINER_KEYS) are no registry hyperparameters.
-  return {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
-          for k, v in section.items() if k != "name" and k != "embed_learning_rate"}
+  return train_state.registry_hparams(section)
 
 
 def model_config(config: Any | None, model: str | None, precision: str) -> gpt.GPTConfig:

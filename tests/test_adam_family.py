@@ -273,9 +273,7 @@ def test_speedrun_configs_build(variant):
   opt = configs_util.load(f"configs/speedrun_cpu{variant}.py").optimizer
   assert opt.name == (variant[1:] or "adamw")
   from experiments.training import train_state  # pylint: disable=g-import-not-at-top
-  # The block's trainer keys (embed_learning_rate: a second group's rate) are the trainer's.
-  tx = optimizers.create(opt.name, **{k: v for k, v in opt.items()
-                                      if k != "name" and k not in train_state.TRAINER_KEYS})
+  tx = optimizers.create(opt.name, **train_state.registry_hparams(opt))
   params = {"w": jnp.ones((64, 128))}
   updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
   chex.assert_tree_all_finite(updates)

@@ -17,6 +17,7 @@ import pytest
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 from experiments.training import loop as trainer
+from experiments.training import train_state
 from experiments.training import validate
 from experiments.problems import workloads
 from models import gpt
@@ -78,10 +79,8 @@ def test_merge_is_w_plus_scaled_a_b_transpose(base):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamw", "muon", "shampoo"])
 def test_finetuning_lowers_the_new_texts_loss_and_leaves_the_base_alone(base, name):
-  hparams = configs_util.load(f"configs/speedrun_cpu{'' if name == 'adamw' else '_' + name}.py"
-                              ).optimizer.to_dict()
-  del hparams["name"]
-  hparams.pop("embed_learning_rate", None)  # the trainer's key (train_state.TRAINER_KEYS)
+  hparams = train_state.registry_hparams(configs_util.load(
+      f"configs/speedrun_cpu{'' if name == 'adamw' else '_' + name}.py").optimizer)
   hparams["learning_rate"] = 3e-2 if name == "muon" else 1e-2
   if name == "shampoo":
     hparams.update(start_preconditioning_step=3, precondition_every=3)

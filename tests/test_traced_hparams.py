@@ -51,9 +51,7 @@ def _tree(seed, scale=1.0):
 def _base(name):
   """(static hyperparameters, traced float hyperparameters) of `name`, flat dotted names."""
   if name in records.BASE_CONFIGS:
-    # The trainer's own keys (`embed_learning_rate`) are no registry hyperparameters.
-    hp = {k: v for k, v in records.base_hparams(name).items()
-          if k != "name" and k not in train_state.TRAINER_KEYS}
+    hp = train_state.registry_hparams(records.base_hparams(name))
   else:
     hp = {k: (_REQUIRED[k] if v is inspect.Parameter.empty or v is None else v)
           for k, v in optimizers.hyperparameters(name).items()

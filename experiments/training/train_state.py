@@ -108,6 +108,15 @@ def lr_scale(config: ml_collections.ConfigDict) -> float:
 TRAINER_KEYS = ("embed_learning_rate",)
 
 
+def registry_hparams(block: Any) -> dict:
+  """An optimizer block's (`config.optimizer`, a ConfigDict or dict) hyperparameters as
+  `optimizers.create(block.name, **...)` takes them: without `name` and the trainer's own keys
+  (`TRAINER_KEYS`), nested blocks as plain dicts. For code that builds a block's optimizer
+  without the trainer (tests, benchmarks); `make_optimizer` is the trainer's way."""
+  return {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
+          for k, v in block.items() if k != "name" and k not in TRAINER_KEYS}
+
+
 def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = None,
                    warmup_steps: Any = None):
   """The optimizer from `config.optimizer`; every `*learning_rate` becomes a schedule.

@@ -31,6 +31,7 @@ import optax
 
 import optimizers
 from experiments import configs_util
+from experiments.training import train_state
 from models import gpt
 from scripts import bench_common
 
@@ -147,10 +148,8 @@ def _update_suite(config_path: str, rounds: int) -> None:
 def _train_step(config_path: str, overrides: dict):
   cfg = configs_util.load(config_path)
   model_cfg = gpt.GPTConfig.from_config(cfg.model)
-  hparams = dict(cfg.optimizer)
-  hparams.pop("embed_learning_rate", None)  # the trainer's key (train_state.TRAINER_KEYS)
-  hparams.update(overrides)
-  tx = optimizers.create(hparams.pop("name"), **hparams)
+  hparams = {**train_state.registry_hparams(cfg.optimizer), **overrides}
+  tx = optimizers.create(cfg.optimizer.name, **hparams)
   params = gpt.init_params(model_cfg, jax.random.key(cfg.seed))
   batch = jax.random.randint(jax.random.key(3), (cfg.train.batch_size, cfg.data.seq_len + 1),
                              0, cfg.model.vocab_size)
