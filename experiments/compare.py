@@ -179,6 +179,13 @@ _PAIRED = flags.DEFINE_bool(
     "both sides: they share seeds and Sobol seeds); default unpaired, which with 5 studies a "
     "side can reach p = 0.008 where the paired Wilcoxon test cannot go below 0.0625.")
 
+_CELL_TEST = flags.DEFINE_enum(
+    "cell_test", "welch", ["welch", "rank"],
+    "budgets: the test of each optimizer x budget cell, over the studies' best losses: Welch's "
+    "t-test (paired: the t-test of differences) or the rank tests (Mann-Whitney; paired: "
+    "Wilcoxon), which with 5 studies a side cannot pass Holm's correction over a headline's "
+    "cells (experiments/harness/budgets.py says why).")
+
 _ALLOW_EDGES = flags.DEFINE_bool(
     "allow_edges", False, "all, budgets: write WORKSPACE.md's results even when a tuned "
     "hyperparameter's best trials sit at an edge of its range (`compare edges`) in 3 or more "
@@ -624,7 +631,7 @@ def print_budgets(records_dir: str) -> None:
   f = flags.FLAGS
   alpha = _ALPHA.value if f["alpha"].present else budgets_lib.ALPHA
   computed = budgets_lib.results(records, _WORKLOADS.value if f["workloads"].present else None,
-                                 _BASELINE.value, _PAIRED.value, alpha)
+                                 _BASELINE.value, _PAIRED.value, alpha, test=_CELL_TEST.value)
   print(budgets_lib.headline(records, records_dir, None, _BASELINE.value, _PAIRED.value, alpha,
                              computed=computed))
   out = output_paths(records_dir, _PUBLISH.value)

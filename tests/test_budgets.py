@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from experiments.harness import budgets
 
@@ -169,13 +170,21 @@ def test_verdicts_significant_and_inconclusive_with_power():
   # Five studies each, every challenger study below every baseline one: Mann-Whitney's exact
   # p = 2 / C(10, 5) = 0.0079 at each of 6 budgets; Holm's smallest threshold 0.05 / 6 = 0.0083.
   rs = _law_records("adamw", 1.0) + _law_records("o", 1.5)
-  res = budgets.compare_budgets(rs, "w", n_resamples=200, n_power=20)
+  res = budgets.compare_budgets(rs, "w", n_resamples=200, n_power=20, test="rank")
   c = res["cells"][("o", 100.0)]
-  assert c["p"] == pytest.approx(2 / 252) and c["reject"]
+  assert c["p"] == pytest.approx(2 / 252) and c["reject"] and c["test"] == "rank"
   assert c["verdict"] == "lower loss than adamw (Holm p = 0.048)"
+  # The default, Welch's t-test, on the same per-study losses (scipy directly, as the check).
+  welch = budgets.compare_budgets(rs, "w", n_resamples=200, n_power=20)["cells"][("o", 100.0)]
+  base = np.array([_loss(100) + d for d in OFFSETS])
+  chal = np.array([_loss(100, 1.5) + d for d in OFFSETS])
+  want = stats.ttest_ind(chal, base, equal_var=False).pvalue
+  assert welch["test"] == "welch" and welch["p"] == pytest.approx(want, rel=1e-9)
+  assert welch["reject"] and welch["p"] < 1e-6
   # Two studies a side: p >= 1/3, never rejected; the power for 1.25x is 0, and said so.
   rs2 = _law_records("adamw", 1.0, OFFSETS[:2]) + _law_records("o", 1.5, OFFSETS[:2])
-  c2 = budgets.compare_budgets(rs2, "w", n_resamples=200, n_power=20)["cells"][("o", 100.0)]
+  c2 = budgets.compare_budgets(rs2, "w", n_resamples=200, n_power=20,
+                               test="rank")["cells"][("o", 100.0)]
   assert not c2["reject"] and c2["power"] == 0.0
   assert c2["verdict"] == "inconclusive (power 0.00 for a 1.25x speed-up)"
   assert budgets.speedup_text(c2).endswith("*")  # fewer than 5 studies
@@ -258,7 +267,10 @@ def test_steps_to_target_with_censoring():
   rs = ref + base + fast + half
   f = budgets.steps_to_target(rs, "w", "fast", n_resamples=300)
   assert f["target"] == 1.5 and (f["speedup"], f["flag"]) == (2.0, budgets.EXACT)
-  assert f["p"] == pytest.approx(2 / 252)
+  # Every crossing finite: Welch's t-test on the steps (scipy directly, as the check).
+  assert f["p"] == pytest.approx(stats.ttest_ind([100, 120, 150, 160, 180],
+                                                 [200, 240, 300, 320, 360],
+                                                 equal_var=False).pvalue, rel=1e-9)
   # half's median never reaches: censored at its budget, an upper bound 300 / 400, never 0.
   h = budgets.steps_to_target(rs, "w", "half", n_resamples=300)
   assert (h["speedup"], h["flag"]) == (0.75, budgets.UPPER)
@@ -281,7 +293,7 @@ def test_headline_markdown():
   assert "`python -m experiments.compare budgets recs --baseline=adamw --workloads=w`" in text
   assert "tokens per parameter at each budget: 50: 5, 100: 10" in text
   assert "| muon | 1.59x [" in text and "| ≥ 1.00x [" in text
-  assert "lower loss than adamw (Holm p = 0.048)" in text
+  assert "lower loss than adamw (Holm p = " in text and "Welch t-test per cell" in text
   assert "inconclusive (power for a 1.25x speed-up n/a: 1.25 x 1600 steps is beyond" in text
   assert "Wen et al. 2025" in text and "3,250" in text and "5,625" in text
 
@@ -328,3 +340,23 @@ def test_incomplete_studies_are_left_out_until_complete():
   only = budgets.results(base + muon[:1], shapes_fn=lambda w: None)["w"]
   assert only.startswith("No challenger with records beside adamw yet.")
   assert "muon study 0 (1 of 3 trials)" in only
+
+
+def test_the_cell_tests_and_why_welch_is_the_default():
+  """With 5 studies a side and a headline of 24 cells, no rank test can pass Holm (its
+  smallest p, 0.0079, is above 0.05 / 24); Welch's t can. A study that diverged (inf) takes
+  the rank test whatever was asked, and a paired t-test is the t-test of the differences."""
+  a, b = [1.0, 1.1, 1.2, 1.3, 1.4], [2.0, 2.1, 2.2, 2.3, 2.4]
+  rank = budgets.test_losses(a, b, test="rank")
+  assert rank == pytest.approx(2 / 252) and rank > 0.05 / 24
+  assert budgets.test_losses(a, b) < 0.05 / 24
+  assert budgets.test_losses(a, b, paired=True, test="rank") == pytest.approx(0.0625)
+  d = [0.1, -0.05, 0.02, 0.0, 0.07]
+  b2 = [x + y for x, y in zip(a, d)]
+  assert budgets.test_losses(a, b2, paired=True) == pytest.approx(
+      stats.ttest_rel(a, b2).pvalue, rel=1e-12)
+  with_inf = [1.0, 1.1, 1.2, 1.3, INF]
+  assert budgets.test_losses(with_inf, b) == budgets.test_losses(with_inf, b, test="rank")
+  assert budgets.test_losses(a, a) == 1.0 and math.isnan(budgets.test_losses(a[:1], b))
+  with pytest.raises(ValueError, match="welch"):
+    budgets.test_losses(a, b, test="t")

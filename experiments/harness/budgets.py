@@ -33,20 +33,29 @@ record's `metric` naming the loss (lower is better). Definitions, in the order t
   `scoring.bootstrap_ratio` (lower one rounded down, upper up), from a fixed seed.
 * Loss difference: median over O's studies minus the baseline's, at the same budget, with the
   same bootstrap.
-* Tests and multiplicity: per budget a two-sided test of the per-study best losses: unpaired,
-  `scoring.rank_test` (Mann-Whitney U, exact permutation p, a diverged study the worst rank);
-  paired, `scipy.stats.wilcoxon` on the per-study differences (exact for small n; a diverged
-  study's loss is replaced by twice the largest finite loss so that it stays the worst). The
-  family is every tested cell of a headline (every challenger x budget of a workload), and
-  Holm's step-down procedure (Holm 1979) controls its family-wise error at `alpha`: written by
-  hand (ten lines) because scipy has only false-discovery-rate control
-  (`scipy.stats.false_discovery_control`) and statsmodels is not a dependency.
+* Tests and multiplicity: per budget a two-sided test of the per-study best losses
+  (`test_losses`). By default (`CELL_TEST = "welch"`) Welch's t-test (unpaired) or the paired
+  t-test (`scipy.stats.ttest_ind` / `ttest_rel`): a study's best loss is a continuous quantity
+  whose seed-to-seed spread is the noise, and with 5 studies a side no rank test can pass Holm's
+  correction over a headline's cells: Mann-Whitney's smallest exact p is 2 / C(10, 5) = 0.0079,
+  above 0.05 / 24 = 0.0021 for 6 challengers x 4 budgets, so every cell would be inconclusive
+  by construction, whatever the data. `"rank"` selects the distribution-free tests instead:
+  unpaired, `scoring.rank_test` (Mann-Whitney U, exact permutation p, a diverged study the
+  worst rank); paired, `scipy.stats.wilcoxon` on the per-study differences (exact for small n;
+  a diverged study's loss replaced by twice the largest finite loss so that it stays the
+  worst). A cell in which a study diverged (an infinite loss: no t-test is defined) always
+  takes the rank test, and its verdict says so. The family is every tested cell of a headline
+  (every challenger x budget of a workload), and Holm's step-down procedure (Holm 1979)
+  controls its family-wise error at `alpha`: written by hand (ten lines) because scipy has only
+  false-discovery-rate control (`scipy.stats.false_discovery_control`) and statsmodels is not a
+  dependency.
 * Power: a cell not rejected is "inconclusive (power P for a 1.25x speed-up)", never "no
   measurable difference". P is simulated (`power`): O's per-study losses are shifted so their
   median is the baseline curve's value at 1.25 B (what a 1.25x speed-up would give), both
   sides' studies are resampled as in the bootstrap, and P is the fraction of simulations whose
   p is at or below the threshold Holm gave that cell (alpha / (m - k) for its rank k of m).
-  With 5 studies a side the paired Wilcoxon test cannot reach p < 0.0625: its power is 0.
+  With 5 studies a side the paired Wilcoxon test cannot reach p < 0.0625: its power is 0; the
+  power is the chosen test's.
 * Identical by construction (`identical_by_construction`): 8-bit AdamW keeps float32 moments
   on every leaf smaller than `min_quantized_size` (optimizers/quantized.py), so on a model
   without a larger leaf it is AdamW; Shampoo and SOAP give a leaf no factor when it is 1-D or
@@ -93,6 +102,8 @@ ALPHA = 0.05  # family-wise error rate of a headline (Holm)
 TARGET_SPEEDUP = 1.25  # the effect the power of an inconclusive cell is stated for
 N_POWER = 200
 MIN_STUDIES = 5  # a cell from fewer studies is marked
+CELL_TEST = "welch"  # or "rank": the per-cell test (module docstring)
+CELL_TESTS = ("welch", "rank")
 # Studies at or above this are reference runs (steps-to-target targets), not tuning studies.
 EXACT, LOWER, UPPER = "", "lower_bound", "upper_bound"
 
@@ -282,17 +293,34 @@ def _finite_worst(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   return np.where(np.isfinite(x), x, big), np.where(np.isfinite(y), y, big)
 
 
-def test_losses(chal: Sequence[float], base: Sequence[float], paired: bool = False) -> float:
-  """Two-sided p of "the challenger's per-study losses and the baseline's differ": paired,
-  Wilcoxon's signed-rank test (pairs in order, equal pairs dropped; 1.0 when all are equal);
-  unpaired, `scoring.rank_test`. NaN with fewer than 2 studies on a side."""
+def test_losses(chal: Sequence[float], base: Sequence[float], paired: bool = False,
+                test: str | None = None) -> float:
+  """Two-sided p of "the challenger's per-study losses and the baseline's differ" (pairs in
+  study order when `paired`). `test` (default `CELL_TEST`): "welch", Welch's t-test, or paired,
+  the t-test of the differences; "rank", Mann-Whitney (`scoring.rank_test`), or paired,
+  Wilcoxon's signed-rank test (equal pairs dropped). A side holding an infinite loss (a study
+  whose every trial diverged) takes the rank test whatever `test` says. 1.0 when the two sides
+  hold identical values (nothing to tell apart); NaN with fewer than 2 studies on a side."""
+  test = test or CELL_TEST
+  if test not in CELL_TESTS:
+    raise ValueError(f"test must be one of {CELL_TESTS}, not {test!r}")
   a, b = np.asarray(chal, np.float64), np.asarray(base, np.float64)
+  if paired and len(a) != len(b):
+    raise ValueError("paired: both sides need the same studies")
+  if min(len(a), len(b)) < 2:
+    return math.nan
+  finite = bool(np.all(np.isfinite(a)) and np.all(np.isfinite(b)))
+  if test == "welch" and finite:
+    if paired:
+      d = a - b
+      if np.all(d == d[0]):  # no spread: t is 0 / 0 or +-inf
+        return 1.0 if d[0] == 0 else 0.0
+      return float(stats.ttest_rel(a, b, alternative="two-sided").pvalue)
+    if a.var() == 0 and b.var() == 0:
+      return 1.0 if a[0] == b[0] else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative="two-sided").pvalue)
   if not paired:
     return scoring.rank_test(a, b)
-  if len(a) != len(b):
-    raise ValueError("paired: both sides need the same studies")
-  if len(a) < 2:
-    return math.nan
   a, b = _finite_worst(a, b)
   if np.all(a == b):
     return 1.0
@@ -342,7 +370,7 @@ def shifted_curve_value(base: BudgetTable, budget: float, speedup: float = TARGE
 
 def power(base: BudgetTable, chal: BudgetTable, budget: float, threshold: float,
           paired: bool = False, speedup: float = TARGET_SPEEDUP, n_sim: int = N_POWER,
-          seed: int = SEED) -> float:
+          seed: int = SEED, test: str | None = None) -> float:
   """P(p <= threshold) if the challenger had a `speedup`x speed-up at `budget` (module
   docstring); NaN when the shifted loss lies beyond the baseline's budgets."""
   if paired:
@@ -355,7 +383,7 @@ def power(base: BudgetTable, chal: BudgetTable, budget: float, threshold: float,
   b = base.loss[:, jb[0]]
   c = chal.loss[:, jc] - np.median(chal.loss[:, jc]) + goal
   ib, ic = _resample(len(b), len(c), paired, n_sim, seed + 1)
-  hits = sum(test_losses(c[ic[k]], b[ib[k]], paired) <= threshold for k in range(n_sim))
+  hits = sum(test_losses(c[ic[k]], b[ib[k]], paired, test) <= threshold for k in range(n_sim))
   return hits / n_sim
 
 
@@ -522,14 +550,16 @@ def steps_to_target(records: Sequence[dict], workload: str, optimizer: str,
 def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "adamw",
                     paired: bool = False, alpha: float = ALPHA,
                     shapes: Sequence[Sequence[int]] | None = None,
-                    n_resamples: int = N_BOOTSTRAP, n_power: int = N_POWER) -> dict:
+                    n_resamples: int = N_BOOTSTRAP, n_power: int = N_POWER,
+                    test: str | None = None) -> dict:
   """Every challenger x budget cell of a workload against the baseline: the speed-up and loss
   difference with intervals, p, Holm over the workload's tested cells, verdict and power.
 
   Returns {budgets, baseline, optimizers, cells: {(optimizer, budget): cell}}; a cell is
   `bootstrap_speedup`'s dict plus p, p_holm, reject, threshold, power, identical (the reason,
-  or None) and verdict (text).
+  or None), verdict (text) and `test`, the test that gave p ("rank" where a study diverged).
   """
+  test = test or CELL_TEST
   base = best_per_budget(records, workload, baseline)
   if base is None:
     raise ValueError(f"{workload}: no {baseline} records with budget_metrics")
@@ -547,11 +577,14 @@ def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "ada
       cell = bootstrap_speedup(base, chal, budget, paired, n_resamples=n_resamples)
       cell["identical"] = same
       cell["p"] = math.nan
+      cell["test"] = None
       if same is None and budget in base.budgets:
         b_tab, c_tab = _paired_tables(base, chal) if paired else (base, chal)
         jb = int(np.flatnonzero(b_tab.budgets == budget)[0])
         jc = int(np.flatnonzero(c_tab.budgets == budget)[0])
-        cell["p"] = test_losses(c_tab.loss[:, jc], b_tab.loss[:, jb], paired)
+        xc, xb = c_tab.loss[:, jc], b_tab.loss[:, jb]
+        cell["p"] = test_losses(xc, xb, paired, test)
+        cell["test"] = test if np.all(np.isfinite(xc)) and np.all(np.isfinite(xb)) else "rank"
       cells[(o, float(budget))] = cell
   keys = list(cells)
   adjusted, reject, threshold = holm([cells[k]["p"] for k in keys], alpha)
@@ -565,9 +598,10 @@ def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "ada
     elif rej:
       better = c["diff"] < 0 or (math.isnan(c["diff"]) and c["speedup"] > 1)
       c["verdict"] = (f"{'lower' if better else 'higher'} loss than {baseline} "
-                      f"(Holm p = {pa:.2g})")
+                      f"(Holm p = {pa:.2g}" + (", rank test: a study diverged" if
+                                               c["test"] != test else "") + ")")
     else:
-      c["power"] = power(base, tables[k[0]], k[1], th, paired, n_sim=n_power)
+      c["power"] = power(base, tables[k[0]], k[1], th, paired, n_sim=n_power, test=test)
       if math.isnan(c["power"]):
         c["verdict"] = (f"inconclusive (power for a {TARGET_SPEEDUP:g}x speed-up n/a: "
                         f"{TARGET_SPEEDUP:g} x {k[1]:g} steps is beyond {baseline}'s budgets)")
@@ -575,7 +609,8 @@ def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "ada
         c["verdict"] = (f"inconclusive (power {c['power']:.2f} for a {TARGET_SPEEDUP:g}x "
                         "speed-up)")
   return {"budgets": sorted({k[1] for k in keys}), "baseline": baseline,
-          "optimizers": list(tables), "cells": cells, "n_base": len(base.studies)}
+          "optimizers": list(tables), "cells": cells, "n_base": len(base.studies),
+          "test": test}
 
 
 def _num(v: float, flag: str = EXACT) -> str:
@@ -717,10 +752,11 @@ def regime_text(reg: dict | None, budgets: Sequence[float]) -> str:
 
 
 def command(records_dir: str, baseline: str = "adamw", paired: bool = False,
-            workload: str | None = None) -> str:
+            workload: str | None = None, test: str | None = None) -> str:
   """The command line that regenerates a workload's figures (all workloads without one)."""
   return (f"python -m experiments.compare budgets {records_dir} --baseline={baseline}"
-          + (f" --workloads={workload}" if workload else "") + (" --paired" if paired else ""))
+          + (f" --workloads={workload}" if workload else "") + (" --paired" if paired else "")
+          + (f" --cell_test={test}" if test and test != CELL_TEST else ""))
 
 
 def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str] | None = None,
@@ -743,7 +779,7 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
     if isinstance(res, str):
       lines += [f"## {w}", "", res, ""]
       continue
-    cmd = command(records_dir, baseline, paired, w)
+    cmd = command(records_dir, baseline, paired, w, res["test"])
     shapes, budgets = res["shapes"], res["budgets"]
     metric = next(r["metric"] for r in with_b if r["workload"] == w)
     lines += [f"## {w}", "", f"Regenerate: `{cmd}`", ""]
@@ -760,8 +796,8 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
                f"{MIN_STUDIES} studies)", speedup_text),
               (f"Loss difference, {w}: median {metric} minus {baseline}'s (95% interval)",
                diff_text),
-              (f"Verdict (two-sided {'Wilcoxon signed-rank' if paired else 'Mann-Whitney'} "
-               f"test per cell, Holm over the {tested} "
+              (f"Verdict (two-sided {test_name(res['test'], paired)} per cell, Holm over the "
+               f"{tested} "
                f"tested cells at family-wise alpha {alpha:g})", lambda c: c["verdict"])]
     for title, fn in blocks:
       lines += [f"**{title}**", "", head, rule]
@@ -794,6 +830,13 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
   return "\n".join(lines)
 
 
+def test_name(test: str, paired: bool) -> str:
+  """The per-cell test's name, as the tables print it."""
+  if test == "rank":
+    return "Wilcoxon signed-rank test" if paired else "Mann-Whitney test"
+  return "paired t-test" if paired else "Welch t-test"
+
+
 def _cell_text(c: dict) -> str:
   """A README cell: the speed-up with its interval, bold where Holm's test says the loss
   differs (a `-` suffix: higher loss than the baseline), `=` where identical by construction."""
@@ -814,7 +857,9 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
   differences, p-values, power and steps to target are `headline`'s, in WORKSPACE.md."""
   with_b = [r for r in records if has_budgets(r)]
   n_runs = sum(1 for r in with_b if not scoring.is_reference(r))
-  lines = [f"Generated by `{command(records_dir, baseline, paired)}` from the {n_runs} tuning "
+  test = next((res["test"] for res in computed.values() if isinstance(res, dict)), None)
+  lines = [f"Generated by `{command(records_dir, baseline, paired, None, test)}` from the "
+           f"{n_runs} tuning "
            f"runs in `{records_dir}/` (every trial trained to its full budget; the loss at each "
            "shorter budget from a cooldown branched off the same run). Do not edit by hand.",
            ""]
@@ -837,13 +882,14 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
               "by the budget (Wen et al. 2025), from medians over studies of each study's "
               "best trial at that budget; [95% bootstrap interval over studies]; ≥ / ≤: beyond "
               f"{baseline}'s budgets, a bound. **Bold**: the loss differs from {baseline}'s "
+              f"({test_name(res['test'], paired)} over studies) "
               + (f"after Holm's correction over the {tested} tested cells (family-wise alpha "
                  f"{alpha:g})" if tested else "after Holm's correction (no cell is testable "
                  "yet: a test needs 2 studies a side)")
               + "; every other cell is inconclusive (its power for a "
               f"{TARGET_SPEEDUP:g}x speed-up, the loss differences and p-values: "
               f"{workspace_section}). * fewer than {MIN_STUDIES} studies on a side. "
-              f"Regenerate: `{command(records_dir, baseline, paired, w)}`.", ""]
+              f"Regenerate: `{command(records_dir, baseline, paired, w, res['test'])}`.", ""]
     if plots and w in plots:
       lines += [f"![{w}]({plots[w]})", ""]
   lines.append(ANCHORS)
