@@ -2,7 +2,9 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
 
   python -m experiments.compare all records/ [--quick]     # sweep + score + plots + WORKSPACE.md
   python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
-  python -m experiments.compare all records/ --budget=algoperf  # the whole comparison, resumable
+  python -m experiments.compare all records/budgets --budget=budgets --runs_dir=runs/budgets
+      # the budget comparison (issue 39), resumable: README's headline when done
+  python -m experiments.compare all records/ --budget=algoperf  # issue 21's comparison
   python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
   python -m experiments.compare targets records/   # each workload's target by the AdamW rule
@@ -154,8 +156,10 @@ _FULL_BUDGET = flags.DEFINE_bool(
     "full_budget", False, "sweep: train every run to its step budget instead of stopping at "
     "the target (the baseline runs that set targets; records.retarget scores them on another).")
 _BUDGET = flags.DEFINE_enum(
-    "budget", "flags", ["flags", "algoperf"],
-    "sweep, all: `flags` sweeps --optimizers x --trials x --studies under --ruleset; `algoperf` "
+    "budget", "flags", ["flags", "algoperf", "budgets"],
+    "sweep, all: `flags` sweeps --optimizers x --trials x --studies under --ruleset; `budgets` "
+    "runs the budget comparison of issue 39 (BUDGET_COMPARISON, then the baseline's reference "
+    "runs; `all` then publishes or reports it as `compare budgets` does); `algoperf` "
     "runs the whole comparison of issue 21 (algoperf_phases: the baseline AdamW 5x5 to the full "
     "budget, the core optimizers 5x5, the frontier 5 trials x 3 studies, every optimizer "
     "self-tuned x 5 studies), resumable, one progress count and ETA over all of it.")
@@ -362,6 +366,31 @@ def reference_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
 # budget, whose curves set the workloads' targets (`compare targets`).
 CORE = ("adamw", "muon", "shampoo", "soap", "sgd", "adamw_8bit")
 FRONTIER = tuple(o for o in SEARCH_SPACES if o not in CORE)
+
+
+# The budget comparison (issue 39): per workload, in this order, the optimizers tuned with
+# BUDGET_TRIALS trials x BUDGET_STUDIES studies, every trial to its full budget (branched
+# cooldowns give the shorter budgets); then AdamW's reference runs for the steps-to-target view.
+BUDGET_TRIALS, BUDGET_STUDIES = 6, 5
+BUDGET_COMPARISON = (
+    ("speedrun_budgets", ("adamw", "muon", "normuon", "shampoo", "soap", "schedule_free_adamw",
+                          "lion")),
+    ("speedrun_wide", ("adamw", "muon", "soap")),
+)
+
+
+def run_budget_comparison(records_dir: str, runs_dir: str, reference_runs: int = 5) -> None:
+  """The whole budget comparison, resumable: each workload's phase in BUDGET_COMPARISON's
+  order (one after the other: the speedrun model's comparison is complete before the wider
+  model's starts), then the reference runs, which need the baseline's finished studies."""
+  for workload, optimizers in BUDGET_COMPARISON:
+    run_phases([plan_phase(records_dir, runs_dir, [workload], optimizers, BUDGET_TRIALS,
+                           BUDGET_STUDIES, full_budget=True,
+                           name=f"{workload}: {', '.join(optimizers)}, {BUDGET_TRIALS} trials x "
+                                f"{BUDGET_STUDIES} studies, every trial to its full budget")],
+               vectorize="never")
+  run_phases([reference_phase(records_dir, runs_dir, [w for w, _ in BUDGET_COMPARISON],
+                              "adamw", reference_runs)], vectorize="never")
 
 
 def algoperf_phases(records_dir: str, runs_dir: str, workloads_: Sequence[str]) -> list[Phase]:
@@ -704,6 +733,16 @@ def main(argv):
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
+    if _BUDGET.value == "budgets":
+      run_budget_comparison(records_dir, _RUNS.value, _REFERENCE_RUNS.value)
+      if command == "all":
+        print_budgets(records_dir)
+        print(f"all done in {(time.time() - t0) / 60:.1f} min")
+      else:
+        from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
+        print(budgets_lib.headline(read_records(records_dir), records_dir,
+                                   test=_CELL_TEST.value))
+      return
     if _BUDGET.value == "algoperf":
       run_phases(algoperf_phases(records_dir, _RUNS.value, workloads_), _VECTORIZE.value,
                  _MAX_TRIALS.value)

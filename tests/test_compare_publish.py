@@ -174,3 +174,25 @@ def test_reference_runs_repeat_the_best_tuned_trial_with_other_seeds(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 2
   assert bad.stderr.startswith("ERROR: logreg: no complete adamw study in")
+
+
+def test_the_budget_comparison_runs_its_phases_in_order_then_the_reference_runs(
+    tmp_path, monkeypatch):
+  """`--budget=budgets`'s orchestration on a small stand-in (mds, 1 trial x 2 studies): every
+  workload's phase, in order, then AdamW's reference runs from its best tuned trial; a rerun
+  trains nothing. (The budget workloads themselves: the `budgets` and `reference` tests.)"""
+  monkeypatch.setattr(compare, "BUDGET_COMPARISON", (("mds", ("adamw", "sgd")),))
+  monkeypatch.setattr(compare, "BUDGET_TRIALS", 1)
+  monkeypatch.setattr(compare, "BUDGET_STUDIES", 2)
+  records, runs = str(tmp_path / "records"), str(tmp_path / "runs")
+  compare.run_budget_comparison(records, runs, reference_runs=1)
+  rs = compare.read_records(records)
+  assert sorted((r["optimizer"], r["study"]) for r in rs) == [
+      ("adamw", 0), ("adamw", 1), ("adamw", 1000), ("sgd", 0), ("sgd", 1)]
+  tuned = [r for r in rs if r["optimizer"] == "adamw" and r["study"] < 1000]
+  best = min(tuned, key=lambda r: (r["final_metric"], r["study"]))
+  ref = next(r for r in rs if r["study"] == 1000)
+  assert ref["hparams"] == best["hparams"]
+  assert all(len(r["curve"]) == len(ref["curve"]) for r in rs if r["optimizer"] == "adamw")
+  compare.run_budget_comparison(records, runs, reference_runs=1)
+  assert len(compare.read_records(records)) == 5
