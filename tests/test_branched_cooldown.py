@@ -8,6 +8,7 @@ learning rates (warmup and stable phase do not depend on the run length). On one
 nothing in that is order-dependent, so the numbers agree bit for bit (measured: they do).
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -181,8 +182,12 @@ def test_the_budget_workloads_run_under_the_sweep_and_records_keep_budget_metric
                                  seed=0)
       cfg = runs_lib.run_config(spec)
       validate_lib.validate(cfg)  # no stop at a target: none is set
-      assert validate_lib.budgets_of(cfg) == (50, 100, 200, 400) and cfg.schedule.name == "wsd"
-      assert runs_lib.workload_target(w) is None
+      # The baseline trains on to 800 steps: its curve extends past the challengers' 400.
+      want = (50, 100, 200, 400, 800) if opt == runs_lib.BUDGET_BASELINE else (50, 100, 200, 400)
+      assert validate_lib.budgets_of(cfg) == want and cfg.schedule.name == "wsd"
+      assert cfg.train.steps == want[-1] and runs_lib.workload_target(w) is None
+      warmup = runs_lib.run_config(dataclasses.replace(spec, hparams={"warmup_fraction": 0.1}))
+      assert warmup.schedule.warmup_steps == 5  # of the shortest budget, 50, for both
   result = {"target": None, "metric": "val_loss", "step_budget": 24, "steps_to_target": None,
             "time_to_target_s": None, "final_metric": 3.0, "curve": []}
   per_budget = [{"budget": 8, "val_loss": 4.0, "train_time_s": 1.0}]
