@@ -179,9 +179,10 @@ _PUBLISH = flags.DEFINE_bool(
     "they always are); otherwise the report goes to stdout and RECORDS_DIR/report.md, the "
     "plots to RECORDS_DIR/plots/.")
 _PAIRED = flags.DEFINE_bool(
-    "paired", False, "budgets: resample and test studies paired (the same study indices for "
-    "both sides: they share seeds and Sobol seeds); default unpaired, which with 5 studies a "
-    "side can reach p = 0.008 where the paired Wilcoxon test cannot go below 0.0625.")
+    "paired", True, "budgets: resample and test studies paired, the same study indices for "
+    "both sides (issue 39: the sweep gives study s of every optimizer the same seeds and the "
+    "same Sobol points; the paired t-test of the differences); --nopaired resamples and tests "
+    "each side's studies independently (Welch).")
 
 _CELL_TEST = flags.DEFINE_enum(
     "cell_test", "welch", ["welch", "rank"],
@@ -741,7 +742,7 @@ def main(argv):
       else:
         from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
         print(budgets_lib.headline(read_records(records_dir), records_dir,
-                                   test=_CELL_TEST.value))
+                                   paired=_PAIRED.value, test=_CELL_TEST.value))
       return
     if _BUDGET.value == "algoperf":
       run_phases(algoperf_phases(records_dir, _RUNS.value, workloads_), _VECTORIZE.value,

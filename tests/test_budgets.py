@@ -290,7 +290,8 @@ def test_headline_markdown():
                           regime_fn=lambda r, w: {"params": 1000, "tokens_per_step": 100},
                           n_resamples=100, n_power=10)
   assert "(1 records without budget_metrics skipped.)" in text
-  assert "`python -m experiments.compare budgets recs --baseline=adamw --workloads=w`" in text
+  assert ("`python -m experiments.compare budgets recs --baseline=adamw --workloads=w --nopaired`"
+          in text)
   assert "tokens per parameter at each budget: 50: 5, 100: 10" in text
   assert "| muon | 1.59x [" in text and "| ≥ 1.00x [" in text
   assert "lower loss than adamw (Holm p = " in text and "Welch t-test per cell" in text

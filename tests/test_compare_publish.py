@@ -95,7 +95,11 @@ def test_budgets_command(tmp_path):
   out = _run(["budgets", str(tmp_path), "--workloads=w"]).stdout
   assert "(1 records without budget_metrics skipped.)" in out
   assert "| muon | 1.59x [" in out
-  assert f"python -m experiments.compare budgets {tmp_path} --baseline=adamw --workloads=w" in out
+  assert f"python -m experiments.compare budgets {tmp_path} --baseline=adamw --workloads=w`" in out
+  # Studies share seeds and Sobol points: paired by default (the paired t-test).
+  assert "Verdict (two-sided paired t-test per cell" in out
+  unpaired = _run(["budgets", str(tmp_path), "--workloads=w", "--nopaired"]).stdout
+  assert "Welch t-test per cell" in unpaired and "--workloads=w --nopaired`" in unpaired
   # A scratch directory: its report and plots beside the records, the checkout untouched.
   assert _snapshot() == before
   report = (tmp_path / "report.md").read_text()

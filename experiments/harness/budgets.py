@@ -754,9 +754,10 @@ def regime_text(reg: dict | None, budgets: Sequence[float]) -> str:
 
 def command(records_dir: str, baseline: str = "adamw", paired: bool = False,
             workload: str | None = None, test: str | None = None) -> str:
-  """The command line that regenerates a workload's figures (all workloads without one)."""
+  """The command line that regenerates a workload's figures (all workloads without one);
+  `compare budgets` pairs studies unless told `--nopaired`."""
   return (f"python -m experiments.compare budgets {records_dir} --baseline={baseline}"
-          + (f" --workloads={workload}" if workload else "") + (" --paired" if paired else "")
+          + (f" --workloads={workload}" if workload else "") + ("" if paired else " --nopaired")
           + (f" --cell_test={test}" if test and test != CELL_TEST else ""))
 
 
