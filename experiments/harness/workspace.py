@@ -254,27 +254,32 @@ def section(records: Sequence[dict], records_dir: str = "records", plots_dir: st
 def replace_section(text: str, body: str) -> str:
   """`text` with the markers' content replaced by `body`; the markers are added before the
   first `## ` heading (or at the end) when missing."""
+  new = _replace_between(text, BEGIN, END, body)
+  if new is not None:
+    return new
   block = f"{BEGIN}\n{body}\n{END}"
-  if BEGIN in text and END in text:
-    head, rest = text.split(BEGIN, 1)
-    return head + block + rest.split(END, 1)[1]
-  if BEGIN in text or END in text:
-    raise ValueError(f"only one of {BEGIN} and {END} is in the file")
   at = text.find("\n## ")
   if at < 0:
     return text.rstrip("\n") + "\n\n" + block + "\n"
   return text[:at + 1] + "## Tuned comparison (generated)\n\n" + block + "\n\n" + text[at + 1:]
 
 
+def _replace_between(text: str, begin: str, end: str, body: str) -> str | None:
+  """`text` with what lies between the markers `begin` and `end` replaced by `body`; None
+  when neither marker is in it; a ValueError when only one is."""
+  if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    return head + f"{begin}\n{body}\n{end}" + rest.split(end, 1)[1]
+  if begin in text or end in text:
+    raise ValueError(f"only one of {begin} and {end} is in the file")
+  return None
+
+
 def replace_headline(text: str, body: str) -> str:
   """`text` with the headline markers' content replaced by `body`; unchanged without markers
   (the README's results paragraph is placed by hand, never inserted)."""
-  if HEADLINE_BEGIN not in text and HEADLINE_END not in text:
-    return text
-  if HEADLINE_BEGIN not in text or HEADLINE_END not in text:
-    raise ValueError(f"only one of {HEADLINE_BEGIN} and {HEADLINE_END} is in the file")
-  head, rest = text.split(HEADLINE_BEGIN, 1)
-  return head + f"{HEADLINE_BEGIN}\n{body}\n{HEADLINE_END}" + rest.split(HEADLINE_END, 1)[1]
+  new = _replace_between(text, HEADLINE_BEGIN, HEADLINE_END, body)
+  return text if new is None else new
 
 
 def _rewrite(path: str, edit) -> bool:
@@ -312,13 +317,10 @@ BUDGETS_BEGIN, BUDGETS_END = "<!-- budgets:begin -->", "<!-- budgets:end -->"
 def replace_budgets(text: str, body: str) -> str:
   """`text` with the budget comparison's markers' content replaced by `body`; the markers are
   appended at the end when the file has neither."""
-  block = f"{BUDGETS_BEGIN}\n{body}\n{BUDGETS_END}"
-  if BUDGETS_BEGIN in text and BUDGETS_END in text:
-    head, rest = text.split(BUDGETS_BEGIN, 1)
-    return head + block + rest.split(BUDGETS_END, 1)[1]
-  if BUDGETS_BEGIN in text or BUDGETS_END in text:
-    raise ValueError(f"only one of {BUDGETS_BEGIN} and {BUDGETS_END} is in the file")
-  return text.rstrip("\n") + "\n\n" + block + "\n"
+  new = _replace_between(text, BUDGETS_BEGIN, BUDGETS_END, body)
+  if new is not None:
+    return new
+  return text.rstrip("\n") + "\n\n" + f"{BUDGETS_BEGIN}\n{body}\n{BUDGETS_END}" + "\n"
 
 
 def budgets_texts(records: Sequence[dict], records_dir: str, plots: dict[str, str],
