@@ -9,7 +9,7 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
   python -m experiments.compare targets records/   # each workload's target by the AdamW rule
   python -m experiments.compare retarget records/  # rescore records on the configs' targets
-  python -m experiments.compare budgets records/budgets [--baseline=adamw] [--paired]
+  python -m experiments.compare budgets records/budgets [--baseline=adamw] [--nopaired]
       # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py): the
       # README headline, WORKSPACE's budgets section, results/budgets_<workload>.png
   python -m experiments.compare edges records/     # tuned values at an edge of their range
