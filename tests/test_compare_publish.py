@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from experiments import compare
 from experiments.harness import records as records_lib
 from tests import test_budgets
@@ -152,6 +154,7 @@ def test_budgets_publishes_the_readme_headline_and_workspace_section(tmp_path):
   assert _snapshot() == before
 
 
+@pytest.mark.slow
 def test_reference_runs_repeat_the_best_tuned_trial_with_other_seeds(tmp_path):
   """`compare reference` through the binary: AdamW's best trial of its complete studies,
   trained again with 2 other seeds as studies 1000 and 1001 (left out of every tuning
@@ -180,6 +183,7 @@ def test_reference_runs_repeat_the_best_tuned_trial_with_other_seeds(tmp_path):
   assert bad.stderr.startswith("ERROR: logreg: no complete adamw study in")
 
 
+@pytest.mark.slow
 def test_the_budget_comparison_runs_its_phases_in_order_then_the_reference_runs(
     tmp_path, monkeypatch):
   """`--budget=budgets`'s orchestration on a small stand-in (mds, 1 trial x 2 studies): every

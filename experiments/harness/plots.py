@@ -226,8 +226,13 @@ def plot_budgets(records: Sequence[dict], workload: str, res: dict, path: str) -
                     mfc="white" if c.get("identical") else style[o]["color"])
     ax_s.plot([], [], marker="o", color=style[o]["color"], ls="", label=o)
   ax_s.axhline(1.0, color="k", lw=1)
+  ticks = sorted({float(b) for o in optimizers
+                  for b in getattr(budgets_lib.best_per_budget(records, workload, o), "budgets",
+                                   ())})
   for ax in (ax_l, ax_s):
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [f"{b:g}" for b in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("budget (training steps)")
     ax.grid(alpha=0.3, which="both")
   ax_l.set_ylabel(METRIC_LABELS.get(metric, metric))
