@@ -361,3 +361,10 @@ def test_the_cell_tests_and_why_welch_is_the_default():
   assert budgets.test_losses(a, a) == 1.0 and math.isnan(budgets.test_losses(a[:1], b))
   with pytest.raises(ValueError, match="welch"):
     budgets.test_losses(a, b, test="t")
+
+
+def test_a_single_study_gets_no_interval():
+  rs = _law_records("adamw", 1.0, OFFSETS[:1]) + _law_records("o", 1.5, OFFSETS[:1])
+  c = budgets.compare_budgets(rs, "w", n_resamples=50, n_power=5)["cells"][("o", 100.0)]
+  assert budgets.speedup_text(c) == "1.59x (1 study, no interval)*"
+  assert math.isnan(c["p"]) and c["verdict"].startswith("untestable")

@@ -620,10 +620,13 @@ def _num(v: float, flag: str = EXACT) -> str:
 
 def speedup_text(c: dict) -> str:
   """`1.32x [1.10, 1.61]`, bounds as `≥ 2.00x [1.50, ≥ 2.00]`; a trailing `*` marks a cell
-  from fewer than MIN_STUDIES studies on either side."""
+  from fewer than MIN_STUDIES studies on either side, and a cell of one study has no
+  interval (`1.32x (1 study, no interval)*`)."""
   few = "*" if min(c["n"], c["n_base"]) < MIN_STUDIES else ""
   if math.isnan(c["speedup"]):
     return f"n/a ({'baseline diverged'}){few}"
+  if min(c["n"], c["n_base"]) < 2:  # one study: a bootstrap over it is the point itself
+    return f"{_num(c['speedup'], c['flag'])}x (1 study, no interval){few}"
   return (f"{_num(c['speedup'], c['flag'])}x [{_num(c['lo'], c['lo_flag'])}, "
           f"{_num(c['hi'], c['hi_flag'])}]{few}")
 
