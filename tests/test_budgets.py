@@ -338,6 +338,10 @@ def test_incomplete_studies_are_left_out_until_complete():
   assert budgets.coverage_text(base + muon, "w") == (
       "adamw 3 x 5, muon 3 x 4; left out until complete (a sweep in progress): "
       "muon study 1 (1 of 3 trials)")
+  # The plan's count, when the records carry it, decides even before any study is complete.
+  planned = [dict(r, trials_per_study=3) for r in base + muon if r["trial"] < 2]
+  kept, notes = budgets.complete_studies(planned)
+  assert kept == [] and "w: adamw study 0 (2 of 3 trials)" in notes and len(notes) == 10
   only = budgets.results(base + muon[:1], shapes_fn=lambda w: None)["w"]
   assert only.startswith("No challenger with records beside adamw yet.")
   assert "muon study 0 (1 of 3 trials)" in only

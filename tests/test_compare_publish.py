@@ -197,6 +197,7 @@ def test_the_budget_comparison_runs_its_phases_in_order_then_the_reference_runs(
   rs = compare.read_records(records)
   assert sorted((r["optimizer"], r["study"]) for r in rs) == [
       ("adamw", 0), ("adamw", 1), ("adamw", 1000), ("sgd", 0), ("sgd", 1)]
+  assert all(r["trials_per_study"] == 1 for r in rs if r["study"] < 1000)  # the plan's
   tuned = [r for r in rs if r["optimizer"] == "adamw" and r["study"] < 1000]
   best = min(tuned, key=lambda r: (r["final_metric"], r["study"]))
   ref = next(r for r in rs if r["study"] == 1000)

@@ -671,17 +671,19 @@ def coverage_text(records: Sequence[dict], workload: str, baseline: str = "adamw
 
 def complete_studies(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
   """(records, left out): the tuning records of (workload, optimizer, study) groups holding
-  as many trials as the workload's fullest study, and one `optimizer study s (k of n trials)`
-  per group left out. A study's best trial is only a best once all its trials ran: while a
-  sweep is in progress, a study of 1 of 6 trials would be compared against studies of 6.
-  Reference runs and records without budget_metrics pass through."""
+  as many trials as a study of the workload should (the records' `trials_per_study`, the
+  sweep's plan; for records without it, the workload's fullest study), and one `optimizer
+  study s (k of n trials)` per group left out. A study's best trial is only a best once all its
+  trials ran: while a sweep is in progress, a study of 1 of 6 trials would be compared against
+  studies of 6. Reference runs and records without budget_metrics pass through."""
   groups: dict[tuple, set] = {}
+  full: dict[str, int] = {}
   for r in records:
     if has_budgets(r) and isinstance(r.get("study"), int) and not scoring.is_reference(r):
       groups.setdefault((r["workload"], r["optimizer"], r["study"]), set()).add(r["trial"])
-  full: dict[str, int] = {}
+      full[r["workload"]] = max(full.get(r["workload"], 0), int(r.get("trials_per_study") or 0))
   for (w, _, _), trials in groups.items():
-    full[w] = max(full.get(w, 0), len(trials))
+    full[w] = max(full[w], len(trials))
   short = {k for k, trials in groups.items() if len(trials) < full[k[0]]}
   kept = [r for r in records
           if (r["workload"], r["optimizer"], r.get("study")) not in short

@@ -91,6 +91,9 @@ class RunSpec:
   # The id of the search space the hyperparameters were drawn from (`spaces.space_id`; not
   # part of the key): recorded so that records of different spaces are never mixed up.
   space: str | None = None
+  # How many trials the plan gives this run's study (not part of the key), recorded as
+  # `trials_per_study`: a study is complete once it holds that many (budgets.complete_studies).
+  trials_per_study: int | None = None
 
   def key(self) -> tuple:
     return (self.workload, self.optimizer, self.study, self.trial, self.seed)
@@ -149,6 +152,8 @@ def make_record(spec: RunSpec, result: dict, prov: dict | None = None) -> dict:
     record["full_budget"] = True
   if spec.space is not None:
     record["space"] = spec.space
+  if spec.trials_per_study is not None:
+    record["trials_per_study"] = spec.trials_per_study
   record.update(prov or provenance())
   record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
   return record
@@ -214,7 +219,7 @@ def plan(workload: str, optimizers: Sequence[str], num_trials: int,
       sid = spaces_lib.space_id_of(opt)
       for trial, hp in enumerate(draw_trials(opt, num_trials, study)):
         specs.append(RunSpec(workload, opt, hp, study, trial, run_seed(study, trial),
-                             full_budget, sid))
+                             full_budget, sid, num_trials))
   return specs
 
 
