@@ -494,7 +494,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
   from experiments.harness import progress as progress_lib  # pylint: disable=g-import-not-at-top
   from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   programs, history = [], []
-  for phase in phases:
+  for phase_index, phase in enumerate(phases):
     recorded = read_records(phase.records_dir)
     history += recorded
     _check_draws(phase.specs, recorded, phase.records_dir)
@@ -502,15 +502,21 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
     todo = [sp for sp in phase.specs if sp.key() not in done]
     print(f"{phase.name}: {len(phase.specs)} runs planned, {len(phase.specs) - len(todo)} "
           "already recorded")
-    programs += [(phase, g, _use_vectorized(g, vectorize))
-                 for g in _groups(todo, max_trials_per_program)]
+    order = {sp.key(): i for i, sp in enumerate(phase.specs)}
+    for g in _groups(todo, max_trials_per_program):
+      if _use_vectorized(g, vectorize):
+        programs.append((phase, g, True, (phase_index, order[g[0].key()])))
+      else:  # trainer runs one at a time, in the plan's order: study by study
+        programs += [(phase, [sp], False, (phase_index, order[sp.key()])) for sp in g]
   priors = progress_lib.trainer_priors(history)
   # Vectorized programs first, cheapest workload first (by its trainer runs' seconds so far, 0
   # where there are none: the small workloads), so a stopped sitting has done the most runs;
-  # stable, so phase order within a workload.
-  programs.sort(key=lambda p: (not p[2], priors.get((p[1][0].workload, False), 0.0)))
+  # then phase order and the plan's order, which is study by study (`records.plan`): a sweep
+  # stopped midway leaves every optimizer with the same complete studies, not one optimizer
+  # with all of them and the next with none.
+  programs.sort(key=lambda p: (not p[2], priors.get((p[1][0].workload, False), 0.0), p[3]))
   progress = progress_lib.Progress(
-      [(sp.workload, use) for _, g, use in programs for sp in g], priors)
+      [(sp.workload, use) for _, g, use, _ in programs for sp in g], priors)
   new: list[dict] = []
 
   def run_fn_for(phase):
@@ -525,7 +531,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
     return run_fn
 
   try:
-    for phase, group, use in programs:
+    for phase, group, use, _ in programs:
       stop.check(len(new))
       if not use:
         new += sweep(group, phase.records_dir, run_fn_for(phase))

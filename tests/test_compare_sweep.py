@@ -254,3 +254,21 @@ def test_budget_line_names_what_a_stopped_sweep_has_not_run():
   assert "Incomplete" not in workspace_lib.budget_sentence(complete)
   uneven = complete + [_rec(w, "d", 0, 0, 10.0) for w in ("w1", "w2")]
   assert "NOT the same for every optimizer" in workspace_lib.budget_sentence(uneven)
+
+
+def test_trainer_runs_go_study_by_study(tmp_path, monkeypatch):
+  """A sweep's trainer runs follow the plan's order, every optimizer's trials of study 0
+  before any of study 1, so a sweep stopped midway leaves each optimizer the same complete
+  studies (issue 39: a multi-day sweep is read while it runs)."""
+  order = []
+
+  def fake_train_run(spec, runs_dir):
+    order.append((spec.study, spec.optimizer, spec.trial))
+    return {"target": 1.0, "metric": "val_loss", "step_budget": 10, "steps_to_target": None,
+            "time_to_target_s": None, "final_metric": 2.0, "curve": [[0, 0.0, 3.0]]}
+
+  monkeypatch.setattr(compare, "train_run", fake_train_run)
+  phase = compare.plan_phase(str(tmp_path / "records"), str(tmp_path / "runs"), ["mds"],
+                             ["adamw", "sgd"], 2, 2)
+  compare.run_phases([phase], vectorize="never")
+  assert order == [(s, o, t) for s in (0, 1) for o in ("adamw", "sgd") for t in (0, 1)]
