@@ -1,24 +1,25 @@
 r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf scores, speedrun rule.
 
-  python -m experiments.compare all records/ [--quick]     # sweep + score + plots + WORKSPACE.md
-  python -m experiments.compare sweep records/ [--quick]   # train what is missing, then score
   python -m experiments.compare all records/budgets --budget=budgets --runs_dir=runs/budgets
       # the budget comparison (issue 39), resumable: README's headline when done
-  python -m experiments.compare all records/ --budget=algoperf  # issue 21's comparison
-  python -m experiments.compare score records/ [--r_max=4] [--speedrun_workload=speedrun]
-  python -m experiments.compare plots records/ [--out_dir=results]   # experiments/harness/plots.py
-  python -m experiments.compare targets records/   # each workload's target by the AdamW rule
-  python -m experiments.compare retarget records/  # rescore records on the configs' targets
+  python -m experiments.compare all DIR [--quick]     # sweep + score + plots + DIR/report.md
+  python -m experiments.compare sweep DIR [--quick]   # train what is missing, then score
+  python -m experiments.compare all DIR --budget=algoperf  # issue 21's step-to-target budget
+  python -m experiments.compare score records/history/issue21 [--r_max=4]
+      # the replaced step-to-target comparison (issue 21), rescored from its records
+  python -m experiments.compare plots DIR [--out_dir=results]   # experiments/harness/plots.py
+  python -m experiments.compare targets DIR   # each workload's target by the AdamW rule
+  python -m experiments.compare retarget DIR  # rescore records on the configs' targets
   python -m experiments.compare budgets records/budgets [--baseline=adamw] [--nopaired]
       # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py): the
       # README headline, WORKSPACE's budgets section, results/budgets_<workload>.png
-  python -m experiments.compare edges records/     # tuned values at an edge of their range
+  python -m experiments.compare edges records/budgets  # tuned values at an edge of their range
   python -m experiments.compare reference records/budgets --runs_dir=runs/budgets
       # the baseline's best tuned trial x --reference_runs seeds: the steps-to-target target
 
 Publishing is explicit: README.md's headline, WORKSPACE.md's section and results/*.png are
-written only when RECORDS_DIR is the repository's own records/ or records/budgets/ (resolved
-real paths) or --publish is given. Any other directory (a scratch sweep) gets its report on
+written only when RECORDS_DIR is the repository's own records/budgets/ (resolved real paths)
+or --publish is given. Any other directory (a scratch sweep) gets its report on
 stdout and in RECORDS_DIR/report.md, its plots in RECORDS_DIR/plots/.
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
@@ -206,9 +207,11 @@ COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", 
 # Tests point publishing at a copy of the repository (README.md, WORKSPACE.md, results/,
 # records/) through this variable instead of writing into the checkout.
 ROOT_ENV = "COMPARE_REPO_ROOT"
-# The repository's own records: the step-to-target comparison's records/ and the budget
-# comparison's records/budgets/ (issue 39).
-PUBLISHED_DIRS = (("records",), ("records", "budgets"))
+# The repository's own records: the budget comparison's records/budgets/ (issue 39), which
+# writes README.md's headline. The step-to-target comparison it replaced lives in
+# records/history/issue21/ and is scored there as a scratch directory (its report.md), so no
+# second command writes the headline.
+PUBLISHED_DIRS = (("records", "budgets"),)
 
 
 def repo_root() -> str:
@@ -218,8 +221,8 @@ def repo_root() -> str:
 
 def publishes(records_dir: str, publish: bool = False) -> bool:
   """Whether a command on `records_dir` writes README.md, WORKSPACE.md and results/: only for
-  the repository's own records/ or records/budgets/ (`PUBLISHED_DIRS`; resolved real paths, so
-  a symlink or `./records` counts) or when asked (`--publish`). A scratch sweep must not
+  the repository's own records/budgets/ (`PUBLISHED_DIRS`; resolved real paths, so a
+  symlink or `./records/budgets` counts) or when asked (`--publish`). A scratch sweep must not
   overwrite the published comparison."""
   own = [os.path.realpath(os.path.join(repo_root(), *d)) for d in PUBLISHED_DIRS]
   return publish or os.path.realpath(records_dir) in own
@@ -250,7 +253,7 @@ def write_report(records_dir: str, path: str, plots_dir: str) -> None:
   rel = os.path.relpath(plots_dir, here)
   text = ("# Comparison report (not published)\n\n"
           f"From `{records_dir}`; README.md, WORKSPACE.md and results/ are written only for "
-          "the repository's records/ or with --publish.\n\n## Headline\n\n"
+          "the repository's records/budgets/ or with --publish.\n\n## Headline\n\n"
           + workspace_lib.headline(records, records_dir, f.baseline, f.alpha)
           + "\n\n## Section\n\n"
           + workspace_lib.section(records, records_dir, rel, f.baseline, f.r_max, f.alpha,

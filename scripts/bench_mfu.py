@@ -13,8 +13,11 @@ In one run it prints:
      optimizer, the trainer's own jitted step (`experiments.parallel.strategies`, metrics and
      donation included) timed in interleaved rounds with the same architecture in PyTorch
      (scripts/torch_gpt.py, AdamW, eager and `torch.compile`): median ms, MFU (model FLOPs /
-     step time / the 2048^3 rate measured in the same rounds) and the ratio of total time to
-     AdamW's over all rounds;
+     step time / the 2048^3 rate measured in the same rounds), the ratio of total time to
+     AdamW's over all rounds, and the ratio of the step's FLOPs in XLA's cost analysis to
+     AdamW's (the optimizer's own arithmetic: where its matrices run no faster than the model's,
+     the step-time ratio cannot fall below it; a preconditioner refresh behind a conditional and
+     LAPACK's eigendecompositions are counted as XLA counts them);
   4. a profile of the small AdamW step from a JAX profiler trace: each XLA kernel's time,
      attributed by the HLO op's name scope (models/gpt.py names "attention", "norm_rotary",
      "loss"; experiments/training/step.py names "optimizer"), as shares of the kernels' time,
@@ -331,13 +334,17 @@ def main(argv):
       ref, mm = runners[0].times, runners[-1].times
       print(f"  matmul 2048^3 in the rounds: {2 * 2048 ** 3 / statistics.median(mm) / 1e9:.1f} "
             f"GFLOP/s (median); MFU = model FLOPs / step time / that rate, per round")
-      print(f"  {'runner':16s} {'ms/step':>8s} {'MFU':>6s} {'x ' + runners[0].name:>14s}  "
-            "(median ms and MFU of the rounds; ratio of the total times)")
+      print(f"  {'runner':16s} {'ms/step':>8s} {'MFU':>6s} {'x ' + runners[0].name:>14s} "
+            f"{'XLA FLOPs x':>12s}  (median ms and MFU of the rounds; ratio of the total "
+            "times; the step's XLA FLOPs over the first's)")
       for r in runners[:-1]:
         ms = statistics.median(r.times) * 1e3
         ratio = sum(r.times) / sum(ref)  # totals: amortized preconditioner refreshes
         mfu = statistics.median([flops / t / (2 * 2048 ** 3 / m) for t, m in zip(r.times, mm)])
-        print(f"  {r.name:16s} {ms:8.1f} {mfu:6.3f} {ratio:14.3f}")
+        opt = r.name.removeprefix("jax ")
+        fx = (f"{infos[opt]['xla_flops'] / first['xla_flops']:12.3f}" if opt in infos
+              else f"{'-':>12s}")
+        print(f"  {r.name:16s} {ms:8.1f} {mfu:6.3f} {ratio:14.3f} {fx}")
         results.append((size, r.name, ms, mfu, ratio))
       if size == "small" and _PROFILE_STEPS.value and "adamw" in infos:
         shares, host, ms = profile(runners[_OPTIMIZERS.value.index("adamw")],

@@ -733,8 +733,8 @@ def results(records: Sequence[dict], workloads: Sequence[str] | None = None,
     try:
       res = compare_budgets(with_b, w, baseline, paired, alpha, shapes, **kwargs)
     except ValueError as e:
-      out[w] = str(e).removeprefix(f"{w}: ")  # the workload heads its entry already
-      out[w] = out[w][0].upper() + out[w][1:] + "."
+      msg = str(e).removeprefix(f"{w}: ")  # the workload heads its entry already
+      out[w] = msg[:1].upper() + msg[1:] + "."
       continue
     if not res["budgets"]:  # only the baseline's records so far (a sweep in progress)
       others = sorted({r["optimizer"] for r in with_b if r["workload"] == w} - {baseline})

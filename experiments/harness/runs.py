@@ -112,7 +112,10 @@ def run_config(spec: records_lib.RunSpec):
   cfg = configs_util.load(os.path.join(_ROOT, WORKLOAD_CONFIGS[spec.workload]))
   if spec.optimizer == BUDGET_BASELINE and spec.workload in BASELINE_BUDGETS:
     longer = BASELINE_BUDGETS[spec.workload]
-    assert set(cfg.train.budgets) <= set(longer) and min(longer) == min(cfg.train.budgets)
+    if not (set(cfg.train.budgets) <= set(longer) and min(longer) == min(cfg.train.budgets)):
+      raise ValueError(
+          f"{spec.workload}: BASELINE_BUDGETS {tuple(longer)} must hold the workload's budgets "
+          f"{tuple(cfg.train.budgets)} and start at the same shortest budget")
     cfg.train.budgets, cfg.train.steps = tuple(longer), max(longer)
   base_module = f"configs.{records_lib.BASE_CONFIGS[spec.optimizer]}"
   base = importlib.import_module(base_module).get_config()
