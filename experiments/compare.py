@@ -18,9 +18,11 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
       # the baseline's best tuned trial x --reference_runs seeds: the steps-to-target target
 
 Publishing is explicit: README.md's headline, WORKSPACE.md's section and results/*.png are
-written only when RECORDS_DIR is the repository's own records/budgets/ (resolved real paths)
-or --publish is given. Any other directory (a scratch sweep) gets its report on
-stdout and in RECORDS_DIR/report.md, its plots in RECORDS_DIR/plots/.
+written only when RECORDS_DIR is the repository's own records/ or records/budgets/ (resolved
+real paths) or --publish is given. The headline is the budget comparison's, published from
+records/budgets/; the step-to-target comparison it replaced is rescored where it lies
+(`score records/history/issue21`, a scratch directory). Any other directory (a scratch sweep)
+gets its report on stdout and in RECORDS_DIR/report.md, its plots in RECORDS_DIR/plots/.
 
 Tuning follows AlgoPerf's external tuning ruleset (Dahl et al. 2023, arXiv 2306.07179): every
 optimizer gets the same number of trials drawn quasi-randomly (scrambled Sobol points through
@@ -207,11 +209,9 @@ COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", 
 # Tests point publishing at a copy of the repository (README.md, WORKSPACE.md, results/,
 # records/) through this variable instead of writing into the checkout.
 ROOT_ENV = "COMPARE_REPO_ROOT"
-# The repository's own records: the budget comparison's records/budgets/ (issue 39), which
-# writes README.md's headline. The step-to-target comparison it replaced lives in
-# records/history/issue21/ and is scored there as a scratch directory (its report.md), so no
-# second command writes the headline.
-PUBLISHED_DIRS = (("records", "budgets"),)
+# The repository's own records: the step-to-target comparison's records/ and the budget
+# comparison's records/budgets/ (issue 39).
+PUBLISHED_DIRS = (("records",), ("records", "budgets"))
 
 
 def repo_root() -> str:
@@ -221,8 +221,8 @@ def repo_root() -> str:
 
 def publishes(records_dir: str, publish: bool = False) -> bool:
   """Whether a command on `records_dir` writes README.md, WORKSPACE.md and results/: only for
-  the repository's own records/budgets/ (`PUBLISHED_DIRS`; resolved real paths, so a
-  symlink or `./records/budgets` counts) or when asked (`--publish`). A scratch sweep must not
+  the repository's own records/ or records/budgets/ (`PUBLISHED_DIRS`; resolved real paths, so
+  a symlink or `./records` counts) or when asked (`--publish`). A scratch sweep must not
   overwrite the published comparison."""
   own = [os.path.realpath(os.path.join(repo_root(), *d)) for d in PUBLISHED_DIRS]
   return publish or os.path.realpath(records_dir) in own
@@ -253,7 +253,7 @@ def write_report(records_dir: str, path: str, plots_dir: str) -> None:
   rel = os.path.relpath(plots_dir, here)
   text = ("# Comparison report (not published)\n\n"
           f"From `{records_dir}`; README.md, WORKSPACE.md and results/ are written only for "
-          "the repository's records/budgets/ or with --publish.\n\n## Headline\n\n"
+          "the repository's records/ or with --publish.\n\n## Headline\n\n"
           + workspace_lib.headline(records, records_dir, f.baseline, f.alpha)
           + "\n\n## Section\n\n"
           + workspace_lib.section(records, records_dir, rel, f.baseline, f.r_max, f.alpha,
