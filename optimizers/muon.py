@@ -208,6 +208,11 @@ def muon(*, learning_rate: Any, momentum: float = 0.95, nesterov: bool = True,
       first steps (the NanoGPT speedrun's 0.85 -> 0.95); 0: constant beta.
     momentum_start: beta at step 0 when warming up.
     ns_steps, ns_coeffs, ns_dtype: Newton–Schulz iteration (`newton_schulz.orthogonalize`).
+      The reference implementations (Jordan's and torch.optim.Muon) feed the iteration
+      bfloat16; `ns_dtype="bfloat16"` does too. The default stays float32: every Muon record
+      of the comparisons (records/) was made with it, the CPU has no bfloat16 product for
+      every operand layout (WORKSPACE, issue 19), and on an AVX-512-BF16 CPU bfloat16 ran the
+      iteration only 1.31x faster (WORKSPACE, "Step speed and MFU").
     gram_ns: Gram Newton–Schulz for rectangular matrices (aspect ratio >= 1.5).
     scale: "original" (sqrt(max(1, fan_out / fan_in))) or "match_adamw_rms" (Moonlight's
       0.2 sqrt(max(fan_in, fan_out))).
