@@ -38,11 +38,14 @@ LOG_SPAN = 30.0
 
 def styles(optimizers: Sequence[str]) -> dict[str, dict]:
   """One fixed color and line style per optimizer across every figure (its place in the
-  harness's table): tab10's ten colors, solid, then again dash-dotted."""
+  harness's table): tab10's ten colors, solid, then Dark2's eight from its magenta on,
+  dash-dotted, so that no two of the first 18 share a color (the 11th, NorMuon, used to get
+  AdamW's blue; magenta keeps it apart from Muon's cyan)."""
   spaces = records_lib.SEARCH_SPACES
   known = list(spaces) + sorted(set(optimizers) - set(spaces))
-  cmap = plt.get_cmap("tab10")
-  return {o: {"color": cmap(known.index(o) % 10),
+  dark2 = list(plt.get_cmap("Dark2").colors)
+  palette = list(plt.get_cmap("tab10").colors) + dark2[3:] + dark2[:3]
+  return {o: {"color": palette[known.index(o) % len(palette)],
               "ls": "-" if known.index(o) < 10 else "-."} for o in optimizers}
 
 
