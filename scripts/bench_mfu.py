@@ -337,12 +337,12 @@ def main(argv):
       print(f"  {'runner':16s} {'ms/step':>8s} {'MFU':>6s} {'x ' + runners[0].name:>14s} "
             f"{'XLA FLOPs x':>12s}  (median ms and MFU of the rounds; ratio of the total "
             "times; the step's XLA FLOPs over the first's)")
+      xla_flops = {f"jax {o}": info["xla_flops"] for o, info in infos.items()}
       for r in runners[:-1]:
         ms = statistics.median(r.times) * 1e3
         ratio = sum(r.times) / sum(ref)  # totals: amortized preconditioner refreshes
         mfu = statistics.median([flops / t / (2 * 2048 ** 3 / m) for t, m in zip(r.times, mm)])
-        opt = r.name.removeprefix("jax ")
-        fx = (f"{infos[opt]['xla_flops'] / first['xla_flops']:12.3f}" if opt in infos
+        fx = (f"{xla_flops[r.name] / first['xla_flops']:12.3f}" if r.name in xla_flops
               else f"{'-':>12s}")
         print(f"  {r.name:16s} {ms:8.1f} {mfu:6.3f} {ratio:14.3f} {fx}")
         results.append((size, r.name, ms, mfu, ratio))
