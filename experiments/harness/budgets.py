@@ -887,7 +887,11 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
     tested = sum(not math.isnan(c["p"]) for c in res["cells"].values())
     lines += ["", f"Speed-up: the {baseline} budget that reaches the optimizer's loss, divided "
               "by the budget (Wen et al. 2025), from medians over studies of each study's "
-              "best trial at that budget; [95% bootstrap interval over studies]; ≥ / ≤: beyond "
+              "best trial at that budget"
+              + (f" ({baseline}'s curve from the same studies as the optimizer's: study s of "
+                 "every optimizer shares its seeds and Sobol points, the paired design)"
+                 if paired else "")
+              + "; [95% bootstrap interval over studies]; ≥ / ≤: beyond "
               f"{baseline}'s budgets, a bound. **Bold**: the loss differs from {baseline}'s "
               f"({test_name(res['test'], paired)} over studies) "
               + (f"after Holm's correction over the {tested} tested cells (family-wise alpha "
