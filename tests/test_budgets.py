@@ -155,6 +155,24 @@ def test_paired_resampling_draws_the_same_studies_for_both():
       _loss(100, 1.5) - _loss(100))
 
 
+def test_a_paired_point_estimate_uses_the_baseline_s_curve_from_the_shared_studies_only():
+  # A challenger with one study (a sweep midway; study 4, offset +0.02 on both sides). At 200
+  # steps its loss A + B/300 + 0.02 lies between the baseline's 200 and 400 steps, read
+  # linearly in log budget. Paired, against the baseline's study-4 curve (offset +0.02 too),
+  # it lies (B/200 - B/300) / (B/200 - B/400) = 2/3 of the way: 2^(2/3) x. Unpaired, against
+  # the median over all five studies (offset 0), its +0.02 counts: 2^((1/6 - 0.02)/0.25) x.
+  rs = _law_records("adamw", 1.0) + _law_records("o", 1.5)
+  rs = [r for r in rs if not (r["optimizer"] == "o" and r["study"] != 4)]
+  base = budgets.best_per_budget(rs, "w", "adamw")
+  chal = budgets.best_per_budget(rs, "w", "o")
+  assert chal.studies == (4,)
+  paired = budgets.bootstrap_speedup(base, chal, 200.0, paired=True, n_resamples=50)
+  unpaired = budgets.bootstrap_speedup(base, chal, 200.0, paired=False, n_resamples=50)
+  assert paired["n_base"] == 1 and paired["speedup"] == pytest.approx(2 ** (2 / 3), rel=1e-9)
+  assert unpaired["n_base"] == 5
+  assert unpaired["speedup"] == pytest.approx(2 ** ((1 / 6 - 0.02) / 0.25), rel=1e-9)
+
+
 def test_holm_against_a_hand_computation():
   p = [0.01, 0.04, 0.03, 0.005, math.nan]
   adjusted, reject, threshold = budgets.holm(p, alpha=0.05)
