@@ -390,3 +390,29 @@ def test_a_single_study_gets_no_interval():
   c = budgets.compare_budgets(rs, "w", n_resamples=50, n_power=5)["cells"][("o", 100.0)]
   assert budgets.speedup_text(c) == "1.59x (1 study, no interval)*"
   assert math.isnan(c["p"]) and c["verdict"].startswith("untestable")
+
+
+def test_the_plot_draws_the_baseline_and_its_running_minimum_on_the_budgets(tmp_path,
+                                                                             monkeypatch):
+  # The baseline's median markers and the dashed curve the speed-ups are read from share their
+  # x (the budgets): shifted apart, a falling line seems to pass under the curve read from it.
+  # The challengers sit beside them, each at its own offset.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from experiments.harness import plots  # pylint: disable=g-import-not-at-top
+  rs = (_law_records("adamw", 1.0) + _law_records("o", 1.5) + _law_records("p", 0.8))
+  res = budgets.results(rs, shapes_fn=lambda w: None, n_resamples=20, n_power=5)["w"]
+  figures = []
+  monkeypatch.setattr(plt, "close", figures.append)
+  plots.plot_budgets(rs, "w", res, str(tmp_path / "b.png"))
+  ax = figures[0].axes[0]
+  xs = {line.get_label(): np.asarray(line.get_xdata(), float) for line in ax.get_lines()}
+  dashed = [x for label, x in xs.items() if "running minimum" in label]
+  assert len(dashed) == 1
+  np.testing.assert_allclose(dashed[0], GRID)
+  markers = [np.asarray(line.get_xdata(), float) for line in ax.get_lines()
+             if line.get_marker() == "o"]
+  assert len(markers) == 3
+  np.testing.assert_allclose(markers[0], GRID)  # the baseline first, on the budgets
+  shifts = sorted(float(x[0] / GRID[0]) for x in markers)
+  assert len(set(shifts)) == 3 and 1.0 in shifts
+  plt.close("all")

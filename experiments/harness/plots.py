@@ -198,15 +198,16 @@ def plot_budgets(records: Sequence[dict], workload: str, res: dict, path: str) -
   optimizers = [base] + list(res["optimizers"])
   style = styles(optimizers)
   fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(14, 5.2))
-  n_opt = len(optimizers)
   metric = next(r["metric"] for r in records
                 if r["workload"] == workload and budgets_lib.has_budgets(r))
   for k, o in enumerate(optimizers):
     table = budgets_lib.best_per_budget(records, workload, o)
     if table is None:
       continue
-    # Side by side within a budget (a small multiplicative offset), so bars do not hide.
-    shift = 1.0 + 0.025 * (k - (n_opt - 1) / 2)
+    # Side by side within a budget (a small multiplicative offset), so bars do not hide: the
+    # baseline (k = 0) on the budgets themselves, where its dashed curve is drawn (shifted, a
+    # falling line would seem to pass under that curve), the others alternately left and right.
+    shift = 1.0 + 0.025 * ((k + 1) // 2) * (-1 if k % 2 else 1)
     x = table.budgets * shift
     loss = np.where(np.isfinite(table.loss), table.loss, np.nan)
     med = np.nanmedian(loss, axis=0) if len(loss) else np.full(len(x), np.nan)
