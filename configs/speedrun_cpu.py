@@ -97,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_batches = 16
   c.train.log_every = 25
   c.train.checkpoint_every = 200
+  # Also checkpoint at the first step after this many wall-clock seconds since the last
+  # checkpoint (bounds what a killed run loses, however slow its steps); 0: only by steps.
+  c.train.checkpoint_every_s = 0.0
   c.train.keep_checkpoints = FieldReference(3, field_type=int)  # None: keep every checkpoint
   # A resume under changed settings that alter the trajectory (lr, batch, schedule, steps, data,
   # ...) is an error listing the differences; True continues under the new values and records

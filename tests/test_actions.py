@@ -7,6 +7,7 @@ import pytest
 from experiments.training import metrics as metrics_lib
 from experiments.training import loop as trainer
 from experiments.training import actions
+from experiments.training import validate
 from tests.test_train import tiny_config
 
 
@@ -78,3 +79,35 @@ def test_an_action_that_is_off_is_not_built(tmp_path, registered):
   cfg.train.record_every = 1
   assert [type(a).__name__ for a in actions.from_config(cfg)] == [
       "LogProgress", "Evaluate", "Checkpoint", "Preemption", "_Record"]
+
+
+def test_checkpoints_by_wall_clock_come_at_the_first_step_past_the_interval(monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(actions.time, "monotonic", lambda: now[0])
+  saved = []
+  run = type("Run", (), {"total_steps": 100, "stop_at": 100,
+                        "save": lambda self, s: saved.append(s)})()
+  ckpt = actions.Checkpoint(every=50, every_s=10.0, on_stop=True)
+  ckpt.start(run)
+  for step in range(1, 101):
+    now[0] += 3.0 if step < 60 else 0.5  # 3 s per step, then 0.5 s
+    if ckpt.due(run, step, False):
+      ckpt(run, step)
+  # By time at the first step 10 s or more after the last save, whichever cadence made it
+  # (step 50's save by count restarts the count: the next by time is 54, not 52); at 0.5 s a
+  # step from step 60 on, 73 (3 + 14 x 0.5 s after 58) and 93; the end at 100.
+  assert saved == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 50, 54, 58, 73, 93, 100]
+  off = actions.Checkpoint(every=50, every_s=0.0)
+  off.start(run)
+  now[0] += 1e6
+  assert [s for s in range(1, 101) if off.due(run, s, False)] == [50, 100]
+
+
+def test_checkpoint_every_s_is_read_from_the_config_and_checked(tmp_path):
+  cfg = tiny_config(tmp_path, train__steps=2, train__checkpoint_every_s=30.0)
+  (ckpt,) = [a for a in actions.from_config(cfg) if isinstance(a, actions.Checkpoint)]
+  assert ckpt.every_s == 30.0 and ckpt.every == 10
+  for bad in (-1.0, float("nan")):
+    cfg.train.checkpoint_every_s = bad
+    with pytest.raises(validate.ConfigError, match="train.checkpoint_every_s"):
+      validate.validate(cfg)

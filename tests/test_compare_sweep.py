@@ -9,6 +9,7 @@ import pytest
 from configs import workload_logreg
 from experiments import compare
 from experiments.harness import plots as compare_plots
+from experiments.harness import runs as runs_lib
 from experiments.training import loop as trainer
 from scripts import update_workspace
 from tests.test_compare import _rec
@@ -53,6 +54,9 @@ def test_run_config_overlays_hparams_on_the_base_and_takes_its_recipe():
   assert cfg.schedule.name == "warmup_cosine" and cfg.schedule.warmup_steps == 10
   assert cfg.train.grad_clip_norm is None and cfg.train.stop_at_target
   assert cfg.schedule.base_batch_size is None  # learning rates used as drawn
+  # A killed sweep (no signal) loses at most this much of its trial in progress.
+  assert cfg.train.checkpoint_every_s == runs_lib.CHECKPOINT_EVERY_S == 300.0
+  assert cfg.train.checkpoint_every == cfg.train.steps and cfg.train.keep_checkpoints == 1
 
   sgd = compare.run_config(compare.RunSpec("logreg", "sgd", {"learning_rate": 0.5}, 0, 0, 0))
   assert sgd.train.grad_clip_norm == 1.0 and sgd.optimizer.momentum == 0.9

@@ -266,3 +266,32 @@ def test_skip_nonfinite_updates_skips_counts_and_stops_after_n(tmp_path, corpus)
   rc, out = run_cli(tmp_path / "w3", corpus, "--config.train.steps=12",
                     "--config.debug.nonfinite_grad_steps=3")
   assert rc == 1 and "skip_nonfinite_updates" in out, out
+
+
+# 9. -----------------------------------------------------------------------------------------
+
+def test_a_run_killed_without_warning_resumes_from_its_wall_clock_checkpoint(tmp_path, corpus,
+                                                                            straight_30):
+  # No checkpoint by steps before the end; by wall-clock, one after every step (any interval
+  # shorter than a step): SIGKILL, which no handler sees, loses at most the step in flight.
+  wd = tmp_path / "w"
+  flags = ("--config.train.steps=30", "--config.train.checkpoint_every=1000",
+           "--config.train.checkpoint_every_s=1e-9")
+  proc = run_cli(wd, corpus, *flags, wait=False)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      if any(p.name.isdigit() and int(p.name) >= 8 for p in (wd / "checkpoints").glob("*")):
+        break
+      time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+  killed_at = restore_params(wd)[0]
+  assert 8 <= killed_at < 30
+  rc, out = run_cli(wd, corpus, *flags)
+  assert rc == 0, out
+  assert f"Resumed from checkpoint step {killed_at}" in out, out
+  chex.assert_trees_all_equal(restore_params(wd)[1], restore_params(straight_30)[1])
+  assert_one_row_per_step_and_key(wd, 30)

@@ -362,6 +362,8 @@ CONFIG_KEYS = {
     "train.eval_batches": "Validation batches per evaluation.",
     "train.log_every": "Steps between training-metric rows in ``metrics.jsonl``.",
     "train.checkpoint_every": "Steps between checkpoints.",
+    "train.checkpoint_every_s": "Also checkpoint at the first step after this many wall-clock "
+                                "seconds since the last checkpoint; 0: only by steps.",
     "train.keep_checkpoints": "Checkpoints kept (the newest); None: every one.",
     "train.allow_config_change": "Resume under changed trajectory settings, recording the "
                                  "change (otherwise an error listing the differences).",

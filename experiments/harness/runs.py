@@ -52,6 +52,13 @@ VECTORIZE_SPEEDUP = {
     ("gpt_deep", "adamw"): 1.13,
 }
 # The repository root (this file is experiments/harness/runs.py).
+# A sweep's trainer runs also checkpoint every this many wall-clock seconds, so a sweep killed
+# without a signal (SIGKILL, its machine taken away) loses at most this much of the trial in
+# progress; its rerun resumes the trial from there (a resumed trial equals an uninterrupted one
+# bit for bit: tests/test_trustworthy_runs.py). One save of the speedrun model takes well under
+# a second, so the cost is negligible next to what it saves on the wide model's 16-minute trials.
+CHECKPOINT_EVERY_S = 300.0
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -144,6 +151,7 @@ def run_config(spec: records_lib.RunSpec):
   cfg.seed = spec.seed
   cfg.train.stop_at_target = not spec.full_budget
   cfg.train.checkpoint_every = int(cfg.train.steps)
+  cfg.train.checkpoint_every_s = CHECKPOINT_EVERY_S
   cfg.train.keep_checkpoints = 1
   cfg.train.stall_warning_s = 0.0
   return cfg

@@ -30,6 +30,7 @@ from typing import ClassVar
 from absl import logging
 import numpy as np
 
+from experiments.parallel import distributed
 from experiments.training import metrics as metrics_lib
 from experiments.training import validate
 
@@ -185,20 +186,42 @@ class Evaluate(PeriodicAction):
 
 @register
 class Checkpoint(PeriodicAction):
-  """A checkpoint every `train.checkpoint_every` steps, at `train.stop_at_step`, at the end and
-  before a signal stops the run."""
+  """A checkpoint every `train.checkpoint_every` steps, at the first step after
+  `train.checkpoint_every_s` seconds of wall-clock since the last one (0 or absent: off), at
+  `train.stop_at_step`, at the end and before a signal stops the run.
+
+  The wall-clock cadence bounds what a killed run loses (SIGKILL, a machine taken away: no
+  handler runs) whatever its speed. Every process decides on its own clock, and they agree on
+  the step like a signal's stop (`distributed.reached_preemption`, a collective every
+  `distributed.preemption_check_every` steps when more than one process runs), so all save
+  together."""
 
   config_key = "train.checkpoint_every"
 
+  def __init__(self, every: int = 0, every_s: float = 0.0, check_every: int = 1, **kwargs):
+    super().__init__(every=every, **kwargs)
+    self.every_s, self.check_every = float(every_s or 0.0), max(int(check_every or 1), 1)
+    self._last = time.monotonic()
+
   @classmethod
   def from_config(cls, config):
-    return cls(every=int(config.train.checkpoint_every), on_stop=True)
+    return cls(every=int(config.train.checkpoint_every), on_stop=True,
+               every_s=float(validate.get(config, "train.checkpoint_every_s") or 0.0),
+               check_every=int(validate.get(config, "distributed.preemption_check_every") or 1))
+
+  def start(self, run) -> None:
+    self._last = time.monotonic()
 
   def due(self, run, step, stopping):
-    return super().due(run, step, stopping) or step == run.stop_at
+    # Evaluated at every step on every process, before anything that could short-circuit it:
+    # with several processes it is a collective.
+    by_time = bool(self.every_s) and distributed.reached_preemption(
+        step, time.monotonic() - self._last >= self.every_s, self.check_every)
+    return by_time or super().due(run, step, stopping) or step == run.stop_at
 
   def __call__(self, run, step):
     run.save(step)
+    self._last = time.monotonic()
 
 
 @register

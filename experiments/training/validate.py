@@ -31,8 +31,9 @@ DATA_SOURCES = ("stdlib", "stdlib_docs", "bin")
 # where the corpus cache lives (the corpus hash is checked separately), which budgets branch off
 # the run (a branch leaves the main run's state and data as they were).
 RESUME_SAFE = (
-    "train.stop_at_step", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.stall_warning_s", "train.allow_config_change", "train.eval_every",
+    "train.stop_at_step", "train.log_every", "train.checkpoint_every", "train.checkpoint_every_s",
+    "train.keep_checkpoints", "train.stall_warning_s", "train.allow_config_change",
+    "train.eval_every",
     "data.cache_dir", "mesh.", "parallelism", "train.microbatches", "distributed.", "debug.",
     "model.remat", "train.budgets",
 )
@@ -75,6 +76,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   _int_at_least(config, "train.batch_size", 1)
   _int_at_least(config, "train.grad_accum_steps", 1)
   _int_at_least(config, "train.checkpoint_every", 1)
+  every_s = _get(config, "train.checkpoint_every_s")
+  _require(every_s is None or (isinstance(every_s, (int, float)) and not isinstance(every_s, bool)
+                               and math.isfinite(every_s) and every_s >= 0),
+           "train.checkpoint_every_s", every_s,
+           "must be a number of seconds >= 0 (0 or None: no wall-clock checkpoints)")
   _int_at_least(config, "train.log_every", 1)
   _int_at_least(config, "train.eval_every", 0)
   _int_at_least(config, "train.eval_batches", 1)
