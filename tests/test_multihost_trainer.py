@@ -44,9 +44,14 @@ def test_two_processes_match_one_and_only_process_zero_writes(tmp_path):
   corpus = tmp_path / "corpus"
   rc, out = single(tmp_path / "one", corpus, "--config.train.steps=6")
   assert rc == 0, out
-  rc, out = launch(tmp_path / "two", corpus, "--config.train.steps=6")
+  # Also a checkpoint after every step by wall-clock (an interval shorter than any step): each
+  # process decides on its own clock and they agree on the step through a collective.
+  rc, out = launch(tmp_path / "two", corpus, "--config.train.steps=6",
+                   "--config.train.checkpoint_every_s=1e-9", "--config.train.keep_checkpoints=10")
   assert rc == 0, out
   assert "[0] Done: step 6/6" in out and "[1] Done: step 6/6" in out
+  assert sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [1, 2, 3, 4, 5, 6]
   # Same global batch and math; only the cross-device summation order differs (gloo vs local).
   np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
   assert len(losses(tmp_path / "two")) == 6  # one writer: no row twice
