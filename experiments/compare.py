@@ -54,6 +54,7 @@ scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import os
@@ -512,14 +513,17 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
       else:  # trainer runs one at a time, in the plan's order: study by study
         programs += [(phase, [sp], False, (phase_index, order[sp.key()])) for sp in g]
   priors = progress_lib.trainer_priors(history)
+  workload_cost = collections.defaultdict(float)  # a workload's dearest trainer run so far
+  for (w, _, _), seconds in priors.items():
+    workload_cost[w] = max(workload_cost[w], seconds)
   # Vectorized programs first, cheapest workload first (by its trainer runs' seconds so far, 0
   # where there are none: the small workloads), so a stopped sitting has done the most runs;
   # then phase order and the plan's order, which is study by study (`records.plan`): a sweep
   # stopped midway leaves every optimizer with the same complete studies, not one optimizer
   # with all of them and the next with none.
-  programs.sort(key=lambda p: (not p[2], priors.get((p[1][0].workload, False), 0.0), p[3]))
+  programs.sort(key=lambda p: (not p[2], workload_cost[p[1][0].workload], p[3]))
   progress = progress_lib.Progress(
-      [(sp.workload, use) for _, g, use, _ in programs for sp in g], priors)
+      [(sp.workload, sp.optimizer, use) for _, g, use, _ in programs for sp in g], priors)
   new: list[dict] = []
 
   def run_fn_for(phase):
@@ -527,9 +531,11 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
       stop.check(len(new))  # the previous trial's record is written by now
       progress.start(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
                      f"{spec.hparams}")
+      resumed = runs_lib.has_checkpoint(runs_lib.workdir(spec, phase.runs_dir))
       t = time.time()
       result = train_run(spec, phase.runs_dir)
-      progress.finish((spec.workload, False), 1, time.time() - t)
+      progress.finish((spec.workload, spec.optimizer, False), 1, time.time() - t,
+                      timed=not resumed)
       return result
     return run_fn
 
@@ -548,7 +554,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
           else None
       t = time.time()
       new += vectorized.sweep_group(group, phase.records_dir, devices)
-      progress.finish((spec.workload, True), len(group), time.time() - t)
+      progress.finish((spec.workload, spec.optimizer, True), len(group), time.time() - t)
   except (SweepInterrupted, vectorized.Interrupted) as e:
     # A trainer run took the signal (and saved a checkpoint), or a vectorized program did: the
     # sweep stops too, recording nothing for the unfinished run or program.

@@ -6,39 +6,74 @@ from experiments import compare
 from experiments.harness import progress as progress_lib
 
 
-def test_eta_sums_each_workloads_own_seconds_per_run():
+def test_eta_sums_each_kinds_own_seconds_per_run():
   now = [0.0]
   lines = []
-  kinds = [("mds", True)] * 4 + [("speedrun", False)] * 3 + [("gpt_deep", False)] * 2
-  p = progress_lib.Progress(kinds, priors={("gpt_deep", False): 40.0}, clock=lambda: now[0],
-                            out=lines.append)
+  kinds = ([("mds", "adamw", True)] * 4 + [("speedrun", "adamw", False)] * 3 +
+           [("gpt_deep", "muon", False)] * 2)
+  p = progress_lib.Progress(kinds, priors={("gpt_deep", "muon", False): 40.0},
+                            clock=lambda: now[0], out=lines.append)
   p.start("mds adamw: 4 trials vectorized", 4)
   # Nothing of mds or speedrun timed yet: only gpt_deep's prior counts, the rest is named.
   assert lines[-1] == ("[1-4/9] mds adamw: 4 trials vectorized (elapsed 0 s, ETA 80 s + runs "
-                       "not timed yet: mds vectorized (4), speedrun (3))")
+                       "not timed yet: mds adamw vectorized (4), speedrun adamw (3))")
   now[0] = 2.0
-  p.finish(("mds", True), 4, 2.0)
+  p.finish(("mds", "adamw", True), 4, 2.0)
   p.start("speedrun adamw study 0 trial 0")
   assert lines[-1].startswith("[5/9] speedrun adamw study 0 trial 0 (elapsed 2 s, ETA 80 s + ")
   now[0] = 92.0
-  p.finish(("speedrun", False), 1, 90.0)
+  p.finish(("speedrun", "adamw", False), 1, 90.0)
   p.start("speedrun adamw study 0 trial 1")
   # 2 speedrun runs at 90 s + 2 gpt_deep at the prior's 40 s; one average over the 5 runs done
   # (18.4 s) would have said 74 s.
   assert lines[-1] == "[6/9] speedrun adamw study 0 trial 1 (elapsed 1.5 min, ETA 4.3 min)"
-  p.finish(("speedrun", False), 2, 150.0)
+  # A run resumed from a checkpoint counts as done, not as a measure of a run's time.
+  p.finish(("speedrun", "adamw", False), 1, 3.0, timed=False)
+  assert p.eta() == (90.0 + 80.0, [])
+  p.finish(("speedrun", "adamw", False), 1, 150.0)
   now[0] = 242.0
-  p.start("gpt_deep adamw study 0 trial 0")
+  p.start("gpt_deep muon study 0 trial 0")
   assert p.eta() == (80.0, [])  # no gpt_deep run measured yet: its prior
-  p.finish(("gpt_deep", False), 1, 20.0)
+  p.finish(("gpt_deep", "muon", False), 1, 20.0)
   assert p.eta() == (20.0, []) and p.done == 8
 
 
-def test_trainer_priors_leave_vectorized_records_out():
-  recs = [{"workload": "w", "curve": [[0, 0.0, 1.0], [10, t, 0.5]]} for t in (10.0, 30.0, 20.0)]
-  recs.append({"workload": "w", "vectorized_trials": 5, "curve": [[10, 0.01, 0.5]]})
-  recs.append({"workload": "v", "vectorized_trials": 5, "curve": [[10, 0.01, 0.5]]})
-  assert progress_lib.trainer_priors(recs) == {("w", False): 20.0}
+def test_an_untimed_optimizer_borrows_the_median_of_its_workloads_others():
+  kinds = [("w", "adamw", False)] * 2 + [("w", "muon", False), ("w", "soap", False),
+                                         ("w", "lion", True), ("v", "adamw", False)]
+  p = progress_lib.Progress(kinds, priors={("w", "muon", False): 100.0,
+                                           ("w", "soap", False): 300.0}, out=lambda _: None)
+  # adamw: median(100, 300) each; lion vectorized and workload v: nothing to borrow from.
+  assert p.eta() == (2 * 200.0 + 100.0 + 300.0, ["v adamw (1)", "w lion vectorized (1)"])
+  p.finish(("w", "muon", False), 1, 500.0)  # measured beats the prior, and is borrowed
+  assert p.per_run(("w", "adamw", False)) == 400.0
+
+
+def _record(workload, optimizer, finished, train_s, **extra):
+  return dict({"workload": workload, "optimizer": optimizer, "curve": [[0, 0.0, 1.0],
+               [10, train_s, 0.5]], "finished": f"2026-12-07T10:{finished}+0000"}, **extra)
+
+
+def test_trainer_priors_are_wall_clock_gaps_per_optimizer():
+  recs = [
+      _record("w", "adamw", "00:00", 100.0),   # the first: no gap before it
+      _record("w", "adamw", "02:30", 120.0),   # 150 s after the one before
+      _record("w", "muon", "03:40", 50.0),     # 70 s
+      _record("w", "muon", "04:40", 50.0),     # 60 s
+      _record("w", "adamw", "59:00", 120.0),   # 3260 s: a stop between them, left out
+      _record("w", "muon", "59:30", 60.0),     # 30 s: less than its training time, left out
+      _record("w", "lion", "59:40", 30.0),     # no gap kept: 30 s x the workload's median
+      #                                          gap / training time (1.25, 1.4, 1.2 -> 1.25)
+      _record("w", "sgd", "59:50", 5.0, vectorized_trials=5),  # vectorized: left out
+      _record("v", "adamw", "00:00", 10.0, vectorized_trials=5),
+  ]
+  priors = progress_lib.trainer_priors(recs)
+  assert priors == {("w", "adamw", False): 150.0, ("w", "muon", False): 65.0,
+                    ("w", "lion", False): 37.5}
+  # Without stamps: the training time alone.
+  for r in recs:
+    del r["finished"]
+  assert progress_lib.trainer_priors(recs)[("w", "adamw", False)] == 120.0
 
 
 def test_algoperf_plan_is_the_issues_budget(tmp_path):

@@ -167,6 +167,20 @@ class SweepInterrupted(Exception):
     self.signum = signum
 
 
+def workdir(spec: records_lib.RunSpec, runs_dir: str) -> str:
+  """The trainer workdir of one sweep run: `<runs_dir>/<workload>/<optimizer>/study<s>_trial<t>`."""
+  return os.path.join(runs_dir, spec.workload, spec.optimizer,
+                      f"study{spec.study}_trial{spec.trial}")
+
+
+def has_checkpoint(path: str) -> bool:
+  """Whether a trainer workdir holds a checkpoint (a rerun resumes from it)."""
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(path, "checkpoints")))
+  except OSError:
+    return False
+
+
 def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
   """Trains `spec` with the trainer (in this process) and returns `make_record`'s result.
 
@@ -176,17 +190,16 @@ def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
   from experiments.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from experiments.training import loop as trainer  # pylint: disable=g-import-not-at-top
   cfg = run_config(spec)
-  workdir = os.path.join(runs_dir, spec.workload, spec.optimizer,
-                         f"study{spec.study}_trial{spec.trial}")
+  run_dir = workdir(spec, runs_dir)
   try:
-    summary = trainer.train_and_evaluate(cfg, workdir)
+    summary = trainer.train_and_evaluate(cfg, run_dir)
     diverged = False
     if summary.get("stopped_by_signal"):
       raise SweepInterrupted(spec, int(summary["stopped_by_signal"]))
   except trainer.TrainingDivergedError as e:
     summary, diverged = None, True
     print(f"{spec.workload}/{spec.optimizer} study {spec.study} trial {spec.trial}: {e}")
-  rows = metrics_lib.read_metrics(workdir)
+  rows = metrics_lib.read_metrics(run_dir)
   metric = summary["metric"] if summary else _metric_name(rows)
   curve = [[r["step"], r.get("train_time_s"), r[metric]] for r in rows
            if isinstance(r.get(metric), float)]
@@ -202,7 +215,7 @@ def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
     # The regime, so that a record says it without its workload's config: N, and tokens (or
     # examples) per step; tokens per parameter at budget B = B x tokens_per_step / params.
     try:
-      with open(os.path.join(workdir, "run.json")) as f:
+      with open(os.path.join(run_dir, "run.json")) as f:
         result["params"] = int(json.load(f)["num_params"])
     except (OSError, ValueError, KeyError, TypeError):
       pass
