@@ -416,3 +416,48 @@ def test_the_plot_draws_the_baseline_and_its_running_minimum_on_the_budgets(tmp_
   shifts = sorted(float(x[0] / GRID[0]) for x in markers)
   assert len(set(shifts)) == 3 and 1.0 in shifts
   plt.close("all")
+
+
+def _on(workload, records):
+  return [dict(r, workload=workload) for r in records]
+
+
+def test_speedups_by_model_size_side_by_side_with_their_trend():
+  # Muon 1.5x on the small model and 1.1x on one 4x larger; SOAP 1.2x on both; Lion small only.
+  rs = (_on("small", _law_records("adamw", 1.0) + _law_records("muon", 1.5)
+            + _law_records("soap", 1.2) + _law_records("lion", 0.8))
+        + _on("large", _law_records("adamw", 1.0) + _law_records("muon", 1.1)
+              + _law_records("soap", 1.2)))
+  sizes = {"small": 1000, "large": 4000}
+  regime_fn = lambda records, w: {"params": sizes[w], "tokens_per_step": 100}
+  computed = budgets.results(rs, ["large", "small"], shapes_fn=lambda w: None, n_resamples=200,
+                             n_power=10)
+  lines = budgets.size_lines(rs, computed, regime_fn=regime_fn)
+  text = "\n".join(lines)
+  assert "small (1,000 parameters) → large (4,000 parameters)" in text  # by size, not by name
+  row = {l.split(" | ")[0]: l.split(" | ")[1:] for l in lines if l.startswith("| ")}
+  assert set(row) == {"| optimizer", "| muon", "| soap"}  # lion: one size only
+  # At 100 steps the baseline's curve is interpolated in log budget between 100 and 200 steps
+  # (losses a + 1 and a + 0.5): a speed-up s reads as 2 ** ((1 - 1 / s) / 0.5).
+  read = lambda s: f"{2 ** ((1 - 1 / s) / 0.5):.2f}x ["
+  at_100 = row["| muon"][1]
+  assert (at_100.startswith(read(1.5)) and f" → {read(1.1)}" in at_100
+          and at_100.endswith("(shrinks)")), at_100
+  assert row["| soap"][1].startswith(read(1.2)) and row["| soap"][1].endswith("(unclear)")
+  # In both headlines, before the anchors; one workload alone gets no such table.
+  for head in (budgets.headline(rs, "recs", shapes_fn=lambda w: None, regime_fn=regime_fn,
+                                computed=computed),
+               budgets.readme_headline(rs, "recs", computed, regime_fn=regime_fn)):
+    assert text in head and head.index(text) < head.index("Published anchors")
+  assert budgets.size_lines(rs, {"small": computed["small"]}, regime_fn=regime_fn) == []
+
+
+def test_size_trend_needs_disjoint_closed_intervals():
+  def cell(lo, hi, lo_flag=budgets.EXACT, hi_flag=budgets.EXACT, n=5):
+    return {"lo": lo, "hi": hi, "lo_flag": lo_flag, "hi_flag": hi_flag, "n": n, "n_base": n}
+  assert budgets.size_trend(cell(1.4, 1.6), cell(1.0, 1.2)) == "shrinks"
+  assert budgets.size_trend(cell(1.0, 1.2), cell(1.4, 1.6)) == "grows"
+  assert budgets.size_trend(cell(1.0, 1.5), cell(1.4, 1.6)) == "unclear"
+  # ≥ 2.00 at the top of the small model's interval: it may reach any height.
+  assert budgets.size_trend(cell(1.8, 2.0, hi_flag=budgets.LOWER), cell(2.5, 3.0)) == "unclear"
+  assert budgets.size_trend(cell(1.4, 1.6), cell(1.0, 1.2, n=1)) == "unclear"

@@ -833,8 +833,66 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
         p = "n/a" if math.isnan(s["p"]) else f"{s['p']:.2g}"
         lines.append(f"| {o} | {speedup_text(s)} | {p} | {s['n']} vs {s['n_base']} |")
       lines.append("")
+  lines += size_lines(records, computed, baseline, regime_fn)
   lines.append(ANCHORS)
   return "\n".join(lines)
+
+
+def size_trend(small: dict, large: dict) -> str:
+  """How an optimizer's speed-up at one budget moves from the smaller model's cell to the
+  larger one's: `grows` or `shrinks` when the two 95% intervals are disjoint (a bound's open
+  end, ≥ at the top or ≤ at the bottom, never counts as disjoint), else `unclear`."""
+  def lo(c):
+    return -INF if c["lo_flag"] == UPPER or math.isnan(c["lo"]) else c["lo"]
+
+  def hi(c):
+    return INF if c["hi_flag"] == LOWER or math.isnan(c["hi"]) else c["hi"]
+  if min(small["n"], small["n_base"], large["n"], large["n_base"]) < 2:
+    return "unclear"
+  if lo(large) > hi(small):
+    return "grows"
+  if hi(large) < lo(small):
+    return "shrinks"
+  return "unclear"
+
+
+def size_lines(records: Sequence[dict], computed: dict, baseline: str = "adamw",
+               regime_fn=regime) -> list[str]:
+  """Markdown: for every optimizer with speed-ups on two or more workloads of known size (the
+  speedrun model and its wider version), its cells side by side, smallest model first, with
+  `size_trend`'s word: whether the speed-up grows or shrinks with size (Wen et al. 2025 found
+  it shrinking). [] when fewer than two workloads have results."""
+  with_b = [r for r in records if has_budgets(r)]
+  sized = []
+  for w, res in computed.items():
+    reg = regime_fn(with_b, w) if isinstance(res, dict) else None
+    if reg:
+      sized.append((reg["params"], w, res))
+  if len(sized) < 2:
+    return []
+  sized.sort()
+  optimizers = [o for o in sized[0][2]["optimizers"]
+                if sum(o in res["optimizers"] for _, _, res in sized) >= 2]
+  budgets = sorted(set.intersection(*(set(res["budgets"]) for _, _, res in sized)))
+  if not optimizers or not budgets:
+    return []
+  sizes = " → ".join(f"{w} ({p:,} parameters)" for p, w, _ in sized)
+  lines = [f"**Speed-up over {baseline} by model size**: {sizes}; each cell smallest model "
+           "first, then whether the speed-up grows or shrinks with size (the two 95% intervals "
+           "disjoint) or is unclear (they overlap, or a cell rests on one study).", "",
+           "| optimizer | " + " | ".join(f"{b:g} steps" for b in budgets) + " |",
+           "|---" * (len(budgets) + 1) + "|"]
+  for o in optimizers:
+    row = []
+    for b in budgets:
+      cells = [res["cells"].get((o, b)) for _, _, res in sized if (o, b) in res["cells"]]
+      if len(cells) < 2:
+        row.append("")
+        continue
+      trend = size_trend(cells[0], cells[-1])
+      row.append(" → ".join(speedup_text(c) for c in cells) + f" ({trend})")
+    lines.append(f"| {o} | " + " | ".join(row) + " |")
+  return lines + [""]
 
 
 def test_name(test: str, paired: bool) -> str:
@@ -903,5 +961,6 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
               f"Regenerate: `{command(records_dir, baseline, paired, w, res['test'])}`.", ""]
     if plots and w in plots:
       lines += [f"![{w}]({plots[w]})", ""]
+  lines += size_lines(records, computed, baseline, regime_fn)
   lines.append(ANCHORS)
   return "\n".join(lines)
