@@ -234,3 +234,25 @@ def test_a_constant_schedule_reads_each_budget_off_the_main_run(corpus, tmp_path
   bad = config(corpus, path, train__steps=24, train__budgets=(10, 24), schedule__name="constant")
   with pytest.raises(validate_lib.ConfigError, match="multiple of train.eval_every=8"):
     validate_lib.validate(bad)
+
+
+def test_the_evaluation_cadence_leaves_every_budgets_loss_as_it_was(branched_runs, corpus,
+                                                                     tmp_path):
+  # Evaluation reads the state and touches neither it, its data nor its RNG: with every
+  # evaluation but the budgets' own ends dropped (eval_every past the run), the branched
+  # losses are bit for bit the 8-step cadence's (why speedrun_wide may evaluate every 50).
+  summary, _ = branched_runs(CONFIG)
+  sparse = loop.train_and_evaluate(
+      config(corpus, train__steps=24, train__budgets=BUDGETS, train__eval_every=100),
+      str(tmp_path / "sparse"))
+  assert losses(sparse) == losses(summary)
+  rows = [json.loads(l) for l in open(tmp_path / "sparse" / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "val_loss" in r] == [0, 24]
+
+
+def test_the_wide_variant_is_the_budget_variant_at_width_264_evaluated_every_50():
+  from configs import workload_speedrun  # pylint: disable=g-import-not-at-top
+  small, wide = (workload_speedrun.get_config(v) for v in ("budgets", "wide_budgets"))
+  assert (wide.model.width, wide.train.eval_every, small.train.eval_every) == (264, 50, 25)
+  wide.model.width, wide.train.eval_every = small.model.width, small.train.eval_every
+  assert wide.to_dict() == small.to_dict()  # nothing else differs
