@@ -435,6 +435,8 @@ def test_speedups_by_model_size_side_by_side_with_their_trend():
   lines = budgets.size_lines(rs, computed, regime_fn=regime_fn)
   text = "\n".join(lines)
   assert "small (1,000 parameters) → large (4,000 parameters)" in text  # by size, not by name
+  assert "Regenerate: `python -m experiments.compare budgets records/budgets --baseline=adamw`" \
+      in text
   row = {l.split(" | ")[0]: l.split(" | ")[1:] for l in lines if l.startswith("| ")}
   assert set(row) == {"| optimizer", "| muon", "| soap"}  # lion: one size only
   # At 100 steps the baseline's curve is interpolated in log budget between 100 and 200 steps
@@ -448,7 +450,9 @@ def test_speedups_by_model_size_side_by_side_with_their_trend():
   for head in (budgets.headline(rs, "recs", shapes_fn=lambda w: None, regime_fn=regime_fn,
                                 computed=computed),
                budgets.readme_headline(rs, "recs", computed, regime_fn=regime_fn)):
-    assert text in head and head.index(text) < head.index("Published anchors")
+    table = text.split("Regenerate: ")[1].split("\n", 1)[1]  # the caption names "recs"
+    assert "`python -m experiments.compare budgets recs --baseline=adamw --nopaired`." in head
+    assert table in head and head.index(table) < head.index("Published anchors")
   assert budgets.size_lines(rs, {"small": computed["small"]}, regime_fn=regime_fn) == []
 
 

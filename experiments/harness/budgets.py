@@ -833,7 +833,7 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
         p = "n/a" if math.isnan(s["p"]) else f"{s['p']:.2g}"
         lines.append(f"| {o} | {speedup_text(s)} | {p} | {s['n']} vs {s['n_base']} |")
       lines.append("")
-  lines += size_lines(records, computed, baseline, regime_fn)
+  lines += size_lines(records, computed, baseline, regime_fn, records_dir, paired)
   lines.append(ANCHORS)
   return "\n".join(lines)
 
@@ -857,7 +857,8 @@ def size_trend(small: dict, large: dict) -> str:
 
 
 def size_lines(records: Sequence[dict], computed: dict, baseline: str = "adamw",
-               regime_fn=regime) -> list[str]:
+               regime_fn=regime, records_dir: str = "records/budgets",
+               paired: bool = True) -> list[str]:
   """Markdown: for every optimizer with speed-ups on two or more workloads of known size (the
   speedrun model and its wider version), its cells side by side, smallest model first, with
   `size_trend`'s word: whether the speed-up grows or shrinks with size (Wen et al. 2025 found
@@ -879,7 +880,9 @@ def size_lines(records: Sequence[dict], computed: dict, baseline: str = "adamw",
   sizes = " → ".join(f"{w} ({p:,} parameters)" for p, w, _ in sized)
   lines = [f"**Speed-up over {baseline} by model size**: {sizes}; each cell smallest model "
            "first, then whether the speed-up grows or shrinks with size (the two 95% intervals "
-           "disjoint) or is unclear (they overlap, or a cell rests on one study).", "",
+           "disjoint) or is unclear (they overlap, or a cell rests on one study). Regenerate: "
+           f"`{command(records_dir, baseline, paired, test=sized[0][2]['test'])}`.",
+           "",
            "| optimizer | " + " | ".join(f"{b:g} steps" for b in budgets) + " |",
            "|---" * (len(budgets) + 1) + "|"]
   for o in optimizers:
@@ -961,6 +964,6 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
               f"Regenerate: `{command(records_dir, baseline, paired, w, res['test'])}`.", ""]
     if plots and w in plots:
       lines += [f"![{w}]({plots[w]})", ""]
-  lines += size_lines(records, computed, baseline, regime_fn)
+  lines += size_lines(records, computed, baseline, regime_fn, records_dir, paired)
   lines.append(ANCHORS)
   return "\n".join(lines)
