@@ -220,7 +220,11 @@ def scale_by_adam_8bit(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     leaves, treedef = jax.tree.flatten(updates)
     out = [one(g, m, v) for g, m, v in zip(
         leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu))]
-    new_updates, mu, nu = (treedef.unflatten(x) for x in zip(*out)) if out else (updates, (), ())
+    # No leaf (a partition's group that holds none, optax.MaskedNode): the moments keep their
+    # structure, as `init_fn` built them, so both branches of a `lax.cond` around the step
+    # (optimizers.nonfinite) agree.
+    new_updates, mu, nu = ((treedef.unflatten(x) for x in zip(*out)) if out else
+                           (updates, state.mu, state.nu))
     return new_updates, ScaleByAdam8bitState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

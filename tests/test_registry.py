@@ -181,3 +181,27 @@ def test_every_entry_leaves_integer_and_boolean_leaves_unchanged(name):
   assert int(updates["count"]) == 0 and not updates["mask"].any()
   assert float(jnp.abs(params["w"] - jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)).max()) > 0
   assert jnp.all(jnp.isfinite(params["w"]))
+
+
+@pytest.mark.parametrize("name", optimizers.names())
+def test_every_entry_steps_on_a_group_that_holds_no_parameter(name):
+  """Under `optax.partition` / `optax.masked` a group may hold no parameter: the trainer's
+  embeddings-and-head group (`optimizer.embed_learning_rate`) on a model without either (the
+  MDS and logistic-regression workloads). The entry then sees only `optax.MaskedNode`s; its
+  state must keep one structure across steps, as the non-finite guard's `lax.cond` requires
+  (adamw_8bit, AdEMAMix and Schedule-Free AdamW did not: a crash at the first step)."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.ones((3,))}
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+  inner = optimizers.create(name, **_base_hparams(name), **(
+      {"inner_hparams": {"learning_rate": 0.1}} if name in ("cautious", "sam") else {}))
+  tx = optax.masked(inner, {"w": False, "b": False})
+  extra = {"grad_fn": lambda p: jax.tree.map(lambda _: optax.MaskedNode(), p)} \
+      if name == "sam" else {}
+  state = tx.init(params)
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
+  for _ in range(2):
+    updates, new_state = step(grads, state, params)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state), name
+    state = new_state
+  assert jax.tree.map(lambda u, g: bool(jnp.all(u == g)), updates, grads) == {
+      "w": True, "b": True}  # masked out: passed through as they came
