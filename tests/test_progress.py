@@ -16,7 +16,7 @@ def test_eta_sums_each_kinds_own_seconds_per_run():
   p.start("mds adamw: 4 trials vectorized", 4)
   # Nothing of mds or speedrun timed yet: only gpt_deep's prior counts, the rest is named.
   assert lines[-1] == ("[1-4/9] mds adamw: 4 trials vectorized (elapsed 0 s, ETA 80 s + runs "
-                       "not timed yet: mds adamw vectorized (4), speedrun adamw (3))")
+                       "not timed yet: mds vectorized (4), speedrun (3))")
   now[0] = 2.0
   p.finish(("mds", "adamw", True), 4, 2.0)
   p.start("speedrun adamw study 0 trial 0")
@@ -44,7 +44,10 @@ def test_an_untimed_optimizer_borrows_the_median_of_its_workloads_others():
   p = progress_lib.Progress(kinds, priors={("w", "muon", False): 100.0,
                                            ("w", "soap", False): 300.0}, out=lambda _: None)
   # adamw: median(100, 300) each; lion vectorized and workload v: nothing to borrow from.
-  assert p.eta() == (2 * 200.0 + 100.0 + 300.0, ["v adamw (1)", "w lion vectorized (1)"])
+  assert p.eta() == (2 * 200.0 + 100.0 + 300.0, ["v (1)", "w vectorized (1)"])
+  # Untimed runs are counted per workload over its optimizers, not listed one by one.
+  q = progress_lib.Progress([("w", o, True) for o in ("a", "b", "b")], out=lambda _: None)
+  assert q.eta() == (0.0, ["w vectorized (3)"])
   p.finish(("w", "muon", False), 1, 500.0)  # measured beats the prior, and is borrowed
   assert p.per_run(("w", "adamw", False)) == 400.0
 

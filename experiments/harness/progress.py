@@ -113,17 +113,18 @@ class Progress:
     return statistics.median(kin) if kin else None
 
   def eta(self) -> tuple[float, list[str]]:
-    """(seconds left over the kinds with an estimate, the workloads without one)."""
-    total, unknown = 0.0, []
+    """(seconds left over the kinds with an estimate, the workloads without one: `mds
+    vectorized (12)`, its runs left without an estimate counted over its optimizers)."""
+    total, unknown = 0.0, collections.Counter()
     for kind, n in sorted(self.left.items()):
       if n <= 0:
         continue
       per = self.per_run(kind)
       if per is None:
-        unknown.append(f"{kind[0]} {kind[1]}{' vectorized' if kind[2] else ''} ({n})")
+        unknown[f"{kind[0]}{' vectorized' if kind[2] else ''}"] += n
       else:
         total += per * n
-    return total, unknown
+    return total, [f"{what} ({n})" for what, n in sorted(unknown.items())]
 
   def start(self, what: str, n: int = 1) -> None:
     """Prints `[first-last/total] what (elapsed, ETA)` for a program of `n` runs."""
