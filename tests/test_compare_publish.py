@@ -205,3 +205,17 @@ def test_the_budget_comparison_runs_its_phases_in_order_then_the_reference_runs(
   assert all(len(r["curve"]) == len(ref["curve"]) for r in rs if r["optimizer"] == "adamw")
   compare.run_budget_comparison(records, runs, reference_runs=1)
   assert len(compare.read_records(records)) == 5
+
+
+def test_a_quick_scratch_comparison_trains_reports_and_publishes_nothing(tmp_path):
+  # `compare all SCRATCH --quick` as a user runs it (here with one optimizer, the one whose
+  # 8-bit state once crashed on the quick workloads, which have no embeddings group).
+  before = _snapshot()
+  scratch = tmp_path / "scratch"
+  out = _run(["all", str(scratch), "--quick", "--optimizers=adamw_8bit",
+              f"--runs_dir={tmp_path / 'runs'}"]).stdout
+  assert "6 runs planned, 0 already recorded" in out and "all done in" in out, out
+  assert sorted(p.name for p in scratch.glob("*.jsonl")) == ["logreg.jsonl", "mds.jsonl",
+                                                              "mlp_digits.jsonl"]
+  assert "not published" in (scratch / "report.md").read_text()
+  assert _snapshot() == before  # README.md, WORKSPACE.md, results/: bytes and mtimes
