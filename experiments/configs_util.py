@@ -1,5 +1,5 @@
 """Loading `ml_collections` config files by path, as the binaries' `--config` flag does, and
-the binaries' shared flag parsing (`parse_flags`)."""
+the binaries' shared flag parsing (`parse_flags`; `run`, the scripts' `app.run`)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,21 @@ def parse_flags(argv: list[str], explain: Callable[[Exception], str],
     raise
   except Exception as e:  # pylint: disable=broad-except
     fail(explain(e))
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+  """The binaries' one `ERROR:` line on stderr (whitespace folded), then exit `status`."""
+  print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+  """`absl.app.run(main)` for the scripts under scripts/: `--help` exits 0 and a flag absl
+  refuses (unknown, malformed) is one `ERROR:` line and status 2, as for the trainer and
+  `compare`; `main`'s return value is the exit status, as absl's."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=lambda argv: parse_flags(
+      argv, lambda e: f"{e} (--help lists the flags)", fail))
 
 
 def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:

@@ -42,7 +42,6 @@ import statistics
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -358,4 +357,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

@@ -15,6 +15,8 @@ import importlib
 from absl import app
 from absl import flags
 
+from experiments import configs_util
+
 SUITES = ("registry", "muon", "shampoo")
 
 _SUITE = flags.DEFINE_list("suite", list(SUITES), f"Suites to run, from {SUITES}.")
@@ -33,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

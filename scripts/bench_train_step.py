@@ -34,7 +34,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see experiments/train.py
 import statistics
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -200,4 +199,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

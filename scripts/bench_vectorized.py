@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import configs_util
 from experiments.harness import records as records_lib
 from experiments.harness import runs as runs_lib
 from experiments.harness import vectorized
@@ -85,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  configs_util.run(main)

@@ -31,12 +31,12 @@ from __future__ import annotations
 import ast
 import json
 import os
-import sys
 import tempfile
 
 from absl import app
 from absl import flags
 
+from experiments import configs_util
 from experiments.harness import records as records_lib
 from experiments.harness import runs as runs_lib
 from experiments.training import validate as validate_lib
@@ -162,4 +162,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  configs_util.run(main)

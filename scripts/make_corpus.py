@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from experiments import configs_util
 from experiments.problems import data
 
 _ROOT = flags.DEFINE_string(
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

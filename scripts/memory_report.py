@@ -266,4 +266,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,8 @@ import numpy as np
 import optax
 
 import optimizers
+
+from experiments import configs_util
 
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps per run.")
 _OUT = flags.DEFINE_string("out", "results/test_functions.png", "Output PNG.")
@@ -137,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

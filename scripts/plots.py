@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 
 _OUT = flags.DEFINE_string("out", None, "Output PNG (default: <first workdir>/curves.png).")
@@ -100,4 +101,4 @@ def run_label(workdir: str) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

@@ -16,11 +16,11 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see experiments/train.py
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from experiments import configs_util
 from experiments.problems import finetune
 from experiments.problems import workloads
 from models import gpt
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

@@ -8,10 +8,10 @@ with --baseline_steps it is also shown as a fraction of that many steps.
 
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 
 _TARGET = flags.DEFINE_float("target", None, "Validation loss to reach.")
@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

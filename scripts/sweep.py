@@ -19,9 +19,9 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
+from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 
 _NAME = flags.DEFINE_string("name", None, "Sweep name (directory under runs/sweeps).")
@@ -81,4 +81,4 @@ def _f(x):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

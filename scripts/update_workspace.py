@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from absl import app
 
+from experiments import configs_util
 from experiments import compare
 from experiments.harness import workspace
 
@@ -41,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs_util.run(main)

@@ -167,3 +167,34 @@ def test_the_validation_plot_marks_values_above_its_axis_as_clipped(tmp_path):
   (tmp_path / "b").mkdir()
   (tmp_path / "b" / "metrics.jsonl").write_text(json.dumps({"step": 10, "val_loss": 2.5}) + "\n")
   assert plots.draw([str(tmp_path / "b")]).axes[1].get_title() == "validation loss"
+
+
+def _script_text(name: str) -> str:
+  with open(os.path.join(ROOT, "scripts", f"{name}.py")) as f:
+    return f.read()
+
+
+# The absl binaries under scripts/ (launch_local.py parses its own arguments).
+_SCRIPTS = sorted(n for n in (f[:-3] for f in os.listdir(os.path.join(ROOT, "scripts"))
+                              if f.endswith(".py"))
+                  if "app.run(" in _script_text(n) or "configs_util.run(main)" in _script_text(n))
+
+
+def test_every_script_runs_through_the_shared_flag_parsing():
+  # None calls absl's app.run itself: its --help exits 1 and a bad flag prints a usage page.
+  assert len(_SCRIPTS) >= 12
+  for name in _SCRIPTS:
+    text = _script_text(name)
+    assert "configs_util.run(main)" in text and "app.run(" not in text, name
+
+
+@pytest.mark.parametrize("name", _SCRIPTS)
+def test_a_script_given_an_unknown_flag_is_exit_2_and_one_line(name):
+  rc, out = start([sys.executable, "-m", f"scripts.{name}", "--no_such_flag=1"])
+  line = assert_one_error(rc, out)
+  assert "no_such_flag" in line and "--help lists the flags" in line, line
+
+
+def test_a_script_s_help_exits_0():
+  rc, out = start([sys.executable, "-m", "scripts.report", "--help"])
+  assert rc == 0 and "report" in out, out
