@@ -531,7 +531,9 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
       stop.check(len(new))  # the previous trial's record is written by now
       progress.start(f"{spec.workload} {spec.optimizer} study {spec.study} trial {spec.trial} "
                      f"{spec.hparams}")
-      resumed = runs_lib.has_checkpoint(runs_lib.workdir(spec, phase.runs_dir))
+      from experiments.training import checkpoints  # pylint: disable=g-import-not-at-top
+      resumed = checkpoints.latest_step_on_disk(
+          os.path.join(runs_lib.workdir(spec, phase.runs_dir), "checkpoints")) is not None
       t = time.time()
       result = train_run(spec, phase.runs_dir)
       progress.finish((spec.workload, spec.optimizer, False), 1, time.time() - t,
@@ -793,9 +795,7 @@ def main(argv):
     print(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 
-def _fail(message: str, status: int = 2):
-  print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-  sys.exit(status)
+_fail = configs_util.fail
 
 
 def _parse_flags(argv):

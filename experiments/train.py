@@ -55,9 +55,7 @@ USER_ERRORS = (validate.ConfigError, checkpoints.CheckpointError, data.ShardErro
 STORAGE_ERROR_STATUS = 3
 
 
-def _fail(message: str, status: int = 2):
-  print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-  sys.exit(status)
+_fail = configs_util.fail
 
 
 def _fail_storage(error: checkpoints.StorageError):

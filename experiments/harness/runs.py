@@ -173,14 +173,6 @@ def workdir(spec: records_lib.RunSpec, runs_dir: str) -> str:
                       f"study{spec.study}_trial{spec.trial}")
 
 
-def has_checkpoint(path: str) -> bool:
-  """Whether a trainer workdir holds a checkpoint (a rerun resumes from it)."""
-  try:
-    return any(name.isdigit() for name in os.listdir(os.path.join(path, "checkpoints")))
-  except OSError:
-    return False
-
-
 def train_run(spec: records_lib.RunSpec, runs_dir: str) -> dict:
   """Trains `spec` with the trainer (in this process) and returns `make_record`'s result.
 
