@@ -65,14 +65,13 @@ def test_trainer_priors_are_wall_clock_gaps_per_optimizer():
       _record("w", "muon", "04:40", 50.0),     # 60 s
       _record("w", "adamw", "59:00", 120.0),   # 3260 s: a stop between them, left out
       _record("w", "muon", "59:30", 60.0),     # 30 s: less than its training time, left out
-      _record("w", "lion", "59:40", 30.0),     # no gap kept: 30 s x the workload's median
-      #                                          gap / training time (1.25, 1.4, 1.2 -> 1.25)
+      _record("w", "lion", "59:40", 30.0),     # no gap kept: its training time
       _record("w", "sgd", "59:50", 5.0, vectorized_trials=5),  # vectorized: left out
       _record("v", "adamw", "00:00", 10.0, vectorized_trials=5),
   ]
   priors = progress_lib.trainer_priors(recs)
   assert priors == {("w", "adamw", False): 150.0, ("w", "muon", False): 65.0,
-                    ("w", "lion", False): 37.5}
+                    ("w", "lion", False): 30.0}
   # Without stamps: the training time alone.
   for r in recs:
     del r["finished"]

@@ -50,9 +50,8 @@ def trainer_priors(records: Iterable[dict]) -> dict[Kind, float]:
   run's training time (its curve's last time) and at most `_MAX_WALL_OVER_TRAIN` times it. It
   counts what the training time leaves out (compilation, evaluations, checkpoints, the budget
   comparison's branched cooldowns). The prior is the median of those gaps; a kind with none
-  gets the median of its training times times its workload's median ratio of gap to training
-  time (1 where the workload has no gap either). Vectorized records are left out: their times
-  come from their timing record, not a program's wall-clock.
+  gets the median of its training times. Vectorized records are left out: their times come
+  from their timing record, not a program's wall-clock.
   """
   rows = []
   for r in records:
@@ -60,23 +59,15 @@ def trainer_priors(records: Iterable[dict]) -> dict[Kind, float]:
       continue
     rows.append((_stamp(r), r["workload"], r["optimizer"], float(r["curve"][-1][1])))
   walls, trains = collections.defaultdict(list), collections.defaultdict(list)
-  ratios = collections.defaultdict(list)
   stamped = sorted((row for row in rows if row[0] is not None), key=lambda row: row[0])
   for prev, row in zip(stamped, stamped[1:]):
     gap, train = row[0] - prev[0], row[3]
     if train > 0 and train <= gap <= _MAX_WALL_OVER_TRAIN * train:
       walls[row[1:3]].append(gap)
-      ratios[row[1]].append(gap / train)
   for _, w, o, train in rows:
     trains[(w, o)].append(train)
-  priors = {}
-  for (w, o), ts in trains.items():
-    if walls.get((w, o)):
-      priors[(w, o, False)] = statistics.median(walls[(w, o)])
-    else:
-      ratio = statistics.median(ratios[w]) if ratios.get(w) else 1.0
-      priors[(w, o, False)] = statistics.median(ts) * ratio
-  return priors
+  return {(w, o, False): statistics.median(walls.get((w, o)) or ts)
+          for (w, o), ts in trains.items()}
 
 
 class Progress:
