@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers import _hparams
+from optimizers import _tree
 from optimizers import nonfinite
 from optimizers._registry import register
 
@@ -92,11 +93,7 @@ def scale_by_ademamix(*, b1: float, b2: float, b3: float, alpha: float, eps: flo
 
     out = jax.tree.map(one, updates, state.m1, state.m2, state.nu)
     treedef = jax.tree.structure(updates)
-    parts = list(zip(*treedef.flatten_up_to(out)))
-    # No leaf (a partition's group that holds none, optax.MaskedNode): nothing to update, and
-    # the moments keep the structure `init_fn` gave them.
-    u, m1, m2, nu = ([jax.tree.unflatten(treedef, part) for part in parts] if parts else
-                     (updates, state.m1, state.m2, state.nu))
+    u, m1, m2, nu = _tree.unzip(treedef, treedef.flatten_up_to(out), 4)
     return u, ScaleByAdemamixState(count=count, m1=m1, m2=m2, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

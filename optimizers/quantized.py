@@ -23,6 +23,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from optimizers import _hparams
+from optimizers import _tree
 from optimizers import nonfinite
 from optimizers import partition
 from optimizers._registry import register
@@ -194,9 +195,8 @@ def scale_by_adam_8bit(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       return _zeros(p.shape, True, block_size), _zeros(p.shape, False, block_size)
 
     leaves, treedef = jax.tree.flatten(params)
-    mu, nu = zip(*map(moments, leaves)) if leaves else ((), ())
-    return ScaleByAdam8bitState(count=jnp.zeros([], jnp.int32),
-                                mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
+    mu, nu = _tree.unzip(treedef, map(moments, leaves), 2)
+    return ScaleByAdam8bitState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None):
     del params
@@ -220,11 +220,7 @@ def scale_by_adam_8bit(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     leaves, treedef = jax.tree.flatten(updates)
     out = [one(g, m, v) for g, m, v in zip(
         leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu))]
-    # No leaf (a partition's group that holds none, optax.MaskedNode): the moments keep their
-    # structure, as `init_fn` built them, so both branches of a `lax.cond` around the step
-    # (optimizers.nonfinite) agree.
-    new_updates, mu, nu = ((treedef.unflatten(x) for x in zip(*out)) if out else
-                           (updates, state.mu, state.nu))
+    new_updates, mu, nu = _tree.unzip(treedef, out, 3)
     return new_updates, ScaleByAdam8bitState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers import _hparams
+from optimizers import _tree
 from optimizers import nonfinite
 from optimizers._registry import register
 
@@ -113,11 +114,7 @@ def scale_by_schedule_free(
     nus = state.nu if adam else jax.tree.map(lambda _: None, params)
     out = jax.tree.map(one, updates, params, state.z, nus, is_leaf=lambda a: a is None)
     treedef = jax.tree.structure(updates)
-    parts = list(zip(*treedef.flatten_up_to(out)))
-    # No leaf (a partition's group that holds none, optax.MaskedNode): nothing to update, and
-    # z and nu keep the structure `init_fn` gave them.
-    new_updates, new_z, new_nu = ([jax.tree.unflatten(treedef, part) for part in parts] if parts
-                                  else (updates, state.z, state.nu))
+    new_updates, new_z, new_nu = _tree.unzip(treedef, treedef.flatten_up_to(out), 3)
     return new_updates, ScheduleFreeState(
         count=optax.safe_increment(state.count), b1=state.b1, weight_sum=weight_sum,
         lr_max=lr_max, z=new_z, nu=new_nu if adam else None)

@@ -2,6 +2,7 @@
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,3 +206,23 @@ def test_every_entry_steps_on_a_group_that_holds_no_parameter(name):
     state = new_state
   assert jax.tree.map(lambda u, g: bool(jnp.all(u == g)), updates, grads) == {
       "w": True, "b": True}  # masked out: passed through as they came
+
+
+def test_unzip_splits_per_leaf_tuples_and_keeps_an_empty_trees_structure():
+  """`optimizers._tree.unzip`, which the entries above rely on for an empty group: on leaves it
+  equals unzipping by hand; on a tree of `optax.MaskedNode`s alone (where `zip` gives no tree
+  and `jax.tree.transpose` raises) it gives `n` trees of that structure."""
+  from optimizers import _tree  # pylint: disable=import-outside-toplevel
+  tree = {"a": jnp.arange(3.0), "b": (jnp.ones(2), jnp.zeros(1))}
+  leaves, treedef = jax.tree.flatten(tree)
+  u, m = _tree.unzip(treedef, [(x + 1, x * 2) for x in leaves], 2)
+  chex.assert_trees_all_equal(u, jax.tree.map(lambda x: x + 1, tree))
+  chex.assert_trees_all_equal(m, jax.tree.map(lambda x: x * 2, tree))
+  empty = {"w": optax.MaskedNode(), "b": optax.MaskedNode()}
+  empty_def = jax.tree.structure(empty)
+  with pytest.raises(ValueError):
+    jax.tree.transpose(empty_def, jax.tree.structure((0, 0)), empty)
+  out = _tree.unzip(empty_def, [], 3)
+  assert len(out) == 3 and all(jax.tree.structure(t) == empty_def for t in out)
+  with pytest.raises(ValueError, match="2 values per leaf, expected 3"):
+    _tree.unzip(treedef, [(x, x) for x in leaves], 3)
