@@ -13,7 +13,8 @@ r"""Tuned optimizer comparisons: search spaces, trials, run records, AlgoPerf sc
   python -m experiments.compare budgets records/budgets [--baseline=adamw] [--nopaired]
       # speed-ups at several budgets (budget_metrics; experiments/harness/budgets.py): the
       # README headline, WORKSPACE's budgets section, results/budgets_<workload>.png
-  python -m experiments.compare edges records/budgets  # tuned values at an edge of their range
+  python -m experiments.compare edges records/budgets [--edge_studies=3]
+      # tuned values at an edge of their range, then one summary line
   python -m experiments.compare reference records/budgets --runs_dir=runs/budgets
       # the baseline's best tuned trial x --reference_runs seeds: the steps-to-target target
 
@@ -199,6 +200,11 @@ _ALLOW_EDGES = flags.DEFINE_bool(
     "allow_edges", False, "all, budgets: write WORKSPACE.md's results even when a tuned "
     "hyperparameter's best trials sit at an edge of its range (`compare edges`) in 3 or more "
     "studies.")
+
+_EDGE_STUDIES = flags.DEFINE_integer(
+    "edge_studies", 3, "edges: list a hyperparameter whose best trials sit in the outer 10% of "
+    "its range in at least this many studies (3, the publishing rule; 1 shows every edge to "
+    "watch).", lower_bound=1)
 
 _REFERENCE_RUNS = flags.DEFINE_integer(
     "reference_runs", 5, "reference: how many seeds the baseline's best tuned trial is trained "
@@ -745,8 +751,16 @@ def main(argv):
           f"experiments.compare budgets {records_dir}` scores steps to their target")
     return
   if command == "edges":
-    for finding in spaces_lib.edges(read_records(records_dir)):
+    recs = read_records(records_dir)
+    found = spaces_lib.edges(recs, min_studies=_EDGE_STUDIES.value)
+    for finding in found:
       print(finding.line())
+    tuned = [r for r in recs if spaces_lib.space_of(r)[1] is not None and r.get("hparams")]
+    groups = {(r["workload"], r["optimizer"]) for r in tuned}
+    print(f"{len(found)} edge-bound hyperparameter(s) (best trial in the outer "
+          f"{spaces_lib.EDGE_FRACTION:.0%} of its range in {_EDGE_STUDIES.value} or more "
+          f"studies) over {len(tuned)} tuning runs of {len(groups)} workload x optimizer "
+          f"pair(s) in {records_dir}")
     return
   if command in ("sweep", "all"):
     workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value

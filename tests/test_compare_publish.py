@@ -219,3 +219,24 @@ def test_a_quick_scratch_comparison_trains_reports_and_publishes_nothing(tmp_pat
                                                               "mlp_digits.jsonl"]
   assert "not published" in (scratch / "report.md").read_text()
   assert _snapshot() == before  # README.md, WORKSPACE.md, results/: bytes and mtimes
+
+
+def test_edges_lists_edge_bound_hyperparameters_and_ends_with_a_summary_line(tmp_path):
+  """`compare edges` through the binary: every hyperparameter whose best trials sit in the
+  outer 10% of its range in --edge_studies or more studies, then one line saying how many and
+  over which runs (before, a directory with none printed nothing at all)."""
+  records = tmp_path / "records"
+  # AdamW's synthetic trials sit at learning rate 0.1, the top of its legacy range, in 5 of 5
+  # studies; a directory without tuning runs has no edge.
+  for r in test_budgets._law_records("adamw", 1.0):
+    records_lib.append_record(str(records), r)
+  out = _run(["edges", str(records)]).stdout.splitlines()
+  assert "w adamw 400 learning_rate high 5/5" in "\n".join(out)
+  assert out[-1].startswith("6 edge-bound hyperparameter(s) (best trial in the outer 10% of its "
+                            "range in 3 or more studies) over 15 tuning runs of 1 workload x "
+                            "optimizer pair(s) in ")
+  assert _run(["edges", str(records), "--edge_studies=6"]).stdout.startswith(
+      "0 edge-bound hyperparameter(s)")
+  bad = subprocess.run([sys.executable, "-m", "experiments.compare", "edges", str(records),
+                        "--edge_studies=0"], cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "ERROR:" in bad.stderr
