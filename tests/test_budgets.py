@@ -1,6 +1,7 @@
 """experiments/harness/budgets.py on synthetic records whose answers are known by hand."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -389,6 +390,9 @@ def test_a_single_study_gets_no_interval():
   rs = _law_records("adamw", 1.0, OFFSETS[:1]) + _law_records("o", 1.5, OFFSETS[:1])
   c = budgets.compare_budgets(rs, "w", n_resamples=50, n_power=5)["cells"][("o", 100.0)]
   assert budgets.speedup_text(c) == "1.59x (1 study, no interval)*"
+  # Nor does its loss difference (before, `[d, d]`: a zero-width interval from one study).
+  assert re.fullmatch(r"-0\.\d+ \(1 study, no interval\)", budgets.diff_text(c)), \
+      budgets.diff_text(c)
   assert math.isnan(c["p"]) and c["verdict"].startswith("untestable")
 
 

@@ -632,9 +632,12 @@ def speedup_text(c: dict) -> str:
 
 
 def diff_text(c: dict) -> str:
-  """`-0.041 [-0.062, -0.020]` (the challenger's loss minus the baseline's)."""
+  """`-0.041 [-0.062, -0.020]` (the challenger's loss minus the baseline's); a cell of one
+  study has no interval, as in `speedup_text` (a bootstrap over it is the point itself)."""
   if math.isnan(c["diff"]):
     return "n/a"
+  if min(c["n"], c["n_base"]) < 2:
+    return f"{c['diff']:+.3g} (1 study, no interval)"
   return f"{c['diff']:+.3g} [{c['diff_lo']:+.3g}, {c['diff_hi']:+.3g}]"
 
 
