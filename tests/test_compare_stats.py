@@ -36,20 +36,24 @@ def test_half_the_steps_in_every_study_is_a_degenerate_interval_and_a_small_p():
   assert scoring.ratio_text(same[("w", "x")], "adamw") == "0.50x [0.50, 0.50] (p = 0.0079)"
 
 
-def test_identical_distributions_are_no_measurable_difference():
+def test_identical_distributions_are_inconclusive():
   rng = np.random.default_rng(3)
   a, b = rng.normal(100, 10, 8), rng.normal(100, 10, 8)
   c = scoring.compare_to(_records({"adamw": list(a), "x": list(b)}), "adamw")[("w", "x")]
   assert c["lo"] < 1.0 < c["hi"] and c["p"] > 0.05 and c["verdict"] == 0
-  assert scoring.verdict_text(c) == "no measurable difference"
+  # 8 studies a side could reach alpha 0.01 (smallest p 2 / C(16, 8) = 1.6e-4): no reason given.
+  assert scoring.verdict_text(c) == "inconclusive"
 
 
 def test_an_interval_excluding_one_still_needs_the_rank_test():
   # Two studies each, x always faster: the bootstrap interval excludes 1, but two studies
-  # cannot give p below 2 / C(4, 2) = 0.33, so it is no measurable difference.
+  # cannot give p below 2 / C(4, 2) = 0.33, so it is inconclusive, and says why.
   c = scoring.compare_to(_records({"adamw": [100.0, 101.0], "x": [50.0, 51.0]}), "adamw")
   c = c[("w", "x")]
   assert c["hi"] < 1.0 and c["p"] == 1 / 3 and c["verdict"] == 0
+  assert scoring.verdict_text(c) == "inconclusive (2 and 2 studies: p cannot go below 0.33)"
+  assert scoring.smallest_p(2, 2) == 1 / 3 and scoring.smallest_p(5, 5) == 2 / 252
+  assert math.isnan(scoring.smallest_p(1, 5)) and scoring.smallest_p(3, 3) == 0.1
 
 
 def test_never_reaching_optimizers_and_unbounded_intervals():
@@ -70,10 +74,11 @@ def test_never_reaching_optimizers_and_unbounded_intervals():
   assert scoring.ratio_text(c[("v", "only")], "adamw").startswith("0x (adamw never) [0.00, 0.00]")
   assert math.isnan(c[("v", "never")]["ratio"]) and c[("v", "never")]["p"] == 1.0
   assert (c[("v", "never")]["lo"], c[("v", "never")]["hi"]) == (1.0, 1.0)
-  # One study: an interval, no p.
+  # One study: no interval (a bootstrap over one study is its point) and no test.
   one = scoring.compare_to(_records({"adamw": [100.0], "x": [50.0]}), "adamw")[("w", "x")]
   assert math.isnan(one["p"]) and one["verdict"] == 0
-  assert scoring.ratio_text(one, "adamw") == "0.50x [0.50, 0.50] (p n/a: one study)"
+  assert scoring.ratio_text(one, "adamw") == "0.50x (1 study, no interval)"
+  assert scoring.verdict_text(one) == "untestable (1 study)"
 
 
 def test_same_seed_same_interval():
@@ -107,9 +112,9 @@ def test_update_rewrites_workspace_and_readme_blocks_idempotently(tmp_path):
   assert "from the 15 runs in `records/`: 3 optimizers on 1 workloads." in head
   assert "**Budget** (trials per study x studies): adamw 1 x 5, fast 1 x 5, same 1 x 5" in head
   assert "measurably fewer steps than adamw: fast 0.50x [" in head
-  assert "no measurable difference from adamw: same 1.00x [" in head
+  assert "inconclusive against adamw: same 1.00x [" in head
   assert "Measurable differences from adamw: fast on w, 0.50x [" in head
-  assert "| w | same | 1.00x [" in first_ws and "| no measurable difference |" in first_ws
+  assert "| w | same | 1.00x [" in first_ws and "| inconclusive |" in first_ws
   # A README without the markers is left alone.
   readme.write_text("# Project\n")
   update_workspace.update(str(ws), str(records_dir))

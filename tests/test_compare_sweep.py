@@ -129,16 +129,17 @@ def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
   assert "| w2 | never [never, never] (3) |" in body
   line = next(l for l in body.splitlines() if l.startswith("- **w1**"))
   # Three studies each: the smallest two-sided rank-test p is 0.1, so at alpha = 0.01 even
-  # fast's consistent 0.50x is no measurable difference; at alpha = 0.2 it is one.
-  assert ("no measurable difference from adamw: fast 0.50x [0.48, 0.52] (p = 0.1), "
+  # fast's consistent 0.50x is inconclusive; at alpha = 0.2 it is measurable.
+  assert ("inconclusive against adamw: fast 0.50x [0.48, 0.52] (p = 0.1), "
           "noisy 0.90x [0.59, 1.43] (p = 0.7)") in line
-  assert ("measurably fewer steps than adamw: fast 0.50x [0.48, 0.52] (p = 0.1); no measurable"
+  assert ("measurably fewer steps than adamw: fast 0.50x [0.48, 0.52] (p = 0.1); inconclusive"
           in update_workspace.workload_sentence(_claims_records(), "w1", "adamw", 0.2))
   assert "| w1 | noisy | 0.90x [0.59, 1.43] (p = 0.7) |" in body
   assert "Welch" not in body
   assert "no optimizer reached the target" in body.split("- **w2**")[1]
   one_study = [r for r in _claims_records() if r["study"] == 0]
-  assert ("no measurable difference from adamw: fast 0.50x [0.50, 0.50] (p n/a: one study)"
+  # One study a side: no interval (a bootstrap over one study is its point), no test.
+  assert ("inconclusive against adamw: fast 0.50x (1 study, no interval)"
           in update_workspace.workload_sentence(one_study, "w1", "adamw", 0.01))
   # Records change -> the section changes, the rest of the file does not.
   compare.append_record(str(records_dir), _rec("w1", "adamw", 3, 0, 20.0, steps=200))
@@ -164,7 +165,8 @@ def test_versus_tuned_adamw_and_muon_by_hand():
   assert rows["| w2", "fast"].startswith("| w2 | fast | 0x (adamw never) [0.00, 0.00] (p = 0.1)")
   # noisy: median 90, 0.90 of adamw's, 1.12 of muon's, both within noise.
   assert rows["| w1", "noisy"].startswith("| w1 | noisy | 0.90x [0.59, 1.43] (p = 0.7) |")
-  assert rows["| w1", "noisy"].endswith("| no measurable difference |")
+  # 3 and 3 studies: p = 0.7 against alpha 0.2, which 3 a side could reach (0.1).
+  assert rows["| w1", "noisy"].endswith("| inconclusive |")
   assert "| w1 | noisy | 1.12x [0.74, 1.77] (p = 0.7) |" in "\n".join(lines)
   assert "**Against tuned adamw**" in lines[0]
   fast = next(l for l in lines if l.startswith("- **fast**"))
@@ -177,8 +179,8 @@ def test_versus_tuned_adamw_and_muon_by_hand():
   assert lines[-1].startswith("With 3 studies per optimizer the smallest possible p is 0.1")
   # At the harness's alpha, 0.01, three studies can measure nothing.
   strict = update_workspace.versus(r, ("adamw", "muon"), 0.01)
-  assert all(l.endswith("| no measurable difference |") for l in strict
-             if l.startswith("| w") and "workload" not in l)
+  assert all(l.endswith("| inconclusive (3 and 3 studies: p cannot go below 0.1) |")
+             for l in strict if l.startswith("| w") and "workload" not in l)
 
 
 def test_workspace_without_records_and_with_markers():

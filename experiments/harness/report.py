@@ -50,10 +50,10 @@ def ratio_table(records: Sequence[dict], baseline: str, alpha: float) -> list[st
   for (w, o), c in sorted(steps.items()):
     t = times[(w, o)]
     if not (c["verdict"] or t["verdict"]):
-      verdict = "no measurable difference"
+      verdict = scoring.inconclusive_text(c)
     else:
       verdict = ", ".join(scoring.verdict_text(x, f) if x["verdict"] else
-                          f"no measurable {f.split('_')[0]} difference"
+                          f"{f.split('_')[0]} inconclusive"
                           for x, f in ((c, "steps_to_target"), (t, "time_to_target_s")))
     lines.append(f"| {w} | {o} | {scoring.ratio_text(c, baseline)} | "
                  f"{scoring.ratio_text(t, baseline)} | {verdict} |")
@@ -70,7 +70,9 @@ def ratios_legend(baseline: str, alpha: float) -> str:
           "or `did not reach it`: the ratio is 0 or infinite. p: two-sided Mann-Whitney rank "
           "test over studies by exact permutation, `never` the worst rank. A difference is "
           f"claimed only when the interval excludes 1 and p < {alpha:g}; every other ratio is "
-          "**no measurable difference**.")
+          "**inconclusive**, not evidence of no difference (with n and m studies p cannot go "
+          "below 2 / C(n + m, n): 0.1 for 3 a side; such cells say so), and a single study "
+          "is untestable and has no interval.")
 
 
 def report(records: Sequence[dict], r_max: float, speedrun_workload: str, record_c: float | None,

@@ -12,7 +12,9 @@ Every ratio the harness prints (README.md's headline, WORKSPACE.md's section, th
 is `compare_to`'s: an optimizer's median over studies against the baseline's, with a 95%
 percentile-bootstrap interval over studies (`bootstrap_ratio`) and a two-sided Mann-Whitney
 p by exact permutation (`rank_test`), `never` counted as infinite steps and the worst rank. A
-ratio whose interval contains 1, or whose p is not below alpha, is "no measurable difference".
+ratio whose interval contains 1, or whose p is not below alpha, is "inconclusive", with the
+reason where it is built in (`inconclusive_text`: one study, or too few studies for the rank
+test's smallest p to reach alpha), never "no difference".
 """
 
 from __future__ import annotations
@@ -233,6 +235,14 @@ def rank_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 9999,
   return float(min(res.pvalue, 1.0))
 
 
+def smallest_p(n: int, m: int) -> float:
+  """The smallest p `rank_test` can give with `n` and `m` studies: 2 / C(n + m, n) (the two
+  most extreme of the equally likely splits), NaN with a single study on a side."""
+  if min(n, m) < 2:
+    return math.nan
+  return min(1.0, 2.0 / math.comb(n + m, n))
+
+
 def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_target",
                alpha: float = 0.01, level: float = LEVEL
                ) -> dict[tuple[str, str], dict]:
@@ -243,9 +253,9 @@ def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_ta
   baseline's; inf: only the baseline reached the target, 0: only the optimizer did, NaN: neither
   did), `lo`, `hi` (`bootstrap_ratio`), `p` (`rank_test`), `n`, `n_base` (studies), `median`,
   `median_base`, and `verdict`: -1 when the optimizer measurably needs less than the baseline,
-  +1 more, 0 "no measurable difference". Measurable means the interval excludes 1 and p < alpha:
-  either alone is not enough with the few studies a CPU sweep affords (the interval of 2 studies
-  on each side often excludes 1; their smallest p is 0.33).
+  +1 more, 0 inconclusive (`inconclusive_text`); and `alpha`. Measurable means the interval
+  excludes 1 and p < alpha: either alone is not enough with the few studies a CPU sweep
+  affords (the interval of 2 studies on each side often excludes 1; their smallest p is 0.33).
   """
   results = study_results(records)
   out = {}
@@ -264,7 +274,7 @@ def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_ta
       verdict = -1 if hi < 1.0 else 1
     out[(w, o)] = {"ratio": ratio, "lo": lo, "hi": hi, "p": p, "n": len(a), "n_base": len(b),
                    "median": float(np.median(a)), "median_base": float(np.median(b)),
-                   "verdict": verdict}
+                   "verdict": verdict, "alpha": alpha}
   return out
 
 
@@ -273,8 +283,11 @@ def _ratio_num(x: float) -> str:
 
 
 def interval_text(c: dict) -> str:
-  """`[0.25, 1.60] (p = 0.67)`; an interval without upper end as `[0.40, unbounded]`."""
-  p = "p n/a: one study" if math.isnan(c["p"]) else f"p = {c['p']:.2g}"
+  """`[0.25, 1.60] (p = 0.67)`; an interval without upper end as `[0.40, unbounded]`; with a
+  single study on a side `(1 study, no interval)`: a bootstrap over one study is its point."""
+  if min(c["n"], c["n_base"]) < 2:
+    return "(1 study, no interval)"
+  p = "p n/a" if math.isnan(c["p"]) else f"p = {c['p']:.2g}"
   return f"[{_ratio_num(c['lo'])}, {_ratio_num(c['hi'])}] ({p})"
 
 
@@ -293,10 +306,25 @@ def ratio_text(c: dict, baseline: str) -> str:
   return f"{point} {interval_text(c)}"
 
 
+def inconclusive_text(c: dict) -> str:
+  """Why a cell of `compare_to` claims nothing: `untestable (1 study)`, or `inconclusive (2 and
+  3 studies: p cannot go below 0.2)` where the rank test could not have reached alpha whatever
+  the data, else `inconclusive` (the interval contains 1, or p is not below alpha)."""
+  n, m = c["n"], c["n_base"]
+  if min(n, m) < 2:
+    return "untestable (1 study)"
+  floor = smallest_p(n, m)
+  if floor >= c.get("alpha", 0.0):
+    return f"inconclusive ({n} and {m} studies: p cannot go below {floor:.2g})"
+  return "inconclusive"
+
+
 def verdict_text(c: dict, field: str = "steps_to_target") -> str:
+  """`fewer steps` / `more steps` (`less time` / `more time`) where measurable, else
+  `inconclusive_text`."""
   less, more = (("fewer steps", "more steps") if field == "steps_to_target" else
                 ("less time", "more time"))
-  return {-1: less, 1: more, 0: "no measurable difference"}[c["verdict"]]
+  return {-1: less, 1: more}.get(c["verdict"]) or inconclusive_text(c)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ each optimizer got, the AlgoPerf benchmark scores (Dahl et al. 2023, arXiv 2306.
 steps-to-target and time-to-target per workload with their spread over studies, per workload
 one plain sentence, and every optimizer's ratios to the tuned baselines (AdamW, Muon), each with
 its 95% bootstrap interval over studies and a rank test's p (`scoring.compare_to`): a ratio
-whose interval contains 1 (or whose p is not below alpha) is "no measurable difference".
+whose interval contains 1 (or whose p is not below alpha) is "inconclusive"
+(`scoring.inconclusive_text`).
 `update` also rewrites README.md's headline between `<!-- headline:begin -->` and
 `<!-- headline:end -->` (`headline`: the same ratios against AdamW, with the budget they took).
 The text is a pure function of the records (no dates; fixed resampling seeds), so a rerun on the
@@ -103,7 +104,7 @@ def workload_sentence(records: Sequence[dict], workload: str, baseline: str,
                       alpha: float) -> str:
   """One plain-language line: who reaches the target, and every optimizer's steps against the
   baseline's with its 95% interval and p, grouped into measurably fewer, measurably more and
-  no measurable difference."""
+  inconclusive."""
   medians = scoring.median_over_studies(records, "steps_to_target").get(workload, {})
   reached = sorted((m, o) for o, m in medians.items() if math.isfinite(m))
   if not reached:
@@ -130,9 +131,9 @@ def workload_sentence(records: Sequence[dict], workload: str, baseline: str,
       groups["same"].append(f"{o} {scoring.ratio_text(c, baseline)}")
   said = {"fewer": f"measurably fewer steps than {baseline}",
           "more": f"measurably more steps than {baseline}",
-          "same": f"no measurable difference from {baseline}",
-          "only": f"reached it where {baseline} did not, no measurable difference",
-          "not": f"did not reach it where {baseline} did, no measurable difference"}
+          "same": f"inconclusive against {baseline}",
+          "only": f"reached it where {baseline} did not, inconclusive",
+          "not": f"did not reach it where {baseline} did, inconclusive"}
   for k, words in said.items():
     if groups[k]:
       text += f"; {words}: {', '.join(groups[k])}"
