@@ -364,6 +364,16 @@ def test_incomplete_studies_are_left_out_until_complete():
   only = budgets.results(base + muon[:1], shapes_fn=lambda w: None)["w"]
   assert only.startswith("No challenger with records beside adamw yet.")
   assert "muon study 0 (1 of 3 trials)" in only
+  # A second workload whose first study is under way (the wider model's first trials) is named
+  # with what it is waiting for, not dropped from the report.
+  wide = [dict(r, workload="v", trials_per_study=3) for r in base[:2]]
+  both = budgets.results(base + muon + wide, shapes_fn=lambda w: None, n_resamples=50,
+                         n_power=5)
+  assert isinstance(both["w"], dict) and both["v"] == (
+      "No complete study yet (a sweep in progress): adamw study 0 (2 of 3 trials).")
+  text = budgets.headline(base + muon + wide, "R", shapes_fn=lambda w: None,
+                          regime_fn=lambda rs, w: None, computed=both)
+  assert "## v\n\nNo complete study yet (a sweep in progress): adamw study 0" in text
 
 
 def test_the_cell_tests_and_why_welch_is_the_default():

@@ -726,11 +726,15 @@ def results(records: Sequence[dict], workloads: Sequence[str] | None = None,
   records, incomplete = complete_studies(records)
   with_b = [r for r in records if has_budgets(r)]
   short = [r for r in everything if has_budgets(r) and not any(r is k for k in with_b)]
-  names = sorted({r["workload"] for r in with_b})
+  names = sorted({r["workload"] for r in everything if has_budgets(r)})
   out: dict[str, dict | str] = {}
   for w in workloads or names:
     if w not in names:
       out[w] = "No records with budget_metrics."
+      continue
+    if not any(r["workload"] == w for r in with_b):  # a sweep's first study under way
+      left = [n.split(": ", 1)[1] for n in incomplete if n.startswith(w + ": ")]
+      out[w] = ("No complete study yet (a sweep in progress): " + ", ".join(left) + ".")
       continue
     shapes = shapes_fn(w)
     try:
