@@ -185,6 +185,27 @@ def test_holm_against_a_hand_computation():
   assert math.isnan(adjusted[4]) and math.isnan(threshold[4])
 
 
+def test_one_holm_family_spans_every_workload_of_a_headline():
+  """Two model sizes in one headline are one family (issue 39: Holm over the comparisons a
+  headline makes): the rank test's 2 / C(10, 5) = 0.0079 passes Holm over one workload's 6
+  cells (threshold 0.05 / 6 = 0.0083) but not over both workloads' 12 (0.05 / 12)."""
+  rs = _law_records("adamw", 1.0) + _law_records("o", 1.5)
+  alone = budgets.results(rs, shapes_fn=lambda w: None, n_resamples=50, n_power=5,
+                          test="rank")["w"]
+  assert alone["family"] == 6 and alone["cells"][("o", 100.0)]["reject"]
+  both = rs + [dict(r, workload="v") for r in rs]
+  res = budgets.results(both, shapes_fn=lambda w: None, n_resamples=50, n_power=5,
+                        test="rank")
+  assert res["w"]["family"] == res["v"]["family"] == 12
+  cells = [c for w in "vw" for c in res[w]["cells"].values()]
+  assert not any(c["reject"] for c in cells)
+  assert min(c["threshold"] for c in cells) == pytest.approx(0.05 / 12)
+  assert res["w"]["cells"][("o", 100.0)]["p_holm"] == pytest.approx(12 * 2 / 252)
+  text = budgets.readme_headline(both, "R", res, regime_fn=lambda rs, w: None)
+  assert "after Holm's correction over the 12 tested cells of the headline (6 of them here), " \
+         "family-wise alpha 0.05;" in text
+
+
 def test_verdicts_significant_and_inconclusive_with_power():
   # Five studies each, every challenger study below every baseline one: Mann-Whitney's exact
   # p = 2 / C(10, 5) = 0.0079 at each of 6 budgets; Holm's smallest threshold 0.05 / 6 = 0.0083.

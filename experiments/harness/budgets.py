@@ -45,7 +45,8 @@ record's `metric` naming the loss (lower is better). Definitions, in the order t
   a diverged study's loss replaced by twice the largest finite loss so that it stays the
   worst). A cell in which a study diverged (an infinite loss: no t-test is defined) always
   takes the rank test, and its verdict says so. The family is every tested cell of a headline
-  (every challenger x budget of a workload), and Holm's step-down procedure (Holm 1979)
+  (every challenger x budget of every workload it shows: both model sizes are one family,
+  `judge_cells`), and Holm's step-down procedure (Holm 1979)
   controls its family-wise error at `alpha`: written by hand (ten lines) because scipy has only
   false-discovery-rate control (`scipy.stats.false_discovery_control`) and statsmodels is not a
   dependency.
@@ -551,11 +552,13 @@ def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "ada
                     paired: bool = False, alpha: float = ALPHA,
                     shapes: Sequence[Sequence[int]] | None = None,
                     n_resamples: int = N_BOOTSTRAP, n_power: int = N_POWER,
-                    test: str | None = None) -> dict:
+                    test: str | None = None, judge: bool = True) -> dict:
   """Every challenger x budget cell of a workload against the baseline: the speed-up and loss
-  difference with intervals, p, Holm over the workload's tested cells, verdict and power.
+  difference with intervals, p, and (`judge`) Holm over the workload's tested cells, verdict
+  and power; `judge=False` leaves those to `judge_cells` over a whole headline's workloads.
 
-  Returns {budgets, baseline, optimizers, cells: {(optimizer, budget): cell}}; a cell is
+  Returns {budgets, baseline, optimizers, cells: {(optimizer, budget): cell}, n_base, test,
+  family (the size of the Holm family the verdicts come from)}; a cell is
   `bootstrap_speedup`'s dict plus p, p_holm, reject, threshold, power, identical (the reason,
   or None), verdict (text) and `test`, the test that gave p ("rank" where a study diverged).
   """
@@ -586,10 +589,44 @@ def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "ada
         cell["p"] = test_losses(xc, xb, paired, test)
         cell["test"] = test if np.all(np.isfinite(xc)) and np.all(np.isfinite(xb)) else "rank"
       cells[(o, float(budget))] = cell
-  keys = list(cells)
-  adjusted, reject, threshold = holm([cells[k]["p"] for k in keys], alpha)
-  for k, pa, rej, th in zip(keys, adjusted, reject, threshold):
-    c = cells[k]
+  res = {"budgets": sorted({k[1] for k in cells}), "baseline": baseline,
+         "optimizers": list(tables), "cells": cells, "n_base": len(base.studies),
+         "test": test, "_judge": (base, tables, paired, n_power)}
+  if judge:
+    judge_cells([res], alpha)
+  return res
+
+
+def _tested_here(res: dict) -> int:
+  return sum(not math.isnan(c["p"]) for c in res["cells"].values())
+
+
+def _family_shared(res: dict) -> bool:
+  """Whether other workloads' cells are in this workload's Holm family (`judge_cells`)."""
+  return res["family"] != _tested_here(res)
+
+
+def _family_text(res: dict) -> str:
+  """`24 tested cells` for a headline of one workload; `32 tested cells of the headline (24 of
+  them here)` when other workloads' cells share the Holm family."""
+  if not _family_shared(res):
+    return f"{res['family']} tested cells"
+  return f"{res['family']} tested cells of the headline ({_tested_here(res)} of them here)"
+
+
+def judge_cells(family: Sequence[dict], alpha: float = ALPHA) -> int:
+  """Holm's procedure over every tested cell of `family` (`compare_budgets(judge=False)`'s
+  dicts: the workloads one headline shows, so that both model sizes' cells are one family
+  whose family-wise error is `alpha`), then each cell's p_holm, reject, threshold, verdict and,
+  where not rejected, its power at that threshold. Sets each dict's `family` and returns it."""
+  keys = [(res, k) for res in family for k in res["cells"]]
+  adjusted, reject, threshold = holm([res["cells"][k]["p"] for res, k in keys], alpha)
+  size = int(np.sum(~np.isnan(adjusted)))
+  for res in family:
+    res["family"] = size
+  for (res, k), pa, rej, th in zip(keys, adjusted, reject, threshold):
+    base, tables, paired, n_power = res["_judge"]
+    baseline, test, c = res["baseline"], res["test"], res["cells"][k]
     c.update(p_holm=float(pa), reject=bool(rej), threshold=float(th), power=math.nan)
     if c["identical"]:
       c["verdict"] = f"identical to {baseline} by construction: not tested"
@@ -608,9 +645,7 @@ def compare_budgets(records: Sequence[dict], workload: str, baseline: str = "ada
       else:
         c["verdict"] = (f"inconclusive (power {c['power']:.2f} for a {TARGET_SPEEDUP:g}x "
                         "speed-up)")
-  return {"budgets": sorted({k[1] for k in keys}), "baseline": baseline,
-          "optimizers": list(tables), "cells": cells, "n_base": len(base.studies),
-          "test": test}
+  return size
 
 
 def _num(v: float, flag: str = EXACT) -> str:
@@ -738,7 +773,7 @@ def results(records: Sequence[dict], workloads: Sequence[str] | None = None,
       continue
     shapes = shapes_fn(w)
     try:
-      res = compare_budgets(with_b, w, baseline, paired, alpha, shapes, **kwargs)
+      res = compare_budgets(with_b, w, baseline, paired, alpha, shapes, judge=False, **kwargs)
     except ValueError as e:
       msg = str(e).removeprefix(f"{w}: ")  # the workload heads its entry already
       out[w] = msg[:1].upper() + msg[1:] + "."
@@ -749,8 +784,11 @@ def results(records: Sequence[dict], workloads: Sequence[str] | None = None,
                 + (f" ({', '.join(others)}: no budget in common)" if others else "")
                 + f". Trials per study x studies: {coverage_text(with_b + short, w, baseline)}.")
       continue
-    out[w] = {**res, "shapes": shapes,
-              "incomplete": [n.split(": ", 1)[1] for n in incomplete if n.startswith(w + ": ")]}
+    res.update(shapes=shapes,
+               incomplete=[n.split(": ", 1)[1] for n in incomplete if n.startswith(w + ": ")])
+    out[w] = res
+  # One Holm family for the whole headline: every tested cell of every workload shown.
+  judge_cells([res for res in out.values() if isinstance(res, dict)], alpha)
   return out
 
 
@@ -803,7 +841,7 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
     lines += [f"Trials per study x studies: {coverage_text(with_b, w, baseline)}.", ""]
     head = "| optimizer | " + " | ".join(f"{b:g} steps" for b in budgets) + " |"
     rule = "|---" * (len(budgets) + 1) + "|"
-    tested = sum(not math.isnan(c["p"]) for c in res["cells"].values())
+    tested = _family_text(res)
     blocks = [("Speed-up over " + baseline + f" ({metric}; the baseline budget reaching the "
                "same loss / the budget; 95% bootstrap interval over studies; ≥ / ≤: bounds "
                "beyond the baseline's budgets; * fewer than "
@@ -811,8 +849,7 @@ def headline(records: Sequence[dict], records_dir: str, workloads: Sequence[str]
               (f"Loss difference, {w}: median {metric} minus {baseline}'s (95% interval)",
                diff_text),
               (f"Verdict (two-sided {test_name(res['test'], paired)} per cell, Holm over the "
-               f"{tested} "
-               f"tested cells at family-wise alpha {alpha:g})", lambda c: c["verdict"])]
+               f"{tested} at family-wise alpha {alpha:g})", lambda c: c["verdict"])]
     for title, fn in blocks:
       lines += [f"**{title}**", "", head, rule]
       for o in res["optimizers"]:
@@ -952,7 +989,12 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
       row = [_cell_text(res["cells"][(o, b)]) if (o, b) in res["cells"] else ""
              for b in budgets]
       lines.append(f"| {o} | " + " | ".join(row) + " |")
-    tested = sum(not math.isnan(c["p"]) for c in res["cells"].values())
+    holm_text = (f"after Holm's correction over the {_family_text(res)}, family-wise alpha "
+                 f"{alpha:g}" if _family_shared(res) else
+                 f"after Holm's correction over the {_family_text(res)} (family-wise alpha "
+                 f"{alpha:g})" if res["family"] else
+                 "after Holm's correction (no cell is testable yet: a test needs 2 studies a "
+                 "side)")
     lines += ["", f"Speed-up: the {baseline} budget that reaches the optimizer's loss, divided "
               "by the budget (Wen et al. 2025), from medians over studies of each study's "
               "best trial at that budget"
@@ -962,10 +1004,7 @@ def readme_headline(records: Sequence[dict], records_dir: str, computed: dict,
               + "; [95% bootstrap interval over studies]; ≥ / ≤: beyond "
               f"{baseline}'s budgets, a bound. **Bold**: the loss differs from {baseline}'s "
               f"({test_name(res['test'], paired)} over studies) "
-              + (f"after Holm's correction over the {tested} tested cells (family-wise alpha "
-                 f"{alpha:g})" if tested else "after Holm's correction (no cell is testable "
-                 "yet: a test needs 2 studies a side)")
-              + "; every other cell is inconclusive (its power for a "
+              + holm_text + "; every other cell is inconclusive (its power for a "
               f"{TARGET_SPEEDUP:g}x speed-up, the loss differences and p-values: "
               f"{workspace_section}). * fewer than {MIN_STUDIES} studies on a side. "
               f"Regenerate: `{command(records_dir, baseline, paired, w, res['test'])}`.", ""]
