@@ -206,7 +206,9 @@ def test_compare_edges_prints_the_findings(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines() == [
-      f"w adamw - learning_rate low 3/4 space={spaces.space_id_of('adamw')}"]
+      f"w adamw - learning_rate low 3/4 space={spaces.space_id_of('adamw')}",
+      "1 edge-bound hyperparameter(s) (best trial in the outer 10% of its range in 3 or more "
+      f"studies) over 12 tuning runs of 1 workload x optimizer pair(s) in {tmp_path}"]
 
 
 def test_publishing_refuses_edge_bound_records_unless_allowed(capsys):
