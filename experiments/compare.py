@@ -650,9 +650,10 @@ def check_edges(records: Sequence[dict], allow: bool) -> None:
   that optimizer. `allow` (--allow_edges) publishes anyway."""
   found = spaces_lib.edges(records)
   if found and not allow:
-    _fail(f"{len(found)} tuned hyperparameter(s) at an edge of their range, so no headline is "
-          f"written (widen the spaces: `compare edges`; or --allow_edges): " +
-          "; ".join(f.line() for f in found), status=1)
+    configs_util.fail(
+        f"{len(found)} tuned hyperparameter(s) at an edge of their range, so no headline is "
+        f"written (widen the spaces: `compare edges`; or --allow_edges): " +
+        "; ".join(f.line() for f in found), status=1)
 
 
 def update_from_flags(records_dir: str, workspace: str | None = None,
@@ -680,7 +681,7 @@ def print_budgets(records_dir: str) -> None:
   records = read_records(records_dir)
   with_b = [r for r in records if budgets_lib.has_budgets(r)]
   if not with_b:
-    _fail(f"no records with budget_metrics in {records_dir} ({len(records)} without)")
+    configs_util.fail(f"no records with budget_metrics in {records_dir} ({len(records)} without)")
   f = flags.FLAGS
   alpha = _ALPHA.value if f["alpha"].present else budgets_lib.ALPHA
   computed = budgets_lib.results(records, _WORKLOADS.value if f["workloads"].present else None,
@@ -713,14 +714,14 @@ def print_budgets(records_dir: str) -> None:
 def main(argv):
   configs_util.quiet_library_info()
   if len(argv) < 2:
-    _fail(f"a command is needed: python -m experiments.compare {{{','.join(COMMANDS)}}} "
-          "RECORDS_DIR (--help lists the flags)")
+    configs_util.fail(f"a command is needed: python -m experiments.compare "
+                      f"{{{','.join(COMMANDS)}}} RECORDS_DIR (--help lists the flags)")
   if argv[1] not in COMMANDS:
     close = difflib.get_close_matches(argv[1], COMMANDS, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    _fail(f"unknown command {argv[1]!r}; {hint}the commands are: {', '.join(COMMANDS)}")
+    configs_util.fail(f"unknown command {argv[1]!r}; {hint}the commands are: {', '.join(COMMANDS)}")
   if len(argv) != 3:
-    _fail(f"{argv[1]} takes one RECORDS_DIR, got {len(argv) - 2} argument(s): "
+    configs_util.fail(f"{argv[1]} takes one RECORDS_DIR, got {len(argv) - 2} argument(s): "
           f"{' '.join(argv[2:]) or '(none)'}; e.g. python -m experiments.compare {argv[1]} "
           "records/")
   command, records_dir = argv[1], argv[2]
@@ -728,7 +729,7 @@ def main(argv):
                                           os.path.exists(records_dir)):
     why = ("is not a directory" if os.path.exists(records_dir) else
            "does not exist (`python -m experiments.compare sweep DIR` creates one)")
-    _fail(f"the records directory {records_dir!r} {why}")
+    configs_util.fail(f"the records directory {records_dir!r} {why}")
   t0 = time.time()
   if command == "targets":
     print_targets(records_dir, _WORKLOADS.value, _BASELINE.value)
@@ -741,7 +742,7 @@ def main(argv):
     return
   if command == "reference":
     if _REFERENCE_RUNS.value < 1:
-      _fail(f"--reference_runs must be >= 1, not {_REFERENCE_RUNS.value}")
+      configs_util.fail(f"--reference_runs must be >= 1, not {_REFERENCE_RUNS.value}")
     present = sorted({r["workload"] for r in read_records(records_dir)
                       if r["optimizer"] == _BASELINE.value})
     workloads_ = _WORKLOADS.value if flags.FLAGS["workloads"].present else present
@@ -755,7 +756,7 @@ def main(argv):
     found = spaces_lib.edges(recs, min_studies=_EDGE_STUDIES.value)
     for finding in found:
       print(finding.line())
-    tuned = [r for r in recs if spaces_lib.space_of(r)[1] is not None and r.get("hparams")]
+    tuned = spaces_lib.tuning_records(recs)
     groups = {(r["workload"], r["optimizer"]) for r in tuned}
     print(f"{len(found)} edge-bound hyperparameter(s) (best trial in the outer "
           f"{spaces_lib.EDGE_FRACTION:.0%} of its range in {_EDGE_STUDIES.value} or more "
@@ -785,7 +786,7 @@ def main(argv):
   records = read_records(records_dir)
   self_tuning = read_records(os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
   if not records and not self_tuning:
-    _fail(f"no records in {records_dir} (no <workload>.jsonl there; "
+    configs_util.fail(f"no records in {records_dir} (no <workload>.jsonl there; "
           "`python -m experiments.compare sweep` writes them)")
   if command in ("score", "sweep", "all"):
     # The external-tuning ruleset's report last: its last line is the JSON of its scores.
@@ -809,19 +810,17 @@ def main(argv):
     print(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 
-_fail = configs_util.fail
-
-
 def _parse_flags(argv):
   """absl's flag parsing, with --help exiting 0 and a bad flag as one line (status 2)."""
-  return configs_util.parse_flags(argv, lambda e: f"{e} (--help lists the flags)", _fail)
+  return configs_util.parse_flags(argv, lambda e: f"{e} (--help lists the flags)",
+                                  configs_util.fail)
 
 
 def _main(argv):
   try:
     main(argv)
   except app.UsageError as e:
-    _fail(e)
+    configs_util.fail(e)
   except OSError as e:
     from experiments.training import checkpoints  # pylint: disable=g-import-not-at-top
     where = argv[2] if len(argv) > 2 else "the records directory"

@@ -55,9 +55,6 @@ USER_ERRORS = (validate.ConfigError, checkpoints.CheckpointError, data.ShardErro
 STORAGE_ERROR_STATUS = 3
 
 
-_fail = configs_util.fail
-
-
 def _fail_storage(error: checkpoints.StorageError):
   """One line and status 3. Standard output and error are closed first: orbax's and
   TensorStore's threads whose writes failed print tracebacks until the interpreter is gone."""
@@ -145,14 +142,14 @@ def _parse_flags(argv):
   if spec is not None:
     problem = _config_file_problem(spec)
     if problem:
-      _fail(problem)
+      configs_util.fail(problem)
 
   def explain(e: Exception) -> str:
     if "--traceback" in argv:
       traceback.print_exc()
     return _explain_flag_error(argv, e)
 
-  return configs_util.parse_flags(argv, explain, _fail)
+  return configs_util.parse_flags(argv, explain, configs_util.fail)
 
 
 def _explain_flag_error(argv, error: Exception) -> str:
@@ -178,28 +175,28 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   if config is None:
-    _fail("--config is required, e.g. --config=configs/speedrun_cpu.py")
+    configs_util.fail("--config is required, e.g. --config=configs/speedrun_cpu.py")
   if _PRINT_CONFIG.value:
     print(config)
     return
   if not _WORKDIR.value:
-    _fail("--workdir is required: the directory for checkpoints, metrics and logs")
+    configs_util.fail("--workdir is required: the directory for checkpoints, metrics and logs")
   configs_util.quiet_library_info()  # the chatter would come before an `ERROR:` line too
   try:
     distributed.initialize(config)  # before any JAX computation
   except validate.ConfigError as e:
-    _fail(e)
+    configs_util.fail(e)
   try:
     summary = trainer.train_and_evaluate(config, _WORKDIR.value)
   except trainer.TrainingDivergedError as e:
     logging.error("%s", e)
-    _fail(e, status=1)
+    configs_util.fail(e, status=1)
   except checkpoints.StorageError as e:
     _fail_storage(e)
   except USER_ERRORS as e:
     if _TRACEBACK.value:
       traceback.print_exc()
-    _fail(e)
+    configs_util.fail(e)
   except OSError as e:  # a write failed mid-run (metrics, TensorBoard, run records)
     error = checkpoints.storage_error(e, _WORKDIR.value, "write to")
     if error is None:

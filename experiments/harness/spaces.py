@@ -322,6 +322,12 @@ def space_of(record: dict) -> tuple[str, Space | None]:
   return sid, KNOWN.get(sid)
 
 
+def tuning_records(records: Iterable[dict]) -> list[dict]:
+  """The records `edges` looks at: trials drawn from a known space (not the self-tuning
+  ruleset's, which draw nothing)."""
+  return [r for r in records if space_of(r)[1] is not None and r.get("hparams")]
+
+
 def edges(records: Iterable[dict], edge_fraction: float = EDGE_FRACTION,
           min_studies: int = MIN_STUDIES) -> list[Finding]:
   """Every (workload, optimizer, budget, space, hyperparameter, side) whose best trial lies in
@@ -331,10 +337,8 @@ def edges(records: Iterable[dict], edge_fraction: float = EDGE_FRACTION,
   self-tuning ruleset, drawn from no space, have no hyperparameters drawn and give nothing).
   """
   groups: dict[tuple, list[dict]] = {}
-  for r in records:
-    sid, space = space_of(r)
-    if space is not None and r.get("hparams"):
-      groups.setdefault((r["workload"], r["optimizer"], sid), []).append(r)
+  for r in tuning_records(records):
+    groups.setdefault((r["workload"], r["optimizer"], space_of(r)[0]), []).append(r)
   out = []
   for (w, o, sid), rs in sorted(groups.items()):
     space = space_of(rs[0])[1]
