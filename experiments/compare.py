@@ -49,8 +49,7 @@ one line), 1 `all` or `budgets` refused to publish results tuned at an edge of a
 resume).
 
 This module is the command line; the harness itself is experiments/harness/ (records, runs,
-scoring, report, plots, WORKSPACE.md's section), whose names it also exposes as before
-(`compare.plan`, `compare.sweep`, `compare.read_records`, ...).
+scoring, report, plots, WORKSPACE.md's section): import its names from there.
 """
 
 from __future__ import annotations
@@ -77,42 +76,6 @@ from experiments.harness import spaces as spaces_lib
 from experiments.harness import workspace as workspace_lib
 
 # The harness's names, kept here for the callers that know them as `compare.<name>`.
-SEARCH_SPACES = records_lib.SEARCH_SPACES
-BASE_CONFIGS = records_lib.BASE_CONFIGS
-KEY_FIELDS = records_lib.KEY_FIELDS
-base_hparams = records_lib.base_hparams
-draw_trials = records_lib.draw_trials
-run_seed = records_lib.run_seed
-RunSpec = records_lib.RunSpec
-record_key = records_lib.record_key
-provenance = records_lib.provenance
-_host_cpu = records_lib._host_cpu  # pylint: disable=protected-access
-make_record = records_lib.make_record
-read_records = records_lib.read_records
-append_record = records_lib.append_record
-plan = records_lib.plan
-sweep = records_lib.sweep
-WORKLOAD_CONFIGS = runs_lib.WORKLOAD_CONFIGS
-QUICK_WORKLOADS = runs_lib.QUICK_WORKLOADS
-overlay = runs_lib.overlay
-run_config = runs_lib.run_config
-SweepInterrupted = runs_lib.SweepInterrupted
-train_run = runs_lib.train_run
-_metric_name = runs_lib._metric_name  # pylint: disable=protected-access
-INF = scoring.INF
-_value = scoring._value  # pylint: disable=protected-access
-study_results = scoring.study_results
-median_over_studies = scoring.median_over_studies
-performance_ratios = scoring.performance_ratios
-profile = scoring.profile
-benchmark_score = scoring.benchmark_score
-scores = scoring.scores
-record_rule = scoring.record_rule
-welch = scoring.welch
-claim_runs = scoring.claim_runs
-_fmt = report_lib._fmt  # pylint: disable=protected-access
-table = report_lib.table
-report = report_lib.report
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,7 +95,7 @@ _BASELINE = flags.DEFINE_string("baseline", "adamw", "Optimizer the ratios and t
 
 
 _WORKLOADS = flags.DEFINE_list(
-    "workloads", [w for w in WORKLOAD_CONFIGS if w not in runs_lib.BUDGET_WORKLOADS],
+    "workloads", [w for w in runs_lib.WORKLOAD_CONFIGS if w not in runs_lib.BUDGET_WORKLOADS],
     "sweep: workloads to run.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
                                                "sgd"], "sweep: optimizers to compare.")
@@ -143,8 +106,8 @@ _TRIALS = flags.DEFINE_integer("trials", 2, "sweep: trials per optimizer and stu
                                "for every optimizer).")
 _STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds; "
                                 "at least 2 for a spread and a t-test).")
-_QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(QUICK_WORKLOADS)}, 2 trials, "
-                           "1 study (minutes, for checking the pipeline).")
+_QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(runs_lib.QUICK_WORKLOADS)}, "
+                           "2 trials, 1 study (minutes, for checking the pipeline).")
 _RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
 _VECTORIZE = flags.DEFINE_enum(
     "vectorize", "auto", ["auto", "always", "never"],
@@ -255,7 +218,7 @@ def write_report(records_dir: str, path: str, plots_dir: str) -> None:
   """What publishing would put in README.md's headline and WORKSPACE.md's section, written
   to `path` instead (a scratch directory's report), PNGs linked relative to it."""
   f = flags.FLAGS
-  records = read_records(records_dir)
+  records = records_lib.read_records(records_dir)
   here = os.path.dirname(os.path.abspath(path))
   rel = os.path.relpath(plots_dir, here)
   text = ("# Comparison report (not published)\n\n"
@@ -270,12 +233,13 @@ def write_report(records_dir: str, path: str, plots_dir: str) -> None:
   print(f"{path}: written (not published)")
 
 
-def _check_draws(specs: Sequence[RunSpec], records: Sequence[dict], records_dir: str) -> None:
+def _check_draws(specs: Sequence[records_lib.RunSpec], records: Sequence[dict],
+                 records_dir: str) -> None:
   """A recorded run whose hyperparameters differ from the plan's draw for the same key was drawn
   from another search space: mixing the two would score neither."""
   planned = {sp.key(): sp.hparams for sp in specs}
   for r in records:
-    hp = planned.get(record_key(r))
+    hp = planned.get(records_lib.record_key(r))
     if hp is None:
       continue
     same = set(hp) == set(r["hparams"]) and all(
@@ -289,10 +253,11 @@ def _check_draws(specs: Sequence[RunSpec], records: Sequence[dict], records_dir:
           "the old records into a subdirectory, which scoring does not read).")
 
 
-def _groups(todo: Sequence[RunSpec], max_trials: int) -> list[list[RunSpec]]:
+def _groups(todo: Sequence[records_lib.RunSpec],
+            max_trials: int) -> list[list[records_lib.RunSpec]]:
   """The runs to do, in plan order, as programs: each (workload, optimizer)'s runs, across
   studies, in chunks of at most `max_trials`."""
-  by_pair: dict[tuple, list[RunSpec]] = {}
+  by_pair: dict[tuple, list[records_lib.RunSpec]] = {}
   for sp in todo:
     # Drawn names a program cannot trace (Schedule-Free's warmup) are one value per program.
     static = tuple(sp.hparams.get(n) for n in spaces_lib.static_names(sp.optimizer))
@@ -310,7 +275,7 @@ class Phase:
   name: str
   records_dir: str
   runs_dir: str
-  specs: tuple[RunSpec, ...]
+  specs: tuple[records_lib.RunSpec, ...]
 
 
 def plan_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
@@ -319,11 +284,12 @@ def plan_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
                name: str | None = None) -> Phase:
   """A sweep's runs: `trials` drawn points x `studies` per optimizer and workload (external
   ruleset), or each optimizer once per study at its defaults into `<records_dir>/self_tuning`."""
-  unknown = [w for w in workloads_ if w not in WORKLOAD_CONFIGS]
-  unknown += [o for o in optimizers if o not in SEARCH_SPACES]
+  unknown = [w for w in workloads_ if w not in runs_lib.WORKLOAD_CONFIGS]
+  unknown += [o for o in optimizers if o not in records_lib.SEARCH_SPACES]
   if unknown:
     raise app.UsageError(f"unknown workload/optimizer {unknown}; workloads: "
-                         f"{', '.join(WORKLOAD_CONFIGS)}; optimizers: {', '.join(SEARCH_SPACES)}")
+                         f"{', '.join(runs_lib.WORKLOAD_CONFIGS)}; optimizers: "
+                         f"{', '.join(records_lib.SEARCH_SPACES)}")
   if ruleset == "self_tuning":
     specs = [dataclasses.replace(sp, full_budget=full_budget) for w in workloads_
              for sp in records_lib.plan_self_tuning(w, optimizers, range(studies))]
@@ -332,7 +298,7 @@ def plan_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
     trials = 1
   else:
     specs = [sp for w in workloads_
-             for sp in plan(w, optimizers, trials, range(studies), full_budget)]
+             for sp in records_lib.plan(w, optimizers, trials, range(studies), full_budget)]
   name = name or (f"{ruleset} ruleset: {trials} trials x {studies} studies x "
                   f"{len(optimizers)} optimizers x {len(workloads_)} workloads")
   return Phase(name, records_dir, runs_dir, tuple(specs))
@@ -348,7 +314,7 @@ def reference_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
   their hyperparameters are kept (a later, better tuned trial does not mix two configurations
   into one target; move the records away to redo them)."""
   from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
-  records = read_records(records_dir)
+  records = records_lib.read_records(records_dir)
   specs = []
   for w in workloads_:
     made = sorted((r for r in records if r["workload"] == w and r["optimizer"] == baseline
@@ -364,7 +330,7 @@ def reference_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
     print(f"{w}: {baseline}'s reference hyperparameters from {origin}: {best['hparams']}")
     for i in range(n):
       study = scoring.REFERENCE_STUDY + i
-      specs.append(RunSpec(w, baseline, dict(best["hparams"]), study, 0,
+      specs.append(records_lib.RunSpec(w, baseline, dict(best["hparams"]), study, 0,
                            records_lib.run_seed(study, 0), full_budget=True,
                            space=best.get("space")))
   return Phase(f"reference runs: {baseline}'s best tuned trial x {n} seeds x "
@@ -376,7 +342,7 @@ def reference_phase(records_dir: str, runs_dir: str, workloads_: Sequence[str],
 # per study at its defaults (self-tuning), and first the baseline AdamW trained to the full step
 # budget, whose curves set the workloads' targets (`compare targets`).
 CORE = ("adamw", "muon", "shampoo", "soap", "sgd", "adamw_8bit")
-FRONTIER = tuple(o for o in SEARCH_SPACES if o not in CORE)
+FRONTIER = tuple(o for o in records_lib.SEARCH_SPACES if o not in CORE)
 
 
 # The budget comparison (issue 39): per workload, in this order, the optimizers tuned with
@@ -435,14 +401,14 @@ def run_sweep(records_dir: str, workloads_: Sequence[str], optimizers: Sequence[
   return run_phases([phase], vectorize, max_trials_per_program)
 
 
-def _use_vectorized(group: Sequence[RunSpec], vectorize: str) -> bool:
+def _use_vectorized(group: Sequence[records_lib.RunSpec], vectorize: str) -> bool:
   spec = group[0]
   use = len(group) > 1 and (vectorize == "always" or (
       vectorize == "auto" and runs_lib.vectorize_faster(spec.workload, spec.optimizer)))
   if use:
     from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
     try:
-      vectorized.check_config(run_config(spec))
+      vectorized.check_config(runs_lib.run_config(spec))
     except vectorized.NotVectorizable as e:
       print(f"{spec.workload} {spec.optimizer}: {e}")
       use = False
@@ -505,10 +471,10 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
   from experiments.harness import vectorized  # pylint: disable=g-import-not-at-top
   programs, history = [], []
   for phase_index, phase in enumerate(phases):
-    recorded = read_records(phase.records_dir)
+    recorded = records_lib.read_records(phase.records_dir)
     history += recorded
     _check_draws(phase.specs, recorded, phase.records_dir)
-    done = {record_key(r) for r in recorded}
+    done = {records_lib.record_key(r) for r in recorded}
     todo = [sp for sp in phase.specs if sp.key() not in done]
     print(f"{phase.name}: {len(phase.specs)} runs planned, {len(phase.specs) - len(todo)} "
           "already recorded")
@@ -541,7 +507,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
       resumed = checkpoints.latest_step_on_disk(
           os.path.join(runs_lib.workdir(spec, phase.runs_dir), "checkpoints")) is not None
       t = time.time()
-      result = train_run(spec, phase.runs_dir)
+      result = runs_lib.train_run(spec, phase.runs_dir)
       progress.finish((spec.workload, spec.optimizer, False), 1, time.time() - t,
                       timed=not resumed)
       return result
@@ -551,7 +517,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
     for phase, group, use, _ in programs:
       stop.check(len(new))
       if not use:
-        new += sweep(group, phase.records_dir, run_fn_for(phase))
+        new += records_lib.sweep(group, phase.records_dir, run_fn_for(phase))
         continue
       spec = group[0]
       studies_ = sorted({str(sp.study) for sp in group})
@@ -563,7 +529,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
       t = time.time()
       new += vectorized.sweep_group(group, phase.records_dir, devices)
       progress.finish((spec.workload, spec.optimizer, True), len(group), time.time() - t)
-  except (SweepInterrupted, vectorized.Interrupted) as e:
+  except (runs_lib.SweepInterrupted, vectorized.Interrupted) as e:
     # A trainer run took the signal (and saved a checkpoint), or a vectorized program did: the
     # sweep stops too, recording nothing for the unfinished run or program.
     print(f"sweep stopped: {e}; rerun the same command to resume it", flush=True)
@@ -575,7 +541,7 @@ def _run_programs(phases, vectorize, max_trials_per_program, stop, t0) -> list[d
 
 def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) -> None:
   """Each workload's target by the rule (`scoring.baseline_target`) beside its config's."""
-  records = read_records(records_dir)
+  records = records_lib.read_records(records_dir)
   print(f"| workload | config's target | rule's target | studies' best at "
         f"{scoring.TARGET_BUDGET_FRACTION:.0%} of the budget (sorted) | floor |")
   print("|---|---|---|---|---|")
@@ -592,7 +558,7 @@ def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) ->
 def warn_stale_targets(records_dir: str, workloads_: Sequence[str], baseline: str) -> list[str]:
   """Prints (and returns) the workloads whose config's target is not the rule's from the
   baseline's records: the config must be edited (then `compare retarget`), not silently moved."""
-  records = read_records(records_dir)
+  records = records_lib.read_records(records_dir)
   stale = []
   for w in workloads_:
     try:
@@ -603,8 +569,9 @@ def warn_stale_targets(records_dir: str, workloads_: Sequence[str], baseline: st
     if not scoring.follows_rule(rule, config):
       stale.append(w)
       print(f"WARNING: {w}'s target is {config:.4g} but the rule gives {rule['target']:.4g} "
-            f"from {baseline}'s records: set it in {WORKLOAD_CONFIGS[w].split(':')[0]}, then "
-            f"run `python -m experiments.compare retarget {records_dir}`")
+            f"from {baseline}'s records: set it in "
+            f"{runs_lib.WORKLOAD_CONFIGS[w].split(':')[0]}, then run "
+            f"`python -m experiments.compare retarget {records_dir}`")
   return stale
 
 
@@ -629,7 +596,7 @@ def _retarget_plan(records_dir: str) -> tuple[dict[str, list[dict]], int, list[s
   """One directory's records rescored on the configs' targets: (rows per workload, how many
   changed, the records that cannot be rescored)."""
   by_workload: dict[str, list[dict]] = {}
-  for r in read_records(records_dir):
+  for r in records_lib.read_records(records_dir):
     by_workload.setdefault(r["workload"], []).append(r)
   changed, stuck, out = 0, [], {}
   for w, rows in by_workload.items():
@@ -678,7 +645,7 @@ def print_budgets(records_dir: str) -> None:
   (`check_edges`); otherwise RECORDS_DIR/report.md and RECORDS_DIR/plots/."""
   from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
   from experiments.harness import plots as plots_lib  # pylint: disable=g-import-not-at-top
-  records = read_records(records_dir)
+  records = records_lib.read_records(records_dir)
   with_b = [r for r in records if budgets_lib.has_budgets(r)]
   if not with_b:
     configs_util.fail(f"no records with budget_metrics in {records_dir} ({len(records)} without)")
@@ -743,7 +710,7 @@ def main(argv):
   if command == "reference":
     if _REFERENCE_RUNS.value < 1:
       configs_util.fail(f"--reference_runs must be >= 1, not {_REFERENCE_RUNS.value}")
-    present = sorted({r["workload"] for r in read_records(records_dir)
+    present = sorted({r["workload"] for r in records_lib.read_records(records_dir)
                       if r["optimizer"] == _BASELINE.value})
     workloads_ = _WORKLOADS.value if flags.FLAGS["workloads"].present else present
     run_phases([reference_phase(records_dir, _RUNS.value, workloads_, _BASELINE.value,
@@ -752,7 +719,7 @@ def main(argv):
           f"experiments.compare budgets {records_dir}` scores steps to their target")
     return
   if command == "edges":
-    recs = read_records(records_dir)
+    recs = records_lib.read_records(records_dir)
     found = spaces_lib.edges(recs, min_studies=_EDGE_STUDIES.value)
     for finding in found:
       print(finding.line())
@@ -764,7 +731,7 @@ def main(argv):
           f"pair(s) in {records_dir}")
     return
   if command in ("sweep", "all"):
-    workloads_ = list(QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
+    workloads_ = list(runs_lib.QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
     if _BUDGET.value == "budgets":
       run_budget_comparison(records_dir, _RUNS.value, _REFERENCE_RUNS.value)
@@ -773,7 +740,7 @@ def main(argv):
         print(f"all done in {(time.time() - t0) / 60:.1f} min")
       else:
         from experiments.harness import budgets as budgets_lib  # pylint: disable=g-import-not-at-top
-        print(budgets_lib.headline(read_records(records_dir), records_dir,
+        print(budgets_lib.headline(records_lib.read_records(records_dir), records_dir,
                                    paired=_PAIRED.value, test=_CELL_TEST.value))
       return
     if _BUDGET.value == "algoperf":
@@ -783,8 +750,8 @@ def main(argv):
     else:
       run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value,
                 _VECTORIZE.value, _MAX_TRIALS.value, _RULESET.value, _FULL_BUDGET.value)
-  records = read_records(records_dir)
-  self_tuning = read_records(os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
+  records = records_lib.read_records(records_dir)
+  self_tuning = records_lib.read_records(os.path.join(records_dir, records_lib.SELF_TUNING_DIR))
   if not records and not self_tuning:
     configs_util.fail(f"no records in {records_dir} (no <workload>.jsonl there; "
           "`python -m experiments.compare sweep` writes them)")
@@ -793,7 +760,7 @@ def main(argv):
     for title, rs in (("Self-tuning ruleset", self_tuning), ("External-tuning ruleset", records)):
       if rs:
         print(f"# {title}: {len(rs)} runs\n")
-        print(report(rs, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
+        print(report_lib.report(rs, _R_MAX.value, _SPEEDRUN.value, _RECORD_C.value, _ALPHA.value,
                      _BASELINE.value, _BY.value))
   out = output_paths(records_dir, _PUBLISH.value)
   if command in ("plots", "all") and records:

@@ -43,7 +43,8 @@ from experiments import configs_util
 from experiments.parallel import memory
 from experiments.parallel import pipeline
 from experiments.parallel import sharding as sharding_lib
-from experiments.training import loop as trainer
+from experiments.training import step as step_lib
+from experiments.training import train_state
 from models import gpt
 from scripts import bench_common
 
@@ -74,15 +75,15 @@ def bench(cfg) -> tuple[float, float, float]:
   """(median step seconds, tokens/s, compile seconds) of the config's train step."""
   model_cfg = gpt.GPTConfig.from_config(cfg.model)
   mesh = sharding_lib.make_mesh(cfg.mesh)
-  tx, schedule = trainer.make_optimizer(cfg)
+  tx, schedule = train_state.make_optimizer(cfg)
   accum, batch = int(cfg.train.grad_accum_steps), int(cfg.train.batch_size)
 
-  init = trainer.make_init_state(model_cfg, tx)
+  init = train_state.make_init_state(model_cfg, tx)
   abstract = jax.eval_shape(init, 0)
   state_sh = sharding_lib.state_shardings(mesh, abstract)
   batch_sh = sharding_lib.batch_sharding(mesh, 3, batch_axis=1)
   loss_fn = functools.partial(gpt.loss_fn, model_cfg)
-  step_fn = jax.jit(trainer.make_train_step(loss_fn, tx, schedule),
+  step_fn = jax.jit(step_lib.make_train_step(loss_fn, tx, schedule),
                     in_shardings=(state_sh, batch_sh), donate_argnums=(0,))
   state = jax.jit(init, static_argnums=0, out_shardings=state_sh)(0)
   tokens = np.random.default_rng(0).integers(
@@ -133,9 +134,9 @@ def mesh_memory(cfg, sizes: dict[str, int], microbatches: int = 1) -> dict:
   cfg.train.microbatches = microbatches
   n = int(np.prod(list(sizes.values())))
   mesh = sharding_lib.make_mesh(cfg.mesh, jax.devices()[:n])
-  tx, schedule = trainer.make_optimizer(cfg)
+  tx, schedule = train_state.make_optimizer(cfg)
   w = workloads.build(cfg, "/tmp")
-  abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
+  abstract = jax.eval_shape(train_state.make_init_state(w.init_params, tx), 0)
   state_sh = sharding_lib.state_shardings(mesh, abstract, logical_axes=w.logical_axes)
   accum, batch = int(cfg.train.grad_accum_steps), int(cfg.train.batch_size)
   example = w.train_batch(0, 0)
@@ -143,7 +144,7 @@ def mesh_memory(cfg, sizes: dict[str, int], microbatches: int = 1) -> dict:
       lambda a: jax.ShapeDtypeStruct((accum, batch // accum, *a.shape[1:]), a.dtype), example)
   batch_sh = jax.tree.map(lambda a: sharding_lib.batch_sharding(mesh, a.ndim + 1, 1), example)
   with sharding_lib.context(mesh):
-    compiled = jax.jit(trainer.make_train_step(w.loss_fn, tx, schedule),
+    compiled = jax.jit(step_lib.make_train_step(w.loss_fn, tx, schedule),
                        in_shardings=(state_sh, batch_sh), donate_argnums=(0,)).lower(
                            abstract, batch_abs).compile()
   mem = compiled.memory_analysis()

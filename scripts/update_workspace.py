@@ -13,23 +13,7 @@ from absl import app
 
 from experiments import configs_util
 from experiments import compare
-from experiments.harness import workspace
-
-# The generator's names, for the callers that know them as `update_workspace.<name>`.
-BEGIN, END = workspace.BEGIN, workspace.END
-HEADLINE_BEGIN, HEADLINE_END = workspace.HEADLINE_BEGIN, workspace.HEADLINE_END
-budget = workspace.budget
-verdicts = workspace.verdicts
-workload_sentence = workspace.workload_sentence
-versus = workspace.versus
-ratio_table = workspace.ratio_table
-headline = workspace.headline
-replace_headline = workspace.replace_headline
-section = workspace.section
-replace_section = workspace.replace_section
-update = workspace.update
-update_from_flags = compare.update_from_flags
-_ROOT = workspace._ROOT  # pylint: disable=protected-access
+from experiments.harness import records as records_lib
 
 
 def main(argv):
@@ -37,8 +21,8 @@ def main(argv):
     raise app.UsageError("usage: python -m scripts.update_workspace RECORDS_DIR "
                          "[--workspace=WORKSPACE.md] [--out_dir=results] [--allow_edges]")
   # As `compare all`: no headline from records tuned at an edge of a search space.
-  compare.check_edges(compare.read_records(argv[1]), compare.FLAGS.allow_edges)
-  update_from_flags(argv[1])
+  compare.check_edges(records_lib.read_records(argv[1]), compare.FLAGS.allow_edges)
+  compare.update_from_flags(argv[1])
 
 
 if __name__ == "__main__":

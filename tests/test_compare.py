@@ -1,4 +1,5 @@
-"""experiments/compare.py: scores on hand-made records, resumable sweeps, trials, speedrun rules."""
+"""The comparison harness (experiments/harness/: records, runs, scoring): scores on hand-made
+records, resumable sweeps, trials, speedrun rules."""
 
 import json
 import math
@@ -9,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import compare
 from experiments.harness import records as records_lib
+from experiments.harness import runs as runs_lib
+from experiments.harness import scoring
 
 INF = math.inf
 
@@ -47,30 +49,30 @@ def _hand_records():
 
 
 def test_median_of_best_trials_with_never_reached():
-  med = compare.median_over_studies(_hand_records(), "time_to_target_s")
+  med = scoring.median_over_studies(_hand_records(), "time_to_target_s")
   assert med["w1"] == {"a": 30.0, "b": 45.0}
   assert med["w2"] == {"a": 100.0, "b": 20.0}
   assert med["w3"] == {"a": INF, "b": INF}
-  steps = compare.median_over_studies(_hand_records(), "steps_to_target")
+  steps = scoring.median_over_studies(_hand_records(), "steps_to_target")
   assert steps["w1"] == {"a": 300.0, "b": 450.0}
 
 
 def test_performance_ratios_and_score_by_hand():
   records = _hand_records()
-  ratios = compare.performance_ratios(compare.median_over_studies(records, "time_to_target_s"),
+  ratios = scoring.performance_ratios(scoring.median_over_studies(records, "time_to_target_s"),
                                       ["a", "b"])
   assert ratios == {"a": {"w1": 1.0, "w2": 5.0, "w3": INF}, "b": {"w1": 1.5, "w2": 1.0, "w3": INF}}
   # B = 1/(4 - 1) * int_1^4 rho: a workload with ratio r <= 4 adds (4 - r) / 3 / #workloads.
   expected = {"a": (3 / 3 + 0 + 0) / 3, "b": (2.5 / 3 + 3 / 3 + 0) / 3}
-  got = compare.scores(records, r_max=4.0)
+  got = scoring.scores(records, r_max=4.0)
   assert got == pytest.approx(expected, abs=1e-12)
   # The same integral numerically, from rho on a fine grid (midpoint rule).
   taus = np.linspace(1, 4, 300001)
   mids = (taus[1:] + taus[:-1]) / 2
   for o in "ab":
-    rho = compare.profile(ratios[o], mids)
+    rho = scoring.profile(ratios[o], mids)
     assert np.sum(rho * np.diff(taus)) / 3 == pytest.approx(expected[o], abs=1e-5)
-  np.testing.assert_allclose(compare.profile(ratios["b"], [1.0, 1.49, 1.5, 10.0]),
+  np.testing.assert_allclose(scoring.profile(ratios["b"], [1.0, 1.49, 1.5, 10.0]),
                              [1 / 3, 1 / 3, 2 / 3, 2 / 3])
 
 
@@ -78,12 +80,12 @@ def test_missing_optimizer_counts_as_never_reached():
   records = [_rec("w1", "a", 0, 0, 10.0), _rec("w2", "a", 0, 0, 10.0),
              _rec("w2", "b", 0, 0, 20.0)]
   # b has no run on w1: inf there; on w2 ratio 2 -> (4 - 2) / 3 / 2 workloads.
-  assert compare.scores(records) == pytest.approx({"a": 1.0, "b": (2 / 3) / 2})
+  assert scoring.scores(records) == pytest.approx({"a": 1.0, "b": (2 / 3) / 2})
 
 
 def test_score_command_prints_tables_and_json_last(tmp_path):
   for r in _hand_records():
-    compare.append_record(str(tmp_path), r)
+    records_lib.append_record(str(tmp_path), r)
   out = subprocess.run([sys.executable, "-m", "experiments.compare", "score", str(tmp_path)],
                        capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(__file__))).stdout
@@ -105,7 +107,7 @@ def _fake_result(spec):
 
 def test_interrupted_sweep_rerun_skips_recorded_runs(tmp_path):
   records_dir = str(tmp_path / "records")
-  specs = compare.plan("mds", ["adamw", "sgd"], num_trials=3, studies=[0, 1])
+  specs = records_lib.plan("mds", ["adamw", "sgd"], num_trials=3, studies=[0, 1])
   assert len(specs) == 12 and len({s.key() for s in specs}) == 12
   calls = []
 
@@ -116,27 +118,27 @@ def test_interrupted_sweep_rerun_skips_recorded_runs(tmp_path):
     return _fake_result(spec)
 
   with pytest.raises(_Interrupt):
-    compare.sweep(specs, records_dir, interrupted)
-  assert len(compare.read_records(records_dir)) == 5
+    records_lib.sweep(specs, records_dir, interrupted)
+  assert len(records_lib.read_records(records_dir)) == 5
   # A run killed while writing its line leaves a partial last line behind.
   with open(os.path.join(records_dir, "mds.jsonl"), "a") as f:
     f.write('{"workload": "mds", "optimizer": "sg')
   rerun = []
-  new = compare.sweep(specs, records_dir, lambda s: rerun.append(s.key()) or _fake_result(s))
+  new = records_lib.sweep(specs, records_dir, lambda s: rerun.append(s.key()) or _fake_result(s))
   assert rerun == [s.key() for s in specs[5:]] and len(new) == 7
-  records = compare.read_records(records_dir)
-  assert sorted(compare.record_key(r) for r in records) == sorted(s.key() for s in specs)
+  records = records_lib.read_records(records_dir)
+  assert sorted(records_lib.record_key(r) for r in records) == sorted(s.key() for s in specs)
   # A third run finds nothing to do.
-  assert compare.sweep(specs, records_dir, lambda s: pytest.fail("ran again")) == []
+  assert records_lib.sweep(specs, records_dir, lambda s: pytest.fail("ran again")) == []
 
 
 def test_draw_trials_deterministic_in_range_and_per_study():
-  a = compare.draw_trials("adamw", 8, study=0)
-  assert a == compare.draw_trials("adamw", 8, study=0)
-  assert a != compare.draw_trials("adamw", 8, study=1)
+  a = records_lib.draw_trials("adamw", 8, study=0)
+  assert a == records_lib.draw_trials("adamw", 8, study=0)
+  assert a != records_lib.draw_trials("adamw", 8, study=1)
   lrs = [t["learning_rate"] for t in a]
-  lo, hi = compare.SEARCH_SPACES["adamw"]["learning_rate"]
-  b2_lo, b2_hi = (1 - x for x in reversed(compare.SEARCH_SPACES["adamw"]["one_minus_b2"]))
+  lo, hi = records_lib.SEARCH_SPACES["adamw"]["learning_rate"]
+  b2_lo, b2_hi = (1 - x for x in reversed(records_lib.SEARCH_SPACES["adamw"]["one_minus_b2"]))
   assert all(lo <= v <= hi for v in lrs) and all(b2_lo <= t["b2"] <= b2_hi for t in a)
   assert len(set(lrs)) == 8
   # Quasi-random: 8 Sobol points put one in each eighth of the log-lr range.
@@ -144,21 +146,21 @@ def test_draw_trials_deterministic_in_range_and_per_study():
   assert sorted(bins) == list(range(8))
   # Every drawn name is a key of the optimizer's block, or one the harness and the trainer set
   # for any optimizer (the warmup, the second group's learning rate).
-  for opt in compare.SEARCH_SPACES:
-    (trial,) = compare.draw_trials(opt, 1, study=0)
+  for opt in records_lib.SEARCH_SPACES:
+    (trial,) = records_lib.draw_trials(opt, 1, study=0)
     extra = {"warmup_fraction", "embed_learning_rate"}
-    assert set(trial) - extra <= set(compare.base_hparams(opt)), opt
+    assert set(trial) - extra <= set(records_lib.base_hparams(opt)), opt
 
 
 def test_record_rule_by_hand():
   losses = [3.27, 3.275, 3.265]  # mean 3.27
-  ok = compare.record_rule(losses, 3.28, c=0.01)  # needs <= 3.28 - 0.01 / sqrt(3) = 3.27423
+  ok = scoring.record_rule(losses, 3.28, c=0.01)  # needs <= 3.28 - 0.01 / sqrt(3) = 3.27423
   assert ok["holds"] and ok["needed_below"] == pytest.approx(3.28 - 0.01 / math.sqrt(3))
-  assert not compare.record_rule(losses, 3.28, c=0.02)["holds"]  # needs <= 3.26845
+  assert not scoring.record_rule(losses, 3.28, c=0.02)["holds"]  # needs <= 3.26845
   # Estimated c: z_0.99 * std = 2.3263 * 0.005 = 0.011632 -> needs <= 3.27328.
-  est = compare.record_rule(losses, 3.28, alpha=0.01)
+  est = scoring.record_rule(losses, 3.28, alpha=0.01)
   assert est["c"] == pytest.approx(2.326348 * 0.005, rel=1e-5) and est["holds"]
-  assert compare.record_rule([3.27], 3.28)["holds"] is None
+  assert scoring.record_rule([3.27], 3.28)["holds"] is None
 
 
 def test_welch_by_hand():
@@ -167,15 +169,15 @@ def test_welch_by_hand():
   t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)  # (410 - 520) / sqrt(100/3 + 400/3)
   df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)  # Welch–Satterthwaite
   from scipy import stats
-  res = compare.welch(a, b, alpha=0.01)
+  res = scoring.welch(a, b, alpha=0.01)
   assert res["t"] == pytest.approx(t) and res["p"] == pytest.approx(stats.t.cdf(t, df))
   assert res["holds"] is bool(stats.t.cdf(t, df) < 0.01)
-  assert compare.welch([400.0, INF], b)["holds"] is None
-  assert not compare.welch(b, a)["holds"]
+  assert scoring.welch([400.0, INF], b)["holds"] is None
+  assert not scoring.welch(b, a)["holds"]
   # Two studies that reached at the same evaluation: Welch's t from the other sample alone.
-  res = compare.welch([150.0, 150.0], [300.0, 340.0])
+  res = scoring.welch([150.0, 150.0], [300.0, 340.0])
   assert res["t"] == pytest.approx((150.0 - 320.0) / math.sqrt(800.0 / 2))
-  assert compare.welch([150.0, 150.0], [300.0, 300.0]) == {
+  assert scoring.welch([150.0, 150.0], [300.0, 300.0]) == {
       "holds": None, "why": "no spread in either sample"}
 
 
@@ -206,7 +208,6 @@ def _full_budget_run(study, best, late):
 
 @pytest.mark.slow
 def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
-  from experiments.harness import runs as runs_lib
   target = runs_lib.workload_target("logreg")
   bests = [4e-4, 2e-3, 1e-3, 3e-3, 5e-3]  # sorted: 4e-4, 1e-3, 2e-3, 3e-3 (the 4th), 5e-3
   rows = [_full_budget_run(s, b, 1e-5) for s, b in enumerate(bests)]
@@ -224,7 +225,7 @@ def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
   out = subprocess.run(cmd + ["retarget", str(tmp_path)], check=True, capture_output=True,
                        text=True).stdout
   assert "5 records rescored" in out
-  got = {r["study"]: r for r in compare.read_records(str(tmp_path))}
+  got = {r["study"]: r for r in records_lib.read_records(str(tmp_path))}
   for s, b in enumerate(bests):  # the first evaluation at or below the config's target
     want = 300 if b <= target else 400
     assert got[s]["target"] == target and got[s]["steps_to_target"] == want
@@ -245,7 +246,6 @@ def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
 
 
 def test_follows_rule_by_hand():
-  from experiments.harness import scoring
   rule = {"target": 1.0, "per_study": [0.5, 0.8, 0.9, 1.0, 2.0]}
   assert scoring.follows_rule(rule, 1.0) and scoring.follows_rule(rule, 1.9)
   assert not scoring.follows_rule(rule, 0.99)  # fewer studies reach it than the rule's
@@ -259,11 +259,9 @@ def test_checked_in_targets_follow_the_rule_and_adamw_reaches_them():
   (records/history/issue21/, where they were set): each is the rule's value (rounded up no
   further than the next study's best), the records are scored on it, and tuned AdamW reaches
   it in at least TARGET_STUDIES of its studies."""
-  from experiments.harness import runs as runs_lib
-  from experiments.harness import scoring
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  records = compare.read_records(os.path.join(root, "records", "history", "issue21"))
-  for w in compare.WORKLOAD_CONFIGS:
+  records = records_lib.read_records(os.path.join(root, "records", "history", "issue21"))
+  for w in runs_lib.WORKLOAD_CONFIGS:
     if w in runs_lib.BUDGET_WORKLOADS:  # scored per budget: no target
       continue
     rule = scoring.baseline_target(records, w)

@@ -163,11 +163,11 @@ def test_reference_runs_repeat_the_best_tuned_trial_with_other_seeds(tmp_path):
   common = ["--workloads=mds", f"--runs_dir={runs}", "--vectorize=never"]
   _run(["sweep", str(records), "--optimizers=adamw", "--trials=2", "--studies=1",
         "--full_budget", *common])
-  tuned = compare.read_records(str(records))
+  tuned = records_lib.read_records(str(records))
   best = min(tuned, key=lambda r: (r["final_metric"], r["trial"]))
   out = _run(["reference", str(records), "--reference_runs=2", *common]).stdout
   assert f"from study 0 trial {best['trial']}" in out
-  refs = [r for r in compare.read_records(str(records)) if r["study"] >= 1000]
+  refs = [r for r in records_lib.read_records(str(records)) if r["study"] >= 1000]
   assert sorted((r["study"], r["trial"], r["seed"]) for r in refs) == [
       (1000, 0, records_lib.run_seed(1000, 0)), (1001, 0, records_lib.run_seed(1001, 0))]
   assert all(r["hparams"] == best["hparams"] and r["step_budget"] == best["step_budget"]
@@ -194,7 +194,7 @@ def test_the_budget_comparison_runs_its_phases_in_order_then_the_reference_runs(
   monkeypatch.setattr(compare, "BUDGET_STUDIES", 2)
   records, runs = str(tmp_path / "records"), str(tmp_path / "runs")
   compare.run_budget_comparison(records, runs, reference_runs=1)
-  rs = compare.read_records(records)
+  rs = records_lib.read_records(records)
   assert sorted((r["optimizer"], r["study"]) for r in rs) == [
       ("adamw", 0), ("adamw", 1), ("adamw", 1000), ("sgd", 0), ("sgd", 1)]
   assert all(r["trials_per_study"] == 1 for r in rs if r["study"] < 1000)  # the plan's
@@ -204,7 +204,7 @@ def test_the_budget_comparison_runs_its_phases_in_order_then_the_reference_runs(
   assert ref["hparams"] == best["hparams"]
   assert all(len(r["curve"]) == len(ref["curve"]) for r in rs if r["optimizer"] == "adamw")
   compare.run_budget_comparison(records, runs, reference_runs=1)
-  assert len(compare.read_records(records)) == 5
+  assert len(records_lib.read_records(records)) == 5
 
 
 def test_a_quick_scratch_comparison_trains_reports_and_publishes_nothing(tmp_path):

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from experiments import compare
+from experiments.harness import records as records_lib
 from experiments.harness import scoring
-from scripts import update_workspace
+from experiments.harness import workspace
 from tests.test_compare import _rec
 
 INF = math.inf
@@ -94,21 +94,21 @@ def test_update_rewrites_workspace_and_readme_blocks_idempotently(tmp_path):
   ws, readme = tmp_path / "WORKSPACE.md", tmp_path / "README.md"
   ws.write_text("# Notebook\n\n## Old\n")
   intro = "# Project\n\nTwo commands stay.\n\n## Results\n\n"
-  readme.write_text(intro + f"{update_workspace.HEADLINE_BEGIN}\nold 0.52x\n"
-                    f"{update_workspace.HEADLINE_END}\n\n## Layout\n")
+  readme.write_text(intro + f"{workspace.HEADLINE_BEGIN}\nold 0.52x\n"
+                    f"{workspace.HEADLINE_END}\n\n## Layout\n")
   records_dir = tmp_path / "records"
   base = [100.0, 120.0, 90.0, 110.0, 105.0]
   for r in _records({"adamw": base, "fast": [s / 2 for s in base],
                      "same": [105.0, 95.0, 115.0, 100.0, 118.0]}):
-    compare.append_record(str(records_dir), r)
-  assert update_workspace.update(str(ws), str(records_dir))
+    records_lib.append_record(str(records_dir), r)
+  assert workspace.update(str(ws), str(records_dir))
   first_ws, first_readme = ws.read_text(), readme.read_text()
-  assert not update_workspace.update(str(ws), str(records_dir))
+  assert not workspace.update(str(ws), str(records_dir))
   assert (ws.read_text(), readme.read_text()) == (first_ws, first_readme)
-  assert first_readme.startswith(intro + update_workspace.HEADLINE_BEGIN + "\n")
-  assert first_readme.endswith(update_workspace.HEADLINE_END + "\n\n## Layout\n")
+  assert first_readme.startswith(intro + workspace.HEADLINE_BEGIN + "\n")
+  assert first_readme.endswith(workspace.HEADLINE_END + "\n\n## Layout\n")
   assert "old 0.52x" not in first_readme
-  head = first_readme.split(update_workspace.HEADLINE_BEGIN)[1]
+  head = first_readme.split(workspace.HEADLINE_BEGIN)[1]
   assert "from the 15 runs in `records/`: 3 optimizers on 1 workloads." in head
   assert "**Budget** (trials per study x studies): adamw 1 x 5, fast 1 x 5, same 1 x 5" in head
   assert "measurably fewer steps than adamw: fast 0.50x [" in head
@@ -117,7 +117,7 @@ def test_update_rewrites_workspace_and_readme_blocks_idempotently(tmp_path):
   assert "| w | same | 1.00x [" in first_ws and "| inconclusive |" in first_ws
   # A README without the markers is left alone.
   readme.write_text("# Project\n")
-  update_workspace.update(str(ws), str(records_dir))
+  workspace.update(str(ws), str(records_dir))
   assert readme.read_text() == "# Project\n"
 
 

@@ -9,9 +9,11 @@ import pytest
 from configs import workload_logreg
 from experiments import compare
 from experiments.harness import plots as compare_plots
+from experiments.harness import records as records_lib
 from experiments.harness import runs as runs_lib
+from experiments.harness import workspace
 from experiments.training import loop as trainer
-from scripts import update_workspace
+from experiments.training import train_state
 from tests.test_compare import _rec
 
 INF = math.inf
@@ -19,11 +21,11 @@ INF = math.inf
 
 def test_sweep_through_the_trainer_writes_records_and_rerun_skips(tmp_path):
   records_dir, runs_dir = str(tmp_path / "records"), str(tmp_path / "runs")
-  specs = compare.plan("logreg", ["adamw", "sgd"], num_trials=1, studies=[0])
-  new = compare.sweep(specs, records_dir, lambda s: compare.train_run(s, runs_dir))
-  records = compare.read_records(records_dir)
+  specs = records_lib.plan("logreg", ["adamw", "sgd"], num_trials=1, studies=[0])
+  new = records_lib.sweep(specs, records_dir, lambda s: runs_lib.train_run(s, runs_dir))
+  records = records_lib.read_records(records_dir)
   assert len(new) == 2 and records == new
-  assert sorted(compare.record_key(r) for r in records) == sorted(s.key() for s in specs)
+  assert sorted(records_lib.record_key(r) for r in records) == sorted(s.key() for s in specs)
   for r in records:
     assert set(r) >= {"workload", "optimizer", "hparams", "seed", "study", "trial", "target",
                       "metric", "step_budget", "steps_to_target", "time_to_target_s",
@@ -40,13 +42,13 @@ def test_sweep_through_the_trainer_writes_records_and_rerun_skips(tmp_path):
       assert r["time_to_target_s"] == seconds[-1] > 0
     else:
       assert steps[-1] == 400 and r["final_metric"] > r["target"]
-  assert compare.sweep(specs, records_dir, lambda s: pytest.fail("ran again")) == []
-  assert len(compare.read_records(records_dir)) == 2
+  assert records_lib.sweep(specs, records_dir, lambda s: pytest.fail("ran again")) == []
+  assert len(records_lib.read_records(records_dir)) == 2
 
 
 def test_run_config_overlays_hparams_on_the_base_and_takes_its_recipe():
   hp = {"learning_rate": 0.05, "b2": 0.9}
-  cfg = compare.run_config(compare.RunSpec("mds", "adamw", hp, 0, 1, 7))
+  cfg = runs_lib.run_config(records_lib.RunSpec("mds", "adamw", hp, 0, 1, 7))
   assert cfg.optimizer.to_dict() == {"name": "adamw", "learning_rate": 0.05, "b1": 0.9,
                                      "b2": 0.9, "eps": 1e-8, "weight_decay": 0.0,
                                      "embed_learning_rate": None}
@@ -58,32 +60,33 @@ def test_run_config_overlays_hparams_on_the_base_and_takes_its_recipe():
   assert cfg.train.checkpoint_every_s == runs_lib.CHECKPOINT_EVERY_S == 300.0
   assert cfg.train.checkpoint_every == cfg.train.steps and cfg.train.keep_checkpoints == 1
 
-  sgd = compare.run_config(compare.RunSpec("logreg", "sgd", {"learning_rate": 0.5}, 0, 0, 0))
+  sgd = runs_lib.run_config(records_lib.RunSpec("logreg", "sgd", {"learning_rate": 0.5}, 0, 0, 0))
   assert sgd.train.grad_clip_norm == 1.0 and sgd.optimizer.momentum == 0.9
   assert sgd.optimizer.learning_rate == 0.5 and sgd.schedule.name == "warmup_cosine"
 
-  sf = compare.run_config(compare.RunSpec("logreg", "schedule_free_adamw", {"b1": 0.8}, 0, 0, 0))
+  sf = runs_lib.run_config(
+      records_lib.RunSpec("logreg", "schedule_free_adamw", {"b1": 0.8}, 0, 0, 0))
   assert (sf.schedule.name, sf.schedule.warmup_steps) == ("constant", 0)
   assert sf.optimizer.b1 == 0.8 and sf.optimizer.warmup_steps == 50
 
   # AdEMAMix's warmups span the run: the workload's 400 steps, not the speedrun's 800.
-  ade = compare.run_config(compare.RunSpec("mlp_digits", "ademamix", {"alpha": 3.0}, 0, 0, 0))
+  ade = runs_lib.run_config(records_lib.RunSpec("mlp_digits", "ademamix", {"alpha": 3.0}, 0, 0, 0))
   assert ade.optimizer.alpha_warmup_steps == ade.optimizer.b3_warmup_steps == 400
-  caut = compare.run_config(compare.RunSpec("mds", "cautious", {"inner_hparams.b2": 0.97}, 0, 0,
-                                            0))
+  caut = runs_lib.run_config(
+      records_lib.RunSpec("mds", "cautious", {"inner_hparams.b2": 0.97}, 0, 0, 0))
   assert caut.optimizer.inner_hparams.to_dict() == {"b1": 0.9, "b2": 0.97, "eps": 1e-8}
   with pytest.raises(ValueError, match="b3"):
-    compare.run_config(compare.RunSpec("mds", "adamw", {"b3": 0.9}, 0, 0, 0))
+    runs_lib.run_config(records_lib.RunSpec("mds", "adamw", {"b3": 0.9}, 0, 0, 0))
 
 
-@pytest.mark.parametrize("optimizer", sorted(compare.SEARCH_SPACES))
+@pytest.mark.parametrize("optimizer", sorted(records_lib.SEARCH_SPACES))
 def test_every_search_space_builds_through_the_registry(optimizer):
-  (hp,) = compare.draw_trials(optimizer, 1, study=0)
-  for name, (lo, hi) in compare.SEARCH_SPACES[optimizer].items():
+  (hp,) = records_lib.draw_trials(optimizer, 1, study=0)
+  for name, (lo, hi) in records_lib.SEARCH_SPACES[optimizer].items():
     v = hp[name[len("one_minus_"):]] if name.startswith("one_minus_") else hp[name]
     assert lo <= (1 - v if name.startswith("one_minus_") else v) <= hi
-  cfg = compare.run_config(compare.RunSpec("logreg", optimizer, hp, 0, 0, 0))
-  tx, schedule = trainer.make_optimizer(cfg)
+  cfg = runs_lib.run_config(records_lib.RunSpec("logreg", optimizer, hp, 0, 0, 0))
+  tx, schedule = train_state.make_optimizer(cfg)
   assert cfg.optimizer.name == optimizer and callable(tx.update)
   # Warmup + cosine starts at 0 and peaks at the drawn rate; constant (Schedule-Free) is flat.
   assert float(schedule(cfg.schedule.warmup_steps)) == pytest.approx(hp["learning_rate"])
@@ -110,16 +113,16 @@ def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
   ws.write_text("# Lab notebook\n\nIntro.\n\n## Old results\n\nKeep me.\n")
   records_dir = tmp_path / "records"
   for rec in _claims_records():
-    compare.append_record(str(records_dir), rec)
-  assert update_workspace.update(str(ws), str(records_dir))
+    records_lib.append_record(str(records_dir), rec)
+  assert workspace.update(str(ws), str(records_dir))
   first = ws.read_text()
-  assert not update_workspace.update(str(ws), str(records_dir))
+  assert not workspace.update(str(ws), str(records_dir))
   assert ws.read_text() == first
   # Markers inserted before the first heading; everything else kept.
   assert first.startswith("# Lab notebook\n\nIntro.\n\n## Tuned comparison (generated)\n\n"
-                          + update_workspace.BEGIN)
-  assert first.endswith(update_workspace.END + "\n\n## Old results\n\nKeep me.\n")
-  body = first.split(update_workspace.BEGIN)[1].split(update_workspace.END)[0]
+                          + workspace.BEGIN)
+  assert first.endswith(workspace.END + "\n\n## Old results\n\nKeep me.\n")
+  body = first.split(workspace.BEGIN)[1].split(workspace.END)[0]
   assert "adamw 2 x 3, fast 2 x 3, noisy 2 x 3 - the same tuning budget per study for every " \
          "optimizer." in body
   # w1 ratios: fast 1, adamw 2, noisy 1.8 by steps (and by time: time = steps / 10).
@@ -133,17 +136,17 @@ def test_workspace_section_from_hand_made_records_is_idempotent(tmp_path):
   assert ("inconclusive against adamw: fast 0.50x [0.48, 0.52] (p = 0.1), "
           "noisy 0.90x [0.59, 1.43] (p = 0.7)") in line
   assert ("measurably fewer steps than adamw: fast 0.50x [0.48, 0.52] (p = 0.1); inconclusive"
-          in update_workspace.workload_sentence(_claims_records(), "w1", "adamw", 0.2))
+          in workspace.workload_sentence(_claims_records(), "w1", "adamw", 0.2))
   assert "| w1 | noisy | 0.90x [0.59, 1.43] (p = 0.7) |" in body
   assert "Welch" not in body
   assert "no optimizer reached the target" in body.split("- **w2**")[1]
   one_study = [r for r in _claims_records() if r["study"] == 0]
   # One study a side: no interval (a bootstrap over one study is its point), no test.
   assert ("inconclusive against adamw: fast 0.50x (1 study, no interval)"
-          in update_workspace.workload_sentence(one_study, "w1", "adamw", 0.01))
+          in workspace.workload_sentence(one_study, "w1", "adamw", 0.01))
   # Records change -> the section changes, the rest of the file does not.
-  compare.append_record(str(records_dir), _rec("w1", "adamw", 3, 0, 20.0, steps=200))
-  assert update_workspace.update(str(ws), str(records_dir))
+  records_lib.append_record(str(records_dir), _rec("w1", "adamw", 3, 0, 20.0, steps=200))
+  assert workspace.update(str(ws), str(records_dir))
   assert "100 [98, 102] (3)" not in ws.read_text() and "Keep me." in ws.read_text()
 
 
@@ -154,7 +157,7 @@ def test_versus_tuned_adamw_and_muon_by_hand():
   r += [_rec("w2", "muon", st, 0, INF) for st in range(3)]
   r = [x for x in r if not (x["workload"] == "w2" and x["optimizer"] == "fast")]
   r += [_rec("w2", "fast", st, 0, s / 10, steps=s) for st, s in enumerate([30, 31, 29])]
-  lines = update_workspace.versus(r, ("adamw", "muon"), 0.2)
+  lines = workspace.versus(r, ("adamw", "muon"), 0.2)
   at_muon = next(i for i, l in enumerate(lines) if "**Against tuned muon**" in l)
   rows = {tuple(l.split(" | ")[:2]): l for l in lines[:at_muon] if l.startswith("| w")
           and "workload" not in l}
@@ -178,16 +181,16 @@ def test_versus_tuned_adamw_and_muon_by_hand():
                    "fewer steps than muon on no workload.")
   assert lines[-1].startswith("With 3 studies per optimizer the smallest possible p is 0.1")
   # At the harness's alpha, 0.01, three studies can measure nothing.
-  strict = update_workspace.versus(r, ("adamw", "muon"), 0.01)
+  strict = workspace.versus(r, ("adamw", "muon"), 0.01)
   assert all(l.endswith("| inconclusive (3 and 3 studies: p cannot go below 0.1) |")
              for l in strict if l.startswith("| w") and "workload" not in l)
 
 
 def test_workspace_without_records_and_with_markers():
-  text = f"# A\n\n{update_workspace.BEGIN}\nold\n{update_workspace.END}\n\n## B\n"
-  out = update_workspace.replace_section(text, update_workspace.section([]))
-  assert out.startswith(f"# A\n\n{update_workspace.BEGIN}\nNo comparison recorded yet")
-  assert out.endswith(f"{update_workspace.END}\n\n## B\n") and "old" not in out
+  text = f"# A\n\n{workspace.BEGIN}\nold\n{workspace.END}\n\n## B\n"
+  out = workspace.replace_section(text, workspace.section([]))
+  assert out.startswith(f"# A\n\n{workspace.BEGIN}\nNo comparison recorded yet")
+  assert out.endswith(f"{workspace.END}\n\n## B\n") and "old" not in out
 
 
 def test_held_on_grid_interpolates_and_holds_the_end():
@@ -234,32 +237,31 @@ def test_a_run_stopped_by_a_signal_is_not_recorded_and_stops_the_sweep(tmp_path,
     compare.run_sweep(records_dir, ["mds"], ["adamw", "sgd"], 1, 1, runs_dir)
   assert e.value.code == 128 + 15 and len(calls) == 2
   assert "stopped by signal 15; rerun the same command to resume it" in capsys.readouterr().out
-  (only,) = compare.read_records(records_dir)
+  (only,) = records_lib.read_records(records_dir)
   assert only["optimizer"] == "adamw"
   monkeypatch.setattr(trainer, "train_and_evaluate", real)
   compare.run_sweep(records_dir, ["mds"], ["adamw", "sgd"], 1, 1, runs_dir)
-  assert [r["optimizer"] for r in compare.read_records(records_dir)] == ["adamw", "sgd"]
+  assert [r["optimizer"] for r in records_lib.read_records(records_dir)] == ["adamw", "sgd"]
 
 
 def test_budget_line_names_what_a_stopped_sweep_has_not_run():
-  from experiments.harness import workspace as workspace_lib
   recs = [_rec(w, o, s, t, 10.0) for w in ("w1", "w2") for o in ("a", "b") for s in range(3)
           for t in range(2)]
   recs += [_rec("w1", "c", s, t, 10.0) for s in range(2) for t in range(2)]  # c: no w2 yet
   recs = [r for r in recs if not (r["workload"] == "w2" and r["optimizer"] == "b" and
                                   r["study"] == 2 and r["trial"] == 1)]
-  assert workspace_lib.coverage(recs)["b"] == {"w1": (2, 3), "w2": (1, 3)}
-  assert workspace_lib.coverage(recs)["c"] == {"w1": (2, 2), "w2": (0, 0)}
-  assert workspace_lib.budget(recs) == {"a": (2, 3), "b": (2, 3), "c": (2, 2)}
-  line = workspace_lib.budget_sentence(recs)
+  assert workspace.coverage(recs)["b"] == {"w1": (2, 3), "w2": (1, 3)}
+  assert workspace.coverage(recs)["c"] == {"w1": (2, 2), "w2": (0, 0)}
+  assert workspace.budget(recs) == {"a": (2, 3), "b": (2, 3), "c": (2, 2)}
+  line = workspace.budget_sentence(recs)
   assert "a 2 x 3, b 2 x 3, c 2 x 2 - the same tuning budget per study" in line
   assert "(fewer studies: wider intervals, not a handicap)" in line
   assert "**Incomplete**" in line and "b (2 x 3 elsewhere): w2 1 x 3" in line
   assert "c (2 x 2 elsewhere): w2 0 x 0" in line
   complete = [r for r in recs if r["optimizer"] == "a"]
-  assert "Incomplete" not in workspace_lib.budget_sentence(complete)
+  assert "Incomplete" not in workspace.budget_sentence(complete)
   uneven = complete + [_rec(w, "d", 0, 0, 10.0) for w in ("w1", "w2")]
-  assert "NOT the same for every optimizer" in workspace_lib.budget_sentence(uneven)
+  assert "NOT the same for every optimizer" in workspace.budget_sentence(uneven)
 
 
 def test_trainer_runs_go_study_by_study(tmp_path, monkeypatch):
@@ -273,7 +275,7 @@ def test_trainer_runs_go_study_by_study(tmp_path, monkeypatch):
     return {"target": 1.0, "metric": "val_loss", "step_budget": 10, "steps_to_target": None,
             "time_to_target_s": None, "final_metric": 2.0, "curve": [[0, 0.0, 3.0]]}
 
-  monkeypatch.setattr(compare, "train_run", fake_train_run)
+  monkeypatch.setattr(runs_lib, "train_run", fake_train_run)
   phase = compare.plan_phase(str(tmp_path / "records"), str(tmp_path / "runs"), ["mds"],
                              ["adamw", "sgd"], 2, 2)
   compare.run_phases([phase], vectorize="never")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import configs_util
-from experiments.training import loop as trainer
+from experiments.training import train_state
 
 CONFIGS = {"lion": "lion", "schedule_free_adamw": "schedule_free_adamw",
            "schedule_free_sgd": "schedule_free_sgd", "ademamix": "ademamix",
@@ -20,7 +20,7 @@ CONFIGS = {"lion": "lion", "schedule_free_adamw": "schedule_free_adamw",
 def test_config_builds_and_steps(name):
   cfg = configs_util.load(f"configs/speedrun_cpu_{name}.py", {"train.steps": 300})
   assert cfg.optimizer.name == CONFIGS[name]
-  tx, schedule = trainer.make_optimizer(cfg)
+  tx, schedule = train_state.make_optimizer(cfg)
   params = {"w": jnp.ones((64, 128)), "b": jnp.zeros((128,))}
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
   state = tx.init(params)

@@ -17,6 +17,7 @@ import pytest
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 from experiments.training import loop as trainer
+from experiments.training import step as step_lib
 from experiments.training import train_state
 from experiments.training import validate
 from experiments.problems import workloads
@@ -237,8 +238,8 @@ def test_frozen_arguments_get_no_update_under_donation(base):
   tx = optax.adam(1e-2)
   adapters = lora.init_adapters(base, LCFG, jax.random.key(2))
   loss = lambda ad, b, frozen: gpt.loss_fn(CFG, lora.apply_lora(frozen, ad, LCFG), b)
-  step = jax.jit(trainer.make_train_step(loss, tx, lambda _: 0.0), donate_argnums=(0,))
-  state = trainer.make_init_state(lambda _: adapters, tx)(0)
+  step = jax.jit(step_lib.make_train_step(loss, tx, lambda _: 0.0), donate_argnums=(0,))
+  state = train_state.make_init_state(lambda _: adapters, tx)(0)
   frozen = jax.tree.map(np.array, base)
   batches = _text_batches(4)
   before = float(loss(adapters, batches[-1], base))  # the adapters are donated below

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.parallel import pmap as pmap_step
 from experiments.training import step as step_lib
-from experiments.training import loop as trainer
+from experiments.training import train_state
 from models import gpt
 import optimizers
 
@@ -51,8 +51,8 @@ def test_pmap_matches_the_jit_step(name):
   an attention kernel at step 3 here), Adam's m / sqrt(v) turns either path's noise into a
   full-size step of its own sign, so single elements may differ by ~lr / 300."""
   tx, schedule = make_tx(name)
-  init = trainer.make_init_state(CFG, tx)
-  jit_step = jax.jit(trainer.make_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule))
+  init = train_state.make_init_state(CFG, tx)
+  jit_step = jax.jit(step_lib.make_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule))
   p_step = step_lib.make_pmap_train_step(functools.partial(gpt.loss_fn, CFG), tx, schedule)
   state_j, state_p = init(0), pmap_step.replicate(init(0))
   for batch in batches():

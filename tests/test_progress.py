@@ -4,6 +4,7 @@ import pytest
 
 from experiments import compare
 from experiments.harness import progress as progress_lib
+from experiments.harness import records as records_lib
 
 
 def test_eta_sums_each_kinds_own_seconds_per_run():
@@ -86,14 +87,14 @@ def test_algoperf_plan_is_the_issues_budget(tmp_path):
   assert not any(sp.full_budget for p in phases[1:] for sp in p.specs)
   assert {sp.optimizer for sp in core.specs} == {"muon", "shampoo", "soap", "sgd", "adamw_8bit"}
   assert len(core.specs) == 2 * 5 * 5 * 5
-  assert set(compare.CORE) | set(compare.FRONTIER) == set(compare.SEARCH_SPACES)
+  assert set(compare.CORE) | set(compare.FRONTIER) == set(records_lib.SEARCH_SPACES)
   assert len(frontier.specs) == 2 * len(compare.FRONTIER) * 5 * 3
   assert {sp.study for sp in frontier.specs} == {0, 1, 2}
   assert {sp.trial for sp in frontier.specs} == set(range(5))
   assert len(self_tuning.specs) == 2 * 13 * 5 and self_tuning.records_dir.endswith("self_tuning")
   assert all(sp.hparams == {} for sp in self_tuning.specs)
   # A core optimizer's runs are the ones a plain 5x5 sweep of it plans: resuming either way works.
-  plain = compare.plan("mds", ["muon"], 5, range(5))
+  plain = records_lib.plan("mds", ["muon"], 5, range(5))
   assert [sp for sp in core.specs if sp.workload == "mds" and sp.optimizer == "muon"] == plain
 
 

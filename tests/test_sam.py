@@ -159,9 +159,9 @@ def test_adaptive_needs_params():
 def test_trainer_clip_reaches_the_perturbed_gradient():
   # grad_clip_norm in the trainer must clip the gradient SAM's inner optimizer steps with
   # (taken at the perturbed point through grad_fn), not only the first one.
-  from experiments.training import loop as trainer  # pylint: disable=g-import-not-at-top
+  from experiments.training import train_state  # pylint: disable=g-import-not-at-top
   clip = 1e-3
-  tx = trainer.clip_grad_fn(optax.chain(
+  tx = train_state.clip_grad_fn(optax.chain(
       optax.clip_by_global_norm(clip),
       optimizers.create("sam", inner="sgd", learning_rate=1.0, rho=RHO)), clip)
   params = {"W": jnp.zeros((5, 3)), "b": jnp.zeros((3,))}

@@ -13,6 +13,7 @@ import pytest
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 from experiments.training import loop as trainer
+from experiments.training import train_state
 from tests.test_train import ROOT, TINY
 
 CONFIGS = {"adamw": "speedrun_cpu.py", "adamw_8bit": "speedrun_cpu_adamw_8bit.py",
@@ -90,11 +91,11 @@ def test_meshes_give_the_losses_of_one_device_and_split_the_state(tmp_path, name
 def test_state_leaves_hold_one_eighth_per_device_on_fsdp8(tmp_path):
   cfg = config(tmp_path, "adamw_8bit", (1, 8), train__steps=1)
   trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
-  tx, _ = trainer.make_optimizer(cfg)
+  tx, _ = train_state.make_optimizer(cfg)
   from experiments.parallel import sharding  # pylint: disable=g-import-not-at-top
   from experiments.problems import workloads  # pylint: disable=g-import-not-at-top
   w = workloads.build(cfg, str(tmp_path / "w"))
-  abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
+  abstract = jax.eval_shape(train_state.make_init_state(w.init_params, tx), 0)
   mesh = sharding.make_mesh(cfg.mesh)
   sh = sharding.state_shardings(mesh, abstract)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

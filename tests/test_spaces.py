@@ -15,6 +15,7 @@ import pytest
 from configs import speedrun_cpu
 from experiments import compare
 from experiments.harness import records as records_lib
+from experiments.harness import runs as runs_lib
 from experiments.harness import spaces
 from experiments.training import train_state
 from models import gpt
@@ -59,7 +60,7 @@ def test_learning_rate_ranges_span_two_decades_around_the_reference_and_hold_the
 
 
 def test_search_spaces_dict_is_derived_and_the_legacy_table_kept():
-  assert compare.SEARCH_SPACES == {o: s.ranges() for o, s in spaces.SPACES.items()}
+  assert records_lib.SEARCH_SPACES == {o: s.ranges() for o, s in spaces.SPACES.items()}
   assert spaces.LEGACY_RANGES["adamw"]["learning_rate"] == (1e-2, 1e-1)
   assert set(records_lib.BASE_CONFIGS) == set(spaces.SPACES)
 
@@ -83,28 +84,28 @@ def test_space_ids_are_stable_and_records_carry_them(tmp_path):
   sid = spaces.space_id_of("adamw")
   assert sid == spaces.space_id(spaces.build("adamw", spaces.REFERENCES["adamw"]))
   assert sid != spaces.space_id_of("adamw_8bit") and sid.startswith("adamw-")
-  specs = compare.plan("logreg", ["adamw", "sgd"], 2, [0])
+  specs = records_lib.plan("logreg", ["adamw", "sgd"], 2, [0])
   assert {sp.space for sp in specs} == {sid, spaces.space_id_of("sgd")}
   result = {"target": 1.0, "metric": "val_loss", "step_budget": 10, "steps_to_target": None,
             "time_to_target_s": None, "final_metric": 2.0, "curve": []}
-  record = compare.make_record(specs[0], result, {"git_sha": "x"})
+  record = records_lib.make_record(specs[0], result, {"git_sha": "x"})
   assert record["space"] == sid and spaces.space_of(record)[1] == spaces.SPACES["adamw"]
   assert spaces.space_of({"optimizer": "adamw"})[0] == spaces.LEGACY  # older records
 
 
 def test_warmup_fraction_reaches_the_schedule_or_the_optimizer():
   hp = {"learning_rate": 0.01, "embed_learning_rate": 0.002, "warmup_fraction": 0.1}
-  cfg = compare.run_config(compare.RunSpec("mds", "adamw", hp, 0, 0, 0))
+  cfg = runs_lib.run_config(records_lib.RunSpec("mds", "adamw", hp, 0, 0, 0))
   assert cfg.schedule.warmup_steps == round(0.1 * cfg.train.steps)
   assert cfg.optimizer.embed_learning_rate == 0.002 and "warmup_fraction" not in cfg.optimizer
-  sf = compare.run_config(compare.RunSpec("mds", "schedule_free_adamw",
+  sf = runs_lib.run_config(records_lib.RunSpec("mds", "schedule_free_adamw",
                                           {"warmup_fraction": 0.2}, 0, 0, 0))
   assert sf.optimizer.warmup_steps == round(0.2 * sf.train.steps)
   assert sf.schedule.warmup_steps == 0
   # A schedule's warmup is traced in a vectorized program; Schedule-Free's (a Python branch in
   # the optimizer) is one value per program.
   for opt, sizes in (("adamw", [3]), ("schedule_free_adamw", [1, 2])):
-    specs = [compare.RunSpec("mds", opt, {"warmup_fraction": w}, 0, t, 0)
+    specs = [records_lib.RunSpec("mds", opt, {"warmup_fraction": w}, 0, t, 0)
              for t, w in enumerate((0.1, 0.1, 0.05))]
     assert sorted(len(g) for g in compare._groups(specs, 25)) == sizes, opt
 

@@ -23,6 +23,8 @@ from experiments.parallel import memory
 from experiments.parallel import pipeline
 from experiments.parallel import sharding
 from experiments.training import loop as trainer
+from experiments.training import step as step_lib
+from experiments.training import train_state
 from experiments.training import validate
 from models import gpt
 from tests.test_muon import _np_orthogonalize
@@ -63,8 +65,8 @@ def initial_state(cfg_json, stacked):
   init_params = functools.partial(gpt.init_params, model_cfg)
   if stacked:
     init_params = lambda key: gpt.stack_blocks(gpt.init_params(model_cfg, key))
-  tx, _ = trainer.make_optimizer(cfg)
-  return jax.device_get(jax.jit(trainer.make_init_state(init_params, tx), static_argnums=0)(0))
+  tx, _ = train_state.make_optimizer(cfg)
+  return jax.device_get(jax.jit(train_state.make_init_state(init_params, tx), static_argnums=0)(0))
 
 
 def run_steps(cfg, mesh_values, stages=None, microbatches=1):
@@ -74,7 +76,7 @@ def run_steps(cfg, mesh_values, stages=None, microbatches=1):
   many stages (1: stacked, one device's plain loop).
   """
   model_cfg = gpt.GPTConfig.from_config(cfg.model)
-  tx, schedule = trainer.make_optimizer(cfg)
+  tx, schedule = train_state.make_optimizer(cfg)
   host_state = initial_state(cfg.to_json(), stages is not None)
   abstract = jax.eval_shape(lambda: host_state)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_values))
@@ -85,7 +87,7 @@ def run_steps(cfg, mesh_values, stages=None, microbatches=1):
     loss_fn = functools.partial(pipeline.loss_fn, model_cfg, stages, microbatches)
   out = []
   with sharding.context(mesh):
-    step = jax.jit(trainer.make_train_step(loss_fn, tx, schedule),
+    step = jax.jit(step_lib.make_train_step(loss_fn, tx, schedule),
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                    donate_argnums=(0,))
     state = jax.device_put(host_state, state_sh)

@@ -17,6 +17,7 @@ from experiments.training import checkpoints as ckpt_lib
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 from experiments.training import loop as trainer
+from experiments.training import train_state
 from experiments.training import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,24 +299,24 @@ def test_batch_scaling_rule_is_a_choice_and_scales_every_peak_learning_rate(tmp_
   cfg = tiny_config(tmp_path, train__batch_size=32, schedule__base_batch_size=8,
                     schedule__warmup_steps=10, train__steps=100)
   assert cfg.schedule.lr_scaling == "sqrt"  # Adam-type default: sqrt(32 / 8) = 2
-  _, schedule = trainer.make_optimizer(cfg)
+  _, schedule = train_state.make_optimizer(cfg)
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(10)), 2 * cfg.optimizer.learning_rate, rtol=1e-6)
   cfg.schedule.lr_scaling = "linear"
-  _, schedule = trainer.make_optimizer(cfg)
+  _, schedule = train_state.make_optimizer(cfg)
   np.testing.assert_allclose(float(schedule(10)), 4 * cfg.optimizer.learning_rate, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(5)), 2 * cfg.optimizer.learning_rate, rtol=1e-6)
   cfg.schedule.lr_scaling = "none"
-  assert trainer.lr_scale(cfg) == 1.0
+  assert train_state.lr_scale(cfg) == 1.0
   sgd = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_sgd.py"),
                           {"train.batch_size": 64})
-  assert trainer.lr_scale(sgd) == 2.0  # linear, base 32
+  assert train_state.lr_scale(sgd) == 2.0  # linear, base 32
   muon = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_muon.py"),
                            {"train.batch_size": 128})
-  assert trainer.lr_scale(muon) == 2.0  # sqrt(128 / 32)
+  assert train_state.lr_scale(muon) == 2.0  # sqrt(128 / 32)
   cfg.schedule.base_batch_size = None
   cfg.schedule.lr_scaling = "linear"
-  assert trainer.lr_scale(cfg) == 1.0
+  assert train_state.lr_scale(cfg) == 1.0
 
 
 @pytest.mark.slow

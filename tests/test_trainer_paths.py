@@ -12,6 +12,7 @@ import pytest
 from experiments import configs_util
 from experiments.training import metrics as metrics_lib
 from experiments.training import loop as trainer
+from experiments.training import train_state
 from experiments.training import validate
 from tests.test_train import ROOT, restore_params, tiny_config
 
@@ -148,9 +149,9 @@ def test_schedule_free_is_evaluated_and_logged_at_the_averaged_point(tmp_path):
   cfg = configs_util.load(os.path.join(ROOT, "configs", "speedrun_cpu_schedule_free_adamw.py"),
                           values)
   trainer.train_and_evaluate(cfg, str(tmp_path / "w"))
-  tx, _ = trainer.make_optimizer(cfg)
+  tx, _ = train_state.make_optimizer(cfg)
   w = workloads.build(cfg, str(tmp_path / "w"))
-  abstract = jax.eval_shape(trainer.make_init_state(w.init_params, tx), 0)
+  abstract = jax.eval_shape(train_state.make_init_state(w.init_params, tx), 0)
   with ocp.CheckpointManager(os.path.join(tmp_path / "w", "checkpoints")) as mgr:
     state = mgr.restore(10, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))["state"]

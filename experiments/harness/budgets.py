@@ -96,9 +96,7 @@ from scipy import stats
 from experiments.harness import scoring
 
 INF = math.inf
-LEVEL = scoring.LEVEL
 N_BOOTSTRAP = 2_000  # each replicate inverts a curve: 2k keeps a headline under a few seconds
-SEED = scoring.SEED
 ALPHA = 0.05  # family-wise error rate of a headline (Holm)
 TARGET_SPEEDUP = 1.25  # the effect the power of an inconclusive cell is stated for
 N_POWER = 200
@@ -249,8 +247,8 @@ def _ends(values: np.ndarray, flags: np.ndarray, level: float) -> tuple[float, s
 
 
 def bootstrap_speedup(base: BudgetTable, chal: BudgetTable, budget: float, paired: bool = False,
-                      level: float = LEVEL, n_resamples: int = N_BOOTSTRAP,
-                      seed: int = SEED) -> dict:
+                      level: float = scoring.LEVEL, n_resamples: int = N_BOOTSTRAP,
+                      seed: int = scoring.SEED) -> dict:
   """The speed-up at `budget` and the loss difference, each with its percentile-bootstrap
   interval over studies (module docstring). Returns {speedup, flag, lo, lo_flag, hi,
   hi_flag, diff, diff_lo, diff_hi, n_base, n}."""
@@ -371,7 +369,7 @@ def shifted_curve_value(base: BudgetTable, budget: float, speedup: float = TARGE
 
 def power(base: BudgetTable, chal: BudgetTable, budget: float, threshold: float,
           paired: bool = False, speedup: float = TARGET_SPEEDUP, n_sim: int = N_POWER,
-          seed: int = SEED, test: str | None = None) -> float:
+          seed: int = scoring.SEED, test: str | None = None) -> float:
   """P(p <= threshold) if the challenger had a `speedup`x speed-up at `budget` (module
   docstring); NaN when the shifted loss lies beyond the baseline's budgets."""
   if paired:
@@ -518,8 +516,8 @@ def _censored_ratio(base: np.ndarray, chal: np.ndarray, budget_base: float,
 
 def steps_to_target(records: Sequence[dict], workload: str, optimizer: str,
                     baseline: str = "adamw", target: float | None = None,
-                    paired: bool = False, level: float = LEVEL,
-                    n_resamples: int = N_BOOTSTRAP, seed: int = SEED) -> dict | None:
+                    paired: bool = False, level: float = scoring.LEVEL,
+                    n_resamples: int = N_BOOTSTRAP, seed: int = scoring.SEED) -> dict | None:
   """The steps-to-target speed-up (baseline's median steps / the optimizer's) with its flag,
   bootstrap interval with flagged ends, and rank-test p; None without a target or runs."""
   target = reference_target(records, workload, baseline) if target is None else target

@@ -142,25 +142,23 @@ def workload_sentence(records: Sequence[dict], workload: str, baseline: str,
   return text + "."
 
 
-ratio_table = report_lib.ratio_table
-ratios_legend = report_lib.ratios_legend
 
 
 def versus(records: Sequence[dict], baselines: Sequence[str] = ("adamw", "muon"),
            alpha: float = 0.01) -> list[str]:
   """Markdown: for each baseline with runs, every other optimizer's ratios to it with their
-  intervals (`ratio_table`); then one plain line per optimizer saying where it measurably needs
-  fewer or more steps than each baseline."""
+  intervals (`report.ratio_table`); then one plain line per optimizer saying where it measurably
+  needs fewer or more steps than each baseline."""
   base = [b for b in baselines if any(r["optimizer"] == b for r in records)]
   if not base:
     return []
   lines = []
   found: dict[str, dict[str, tuple[list, list]]] = {}
   for b in base:
-    table = ratio_table(records, b, alpha)
+    table = report_lib.ratio_table(records, b, alpha)
     if not table:
       continue
-    lines += ["", f"**Against tuned {b}**: {ratios_legend(b, alpha)}", "", *table]
+    lines += ["", f"**Against tuned {b}**: {report_lib.ratios_legend(b, alpha)}", "", *table]
     for (w, o), c in sorted(scoring.compare_to(records, b, "steps_to_target", alpha).items()):
       fewer, more = found.setdefault(o, {}).setdefault(b, ([], []))
       if c["verdict"]:
@@ -199,7 +197,7 @@ def headline(records: Sequence[dict], records_dir: str = "records", baseline: st
            f"from the {len(records)} runs in `{records_dir}/`: {len(optimizers)} optimizers on "
            f"{len(workloads)} workloads. Do not edit by hand.", "", budget_sentence(records), "",
            f"Steps to each workload's target against tuned {baseline}'s. "
-           + ratios_legend(baseline, alpha), ""]
+           + report_lib.ratios_legend(baseline, alpha), ""]
   lines += [workload_sentence(records, w, baseline, alpha) for w in workloads]
   measurable = [(w, o, c) for (w, o), c in
                 sorted(scoring.compare_to(records, baseline, "steps_to_target", alpha).items())

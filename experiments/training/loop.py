@@ -51,17 +51,6 @@ class TrainingDivergedError(RuntimeError):
   pass
 
 
-# The optimizer, schedules and initial state from a config (training/train_state.py, below the
-# workloads, which need them for LoRA's base run), and the step (training/step.py); callers know
-# them by these names.
-make_schedule = train_state.make_schedule
-lr_scale = train_state.lr_scale
-make_optimizer = train_state.make_optimizer
-clip_grad_fn = train_state.clip_grad_fn
-make_init_state = train_state.make_init_state
-make_train_step = step_lib.make_train_step
-
-
 # ---------------------------------------------------------------------------------------------
 # Run records.
 
@@ -178,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise validate_lib.ConfigError(
         f"train.batch_size={batch}: its {accum} micro-batch(es) of {batch // accum} rows must "
         f"split evenly over the {batch_devices} devices that hold batch rows")
-  tx, schedule = make_optimizer(config)
+  tx, schedule = train_state.make_optimizer(config)
 
   created = not os.path.lexists(workdir)
   lock = workdir_lock.WorkdirLock(workdir)
@@ -385,7 +374,7 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
   train_cfg = config.train
   pi, pc = jax.process_index(), jax.process_count()
   metric_key = workload.metric
-  init_state = make_init_state(workload.init_params, tx, strategy.extra_init)
+  init_state = train_state.make_init_state(workload.init_params, tx, strategy.extra_init)
   strategy.prepare(init_state, config.seed)
   step_kwargs = dict(skip_nonfinite=bool(train_cfg.get("skip_nonfinite_updates")),
                      inject_nonfinite=_nonfinite_injection(config))
@@ -394,7 +383,7 @@ def _train(config, workdir, workload, strategy, tx, schedule) -> dict:
 
   def branch_step(budget: int):
     # The optimizer of a standalone `budget`-step run: the same state structure, its schedule.
-    btx, bschedule = make_optimizer(validate_lib.budget_config(config, budget))
+    btx, bschedule = train_state.make_optimizer(validate_lib.budget_config(config, budget))
     return strategy.other_step(functools.partial(step_lib.make_train_step, workload.loss_fn,
                                                  btx, bschedule, **step_kwargs))
 

@@ -156,7 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def short_warmup_warning(schedule: str, warmup_steps: int, steps: int) -> str:
-  """What `trainer.make_schedule` does with a warmup as long as the run or longer: it shortens
+  """What `train_state.make_schedule` does with a warmup as long as the run or longer: it shortens
   the warmup to `steps` (a linear ramp from 0 over the whole run; step k uses the schedule at
   k - 1, so the last step uses (steps - 1) / steps of the peak) and never starts the decay."""
   what = (f"the warmup is shortened to the run's {steps} steps" if warmup_steps > steps
