@@ -103,9 +103,9 @@ _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adamw", "muon", "shampoo", "soap
 # fits 90 minutes on 2 idle cores: one trial of each optimizer on each workload, run to its full
 # step budget, costs about 18 minutes there (WORKSPACE.md, "Tuned comparison").
 _TRIALS = flags.DEFINE_integer("trials", 2, "sweep: trials per optimizer and study (the same "
-                               "for every optimizer).")
+                               "for every optimizer).", lower_bound=1)
 _STUDIES = flags.DEFINE_integer("studies", 2, "sweep: studies (independent draws and seeds; "
-                                "at least 2 for a spread and a t-test).")
+                                "at least 2 for a spread and a t-test).", lower_bound=1)
 _QUICK = flags.DEFINE_bool("quick", False, f"sweep: only {', '.join(runs_lib.QUICK_WORKLOADS)}, "
                            "2 trials, 1 study (minutes, for checking the pipeline).")
 _RUNS = flags.DEFINE_string("runs_dir", "runs/compare", "sweep: workdirs of the runs.")
@@ -132,7 +132,8 @@ _BUDGET = flags.DEFINE_enum(
     "budget, the core optimizers 5x5, the frontier 5 trials x 3 studies, every optimizer "
     "self-tuned x 5 studies), resumable, one progress count and ETA over all of it.")
 _MAX_TRIALS = flags.DEFINE_integer("max_trials_per_program", 25,
-                                   "sweep: at most this many trials in one vectorized program.")
+                                   "sweep: at most this many trials in one vectorized program.",
+                                   lower_bound=1)
 
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "results", "plots, all: where the PNGs go (unset: "
@@ -171,7 +172,11 @@ _EDGE_STUDIES = flags.DEFINE_integer(
 
 _REFERENCE_RUNS = flags.DEFINE_integer(
     "reference_runs", 5, "reference: how many seeds the baseline's best tuned trial is trained "
-    "with (studies 1000, 1001, ...; the steps-to-target view's target).")
+    "with (studies 1000, 1001, ...; the steps-to-target view's target).", lower_bound=1)
+
+flags.register_validator("alpha", lambda a: 0.0 < a < 1.0, "--alpha must lie between 0 and 1")
+flags.register_validator("r_max", lambda r: r > 1.0, "--r_max must be above 1 (the profile's "
+                         "integral runs from 1 to r_max)")
 
 COMMANDS = ("score", "sweep", "plots", "all", "targets", "retarget", "budgets", "edges",
             "reference")
@@ -637,6 +642,33 @@ def update_from_flags(records_dir: str, workspace: str | None = None,
   return changed
 
 
+def _make_records_dir(records_dir: str) -> None:
+  """Creates a sweep's records directory, or ends with one line and status 3 (as the trainer's
+  workdir) when the filesystem refuses, before any run starts."""
+  try:
+    os.makedirs(records_dir, exist_ok=True)
+  except OSError as e:
+    configs_util.fail(f"cannot create the records directory {records_dir!r}: "
+                      f"{e.strerror or e}", status=3)
+
+
+def check_baseline(records: Sequence[dict], records_dir: str, always: bool = False,
+                   where: str = "") -> None:
+  """Ends with one line (status 2) when the baseline (--baseline) has no record among
+  `records`: whenever the flag is given (a typo must not publish tables against nothing), and
+  with `always` (the budget comparison, whose every figure is relative to it) for the default
+  too."""
+  if not (always or flags.FLAGS["baseline"].present):
+    return
+  optimizers = sorted({r["optimizer"] for r in records})
+  if _BASELINE.value not in optimizers:
+    close = difflib.get_close_matches(_BASELINE.value, optimizers, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    where = where or f"in {records_dir}"
+    configs_util.fail(f"--baseline={_BASELINE.value}: no records of it {where}; "
+                      f"{hint}the optimizers there: {', '.join(optimizers)}")
+
+
 def print_budgets(records_dir: str) -> None:
   """The budgets headline (experiments/harness/budgets.py) of the records with budget_metrics,
   on stdout (records without them are skipped with a one-line note), and its plots. Publishing
@@ -650,9 +682,17 @@ def print_budgets(records_dir: str) -> None:
   if not with_b:
     configs_util.fail(f"no records with budget_metrics in {records_dir} ({len(records)} without)")
   f = flags.FLAGS
+  selected = _WORKLOADS.value if f["workloads"].present else None
+  present = sorted({r["workload"] for r in with_b})
+  unknown = [w for w in selected or () if w not in present]
+  if unknown:
+    configs_util.fail(f"--workloads: no records with budget_metrics of {', '.join(unknown)} in "
+                      f"{records_dir}; its workloads: {', '.join(present)}")
+  check_baseline([r for r in with_b if selected is None or r["workload"] in selected],
+                 records_dir, always=True)
   alpha = _ALPHA.value if f["alpha"].present else budgets_lib.ALPHA
-  computed = budgets_lib.results(records, _WORKLOADS.value if f["workloads"].present else None,
-                                 _BASELINE.value, _PAIRED.value, alpha, test=_CELL_TEST.value)
+  computed = budgets_lib.results(records, selected, _BASELINE.value, _PAIRED.value, alpha,
+                                 test=_CELL_TEST.value)
   print(budgets_lib.headline(records, records_dir, None, _BASELINE.value, _PAIRED.value, alpha,
                              computed=computed))
   out = output_paths(records_dir, _PUBLISH.value)
@@ -699,6 +739,7 @@ def main(argv):
     configs_util.fail(f"the records directory {records_dir!r} {why}")
   t0 = time.time()
   if command == "targets":
+    check_baseline(records_lib.read_records(records_dir), records_dir)
     print_targets(records_dir, _WORKLOADS.value, _BASELINE.value)
     return
   if command == "retarget":
@@ -708,11 +749,12 @@ def main(argv):
     print_budgets(records_dir)
     return
   if command == "reference":
-    if _REFERENCE_RUNS.value < 1:
-      configs_util.fail(f"--reference_runs must be >= 1, not {_REFERENCE_RUNS.value}")
     present = sorted({r["workload"] for r in records_lib.read_records(records_dir)
                       if r["optimizer"] == _BASELINE.value})
     workloads_ = _WORKLOADS.value if flags.FLAGS["workloads"].present else present
+    if not workloads_:
+      configs_util.fail(f"no records of the baseline {_BASELINE.value} in {records_dir} to take "
+                        "the reference hyperparameters from (--baseline names it)")
     run_phases([reference_phase(records_dir, _RUNS.value, workloads_, _BASELINE.value,
                                 _REFERENCE_RUNS.value)])
     print(f"reference runs done in {(time.time() - t0) / 60:.1f} min; `python -m "
@@ -731,6 +773,7 @@ def main(argv):
           f"pair(s) in {records_dir}")
     return
   if command in ("sweep", "all"):
+    _make_records_dir(records_dir)
     workloads_ = list(runs_lib.QUICK_WORKLOADS) if _QUICK.value else _WORKLOADS.value
     trials, studies = (2, 1) if _QUICK.value else (_TRIALS.value, _STUDIES.value)
     if _BUDGET.value == "budgets":
@@ -748,6 +791,10 @@ def main(argv):
                  _MAX_TRIALS.value)
       warn_stale_targets(records_dir, workloads_, _BASELINE.value)
     else:
+      # An explicit --baseline that neither this sweep nor its records have: said before training.
+      check_baseline(records_lib.read_records(records_dir)
+                     + [{"optimizer": o} for o in _OPTIMIZERS.value], records_dir,
+                     where=f"in {records_dir} nor in --optimizers")
       run_sweep(records_dir, workloads_, _OPTIMIZERS.value, trials, studies, _RUNS.value,
                 _VECTORIZE.value, _MAX_TRIALS.value, _RULESET.value, _FULL_BUDGET.value)
   records = records_lib.read_records(records_dir)
@@ -755,6 +802,7 @@ def main(argv):
   if not records and not self_tuning:
     configs_util.fail(f"no records in {records_dir} (no <workload>.jsonl there; "
           "`python -m experiments.compare sweep` writes them)")
+  check_baseline(records + self_tuning, records_dir)
   if command in ("score", "sweep", "all"):
     # The external-tuning ruleset's report last: its last line is the JSON of its scores.
     for title, rs in (("Self-tuning ruleset", self_tuning), ("External-tuning ruleset", records)):

@@ -232,6 +232,30 @@ def _compare(*args, wait=True):
   return start([sys.executable, "-m", "experiments.compare", *args], wait)
 
 
+def test_compare_flag_values_and_names_are_checked_before_any_work(tmp_path):
+  history = os.path.join(ROOT, "records", "history", "issue21")
+  for args, line in (
+      (("sweep", str(tmp_path / "r"), "--trials=0"),
+       "ERROR: flag --trials=0: 0 is not a positive integer (--help lists the flags)"),
+      (("score", history, "--alpha=2"),
+       "ERROR: flag --alpha=2.0: --alpha must lie between 0 and 1 (--help lists the flags)"),
+      (("score", history, "--baseline=adamW"),
+       f"ERROR: --baseline=adamW: no records of it in {history}; did you mean 'adamw'? the "
+       "optimizers there: adamw, adamw_8bit, ademamix, cautious, dion, lion, muon, normuon, "
+       "psgd_kron, schedule_free_adamw, sgd, shampoo, soap"),
+      (("sweep", str(tmp_path / "r"), "--optimizers=muon", "--baseline=sgd", "--quick"),
+       f"ERROR: --baseline=sgd: no records of it in {tmp_path / 'r'} nor in --optimizers; the "
+       "optimizers there: muon")):
+    rc, out = _compare(*args)
+    assert (rc, out.strip().splitlines()) == (2, [line]), (args, out)
+  assert not os.listdir(tmp_path / "r")  # nothing trained
+  # A records directory the filesystem will not create: one line, status 3, before any run.
+  rc, out = _compare("all", "/proc/soj_records", "--quick")
+  assert (rc, out.strip().splitlines()) == (STORAGE, [
+      "ERROR: cannot create the records directory '/proc/soj_records': No such file or "
+      "directory"]), out
+
+
 @pytest.mark.slow
 def test_compare_command_line_mistakes_are_one_line_and_status_2(tmp_path):
   rc, out = _compare("scroe", "records")

@@ -114,6 +114,20 @@ def test_budgets_command(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "experiments.compare", "budgets", str(empty)],
                        cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 2 and "no records with budget_metrics" in bad.stderr
+  # A misspelled baseline or workload is one line and status 2, and writes nothing: before, it
+  # printed (and, for the repository's records, published) tables against no baseline.
+  for flag, line in (
+      ("--baseline=adamW", f"ERROR: --baseline=adamW: no records of it in {tmp_path}; did you "
+                           "mean 'adamw'? the optimizers there: adamw, muon"),
+      ("--workloads=v", f"ERROR: --workloads: no records with budget_metrics of v in {tmp_path}; "
+                        "its workloads: w")):
+    os.remove(tmp_path / "report.md")
+    bad = subprocess.run([sys.executable, "-m", "experiments.compare", "budgets", str(tmp_path),
+                          flag], cwd=ROOT, capture_output=True, text=True)
+    assert (bad.returncode, bad.stderr.splitlines(), bad.stdout) == (2, [line], ""), bad
+    assert not (tmp_path / "report.md").exists()
+    (tmp_path / "report.md").write_text("")
+  assert _snapshot() == before
 
 
 def test_budgets_publishes_the_readme_headline_and_workspace_section(tmp_path):
