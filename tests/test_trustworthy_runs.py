@@ -204,6 +204,14 @@ def test_config_typos_get_the_closest_key_and_wrong_sections_the_right_file(tmp_
   rc, out = run_cli(tmp_path / "w", corpus, "--config.optimizer.name=muon")
   assert_user_error(rc, out, "ERROR: optimizer: Unknown hyperparameter(s)")
   assert "use --config=configs/speedrun_cpu_muon.py" in out
+  rc, out = run_cli(tmp_path / "w", corpus, "--config.optimizer.name=lion")  # name="lion" form
+  assert_user_error(rc, out, "ERROR: optimizer: Unknown hyperparameter(s) ['eps']")
+  assert "use --config=configs/speedrun_cpu_lion.py" in out
+  # A value out of range in the right section: no hint to switch config files.
+  rc, out = run_cli(tmp_path / "w", corpus, "--config.optimizer.b1=1.5")
+  assert_user_error(rc, out, "ERROR: optimizer: optimizer 'adamw': hyperparameter b1=1.5: must "
+                             "be in [0, 1]")
+  assert "Hint" not in out
   rc, out = run_cli(tmp_path / "w", corpus, "--config.optimizer.name=muon", "--traceback")
   assert rc == 2 and "Traceback" in out and len(error_lines(out)) == 1
   assert not (tmp_path / "w").exists()

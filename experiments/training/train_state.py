@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -164,7 +165,8 @@ def make_optimizer(config: ml_collections.ConfigDict, overrides: dict | None = N
     if embed_lr is not None:
       tx = _with_embed_learning_rate(config, tx, hparams, embed_lr, scale, warmup_steps)
   except (ValueError, TypeError) as e:
-    raise validate_lib.ConfigError(f"optimizer: {e}{_config_hint(config.optimizer.name)}") from e
+    raise validate_lib.ConfigError(
+        f"optimizer: {e}{_config_hint(config.optimizer.name, hparams)}") from e
   clip = config.train.get("grad_clip_norm")
   if clip:
     tx = clip_grad_fn(optax.chain(optax.clip_by_global_norm(clip), tx), clip)
@@ -195,8 +197,17 @@ def _with_embed_learning_rate(config, tx, hparams: dict, embed_lr: Any, scale: f
   return optax.partition({routing.MUON: tx, routing.ADAM: embed_tx}, labels)
 
 
-def _config_hint(name: str) -> str:
-  """Points at the config files written for optimizer `name` (its hyperparameters differ)."""
+def _config_hint(name: str, hparams: dict) -> str:
+  """Points at the config files written for optimizer `name` when the config's optimizer
+  section holds hyperparameters `name` does not take (a section written for another
+  optimizer); nothing for a value out of range or an unknown name (whose own errors say
+  what to change)."""
+  try:
+    foreign = set(hparams) - set(optimizers.hyperparameters(name))
+  except (ValueError, KeyError):
+    return ""
+  if not foreign:
+    return ""
   root = os.path.join(provenance.ROOT, "configs")
   try:
     files = sorted(f for f in os.listdir(root) if f.endswith(".py"))
@@ -206,7 +217,8 @@ def _config_hint(name: str) -> str:
   for f in files:
     with open(os.path.join(root, f)) as fh:
       text = fh.read()
-    if f'name = "{name}"' in text or f"name = '{name}'" in text:
+    # `c.optimizer.name = "lion"` or `ml_collections.ConfigDict(dict(name="lion", ...))`.
+    if re.search(r"""\bname\s*=\s*["']""" + re.escape(name) + r"""["']""", text):
       hits.append(f"configs/{f}")
   if not hits:
     return ""
