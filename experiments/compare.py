@@ -631,8 +631,7 @@ def check_edges(records: Sequence[dict], allow: bool) -> None:
 def update_from_flags(records_dir: str, workspace: str | None = None,
                       out_dir: str | None = None) -> bool:
   """`workspace.update` as this module's flags say (--workspace, --out_dir, --baseline,
-  --r_max, --alpha; `workspace` / `out_dir` override the first two); `python -m
-  scripts.update_workspace` runs it too (an explicit publish)."""
+  --r_max, --alpha; `workspace` / `out_dir` override the first two)."""
   f = flags.FLAGS
   workspace, out_dir = workspace or f.workspace, out_dir or f.out_dir
   root = os.path.dirname(os.path.abspath(workspace))

@@ -20,8 +20,6 @@ import os
 # busy cores made a batch of QRs (SOAP's basis refresh) hundreds of times slower here.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import difflib
-import importlib.util
 import sys
 import traceback
 
@@ -70,104 +68,10 @@ def _fail_storage(error: checkpoints.StorageError):
   sys.exit(STORAGE_ERROR_STATUS)
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-def _config_arg(argv) -> str | None:
-  """The value of the last `--config` flag (`--config=x`, `--config x`, `-config=x`)."""
-  args, spec = configs_util.flag_args(argv), None
-  for i, a in enumerate(args):
-    name, eq, value = a.lstrip("-").partition("=")
-    if not a.startswith("-") or name != "config":
-      continue
-    if eq:
-      spec = value
-    elif i + 1 < len(args):
-      spec = args[i + 1]
-  return spec
-
-
-def _available_configs() -> list[str]:
-  try:
-    return sorted(f"configs/{f}" for f in os.listdir(CONFIGS_DIR)
-                  if f.endswith(".py") and not f.startswith("_"))
-  except OSError:
-    return []
-
-
-def _config_file_problem(spec: str) -> str | None:
-  """Why `--config=spec` cannot give a config (one line), or None when it can.
-
-  Loads the file and calls `get_config` as ml_collections' flag will (everything after the first
-  ':' is get_config's argument), so that a missing, failing or incomplete config file is a user
-  error here rather than a traceback later.
-  """
-  path, *arg = spec.split(":", 1)
-  if not os.path.isfile(path):
-    available = _available_configs()
-    stem = lambda f: os.path.splitext(os.path.basename(f))[0]
-    close = difflib.get_close_matches(stem(path), [stem(f) for f in available], n=1, cutoff=0.6)
-    hint = f"did you mean 'configs/{close[0]}.py'? " if close else ""
-    what = "is a directory" if os.path.isdir(path) else "does not exist"
-    return (f"--config={spec}: the config file {path!r} {what}; {hint}the configs are: "
-            f"{', '.join(available) or '(none found in ' + CONFIGS_DIR + ')'}")
-  try:
-    module_spec = importlib.util.spec_from_file_location("_checked_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except
-    return _with_traceback(f"--config={spec}: loading {path!r} raised {type(e).__name__}: {e}")
-  if not callable(getattr(module, "get_config", None)):
-    return (f"--config={spec}: {path!r} defines no get_config(); a config file is a Python file "
-            "with `def get_config(): ...` returning an ml_collections.ConfigDict (copy "
-            "configs/speedrun_cpu.py)")
-  try:
-    config = module.get_config(*arg)
-  except Exception as e:  # pylint: disable=broad-except
-    call = f"get_config({arg[0]!r})" if arg else "get_config()"
-    return _with_traceback(f"--config={spec}: {call} in {path!r} raised {type(e).__name__}: {e}")
-  if config is None:
-    return f"--config={spec}: get_config() in {path!r} returned None (a missing return?)"
-  return None
-
-
-def _with_traceback(message: str) -> str:
-  if "--traceback" in sys.argv:
-    traceback.print_exc()
-  return message
-
-
 def _parse_flags(argv):
-  """absl's flag parsing, with config-file and config-override mistakes as one line and a hint;
-  --help and --helpfull exit 0."""
-  spec = None if configs_util.wants_help(argv) else _config_arg(argv)
-  if spec is not None:
-    problem = _config_file_problem(spec)
-    if problem:
-      configs_util.fail(problem)
-
-  def explain(e: Exception) -> str:
-    if "--traceback" in argv:
-      traceback.print_exc()
-    return _explain_flag_error(argv, e)
-
-  return configs_util.parse_flags(argv, explain, configs_util.fail)
-
-
-def _explain_flag_error(argv, error: Exception) -> str:
-  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  if config_path and overrides:
-    try:
-      base = configs_util.load(config_path)
-    except Exception as e:  # pylint: disable=broad-except
-      return f"--config={config_path}: cannot load it: {type(e).__name__}: {e}"
-    for key in overrides:
-      missing, close = validate.closest_key(base, key)
-      if missing != key or close:
-        hint = f"; did you mean {close!r}?" if close else ""
-        return (f"--config.{key}: the config has no field {missing!r}{hint} "
-                f"(--print_config lists every field)")
-  text = str(error).strip().splitlines()
-  return text[-1] if text else type(error).__name__
+  """absl's flag parsing, with config-file and config-override mistakes as one line and a hint
+  (`configs_util.parse_config_flags`); --help and --helpfull exit 0."""
+  return configs_util.parse_config_flags(argv)
 
 
 def main(argv):

@@ -69,11 +69,22 @@ _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch peer (eager and torc
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Traced steps (0: no profile).")
 
 SIZES = {"small": {}, "large": {"width": workload_speedrun.WIDE_WIDTH}}
+flags.register_validator("sizes", lambda v: set(v) <= set(SIZES),
+                         f"--sizes: choose from {', '.join(SIZES)}")
+
+
+def config_path(optimizer: str) -> str:
+  suffix = "" if optimizer == "adamw" else f"_{optimizer}"
+  return f"configs/speedrun_cpu{suffix}.py"
+
+
+flags.register_validator(
+    "optimizers", lambda v: all(os.path.exists(config_path(o)) for o in v),
+    "--optimizers: each needs its config, configs/speedrun_cpu_<name>.py (adamw: speedrun_cpu.py)")
 
 
 def config_for(optimizer: str, size: str):
-  suffix = "" if optimizer == "adamw" else f"_{optimizer}"
-  cfg = configs_util.load(f"configs/speedrun_cpu{suffix}.py")
+  cfg = configs_util.load(config_path(optimizer))
   cfg.model.update(SIZES[size])
   return cfg
 

@@ -146,6 +146,12 @@ def main(argv):
   if _WORKLOAD.value not in runs_lib.WORKLOAD_CONFIGS:
     raise app.UsageError(f"unknown workload {_WORKLOAD.value!r}; choose from "
                          f"{', '.join(runs_lib.WORKLOAD_CONFIGS)}")
+  unknown = [o for o in _OPTIMIZERS.value if o not in records_lib.BASE_CONFIGS]
+  if unknown:
+    raise app.UsageError(f"--optimizers: no base config for {', '.join(unknown)}; choose from "
+                         f"{', '.join(records_lib.BASE_CONFIGS)}")
+  if _SEEDS.value < 1:
+    raise app.UsageError(f"--seeds must be >= 1, not {_SEEDS.value}")
   overrides = parse_overrides(_SET.value)
   runs_dir = _RUNS.value or tempfile.mkdtemp(prefix="check_branched_cooldown_")
   rows = check(_WORKLOAD.value, _OPTIMIZERS.value, _SEEDS.value, overrides, runs_dir)

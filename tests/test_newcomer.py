@@ -195,6 +195,24 @@ def test_a_script_given_an_unknown_flag_is_exit_2_and_one_line(name):
   assert "no_such_flag" in line and "--help lists the flags" in line, line
 
 
+def test_a_script_s_own_checks_and_config_files_are_one_line_and_status_2():
+  # A main's app.UsageError (was absl's usage page and status 1), a config file that does not
+  # exist and an override naming no field (were ml_collections' traceback at first use).
+  for args, parts in (
+      (["scripts.check_branched_cooldown", "--optimizers=adamw,foo"],
+       ["--optimizers: no base config for foo; choose from adamw,"]),
+      (["scripts.bench_train_step", "--config=configs/speedrn_cpu.py"],
+       ["the config file 'configs/speedrn_cpu.py' does not exist; did you mean "
+        "'configs/speedrun_cpu.py'?"]),
+      (["scripts.bench_train_step", "--config=configs/speedrun_cpu.py", "--config.train.stpes=3"],
+       ["--config.train.stpes: the config has no field 'train.stpes'; did you mean "
+        "'train.steps'?"]),
+      (["scripts.bench_mfu", "--sizes=small,huge"], ["--sizes: choose from small, large"])):
+    rc, out = start([sys.executable, "-m", *args])
+    line = assert_one_error(rc, out)
+    assert all(p in line for p in parts), (args, line)
+
+
 def test_a_script_s_help_exits_0():
   rc, out = start([sys.executable, "-m", "scripts.report", "--help"])
   assert rc == 0 and "report" in out, out

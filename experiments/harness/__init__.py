@@ -9,5 +9,5 @@
   workspace.py  WORKSPACE.md's generated results section
 
 Each module imports only those above it in this list (and `runs.py` the trainer); the
-command lines (experiments/compare.py, scripts/update_workspace.py) sit on top.
+command line (experiments/compare.py) sits on top.
 """

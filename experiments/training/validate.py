@@ -8,7 +8,6 @@ lists the fields whose change would alter a resumed run's trajectory or its logg
 from __future__ import annotations
 
 import copy
-import difflib
 import glob as glob_lib
 import math
 import os
@@ -239,21 +238,6 @@ class _Missing:
 
 
 _MISSING = _Missing()
-
-
-def closest_key(config: ml_collections.ConfigDict, dotted: str) -> tuple[str, str | None]:
-  """(the first missing part of `dotted`, its closest existing sibling or None)."""
-  node, done = config, []
-  for part in dotted.split("."):
-    if isinstance(node, ml_collections.ConfigDict) and part in node:
-      node = node[part]
-      done.append(part)
-      continue
-    siblings = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-    match = difflib.get_close_matches(part, siblings, n=1, cutoff=0.5)
-    here = ".".join(done + [part])
-    return here, ".".join(done + [match[0]]) if match else None
-  return dotted, None
 
 
 # ---------------------------------------------------------------------------------------------
