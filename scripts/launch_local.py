@@ -203,11 +203,18 @@ def main(argv=None) -> int:
                            "(default: a new directory under the temporary directory).")
   parser.add_argument("--verbose", action="store_true",
                       help="Also stream the collectives' connection messages.")
-  ours, rest = parser.parse_known_args(argv)
-  if rest and rest[0] == "--":
-    rest = rest[1:]
+  argv = sys.argv[1:] if argv is None else list(argv)
+  # The launcher's flags before `--`, the program's after it: an unknown flag before `--` is
+  # the launcher's error (a typo of its own, or a program flag missing its `--`), not something
+  # every process refuses in its own log.
+  own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+  ours = parser.parse_args(own)
   if ours.num_processes < 1 or ours.devices_per_process < 1:
     parser.error("--num_processes and --devices_per_process must be >= 1")
+  if ours.module == "experiments.train" and not any(
+      a.lstrip("-").split("=", 1)[0] == "config" for a in rest):
+    parser.error("the trainer needs its flags after `--`, --config among them, e.g. -- "
+                 "--config=configs/speedrun_cpu.py --workdir=runs/two_procs --config.mesh.data=-1")
   return launch(ours.num_processes, ours.devices_per_process, ours.module, rest, ours.grace_s,
                 ours.log_dir, ours.verbose)
 

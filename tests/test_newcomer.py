@@ -213,6 +213,19 @@ def test_a_script_s_own_checks_and_config_files_are_one_line_and_status_2():
     assert all(p in line for p in parts), (args, line)
 
 
+def test_launch_local_keeps_its_flags_and_the_program_s_apart():
+  # Before, an unknown flag before `--` went to every process, and the trainer without its
+  # --config failed in each process on the launcher's own --config.distributed flags.
+  launch = [sys.executable, "-m", "scripts.launch_local", "--num_processes=2"]
+  for args, message in (
+      ([], "the trainer needs its flags after `--`, --config among them"),
+      (["--config=configs/speedrun_cpu.py"], "unrecognized arguments: --config="),
+      (["--num_procs=2", "--", "--config=configs/speedrun_cpu.py"],
+       "unrecognized arguments: --num_procs=2")):
+    rc, out = start([*launch, *args])
+    assert rc == 2 and message in out and "[launch]" not in out, (args, out)
+
+
 def test_a_script_s_help_exits_0():
   rc, out = start([sys.executable, "-m", "scripts.report", "--help"])
   assert rc == 0 and "report" in out, out
