@@ -154,7 +154,9 @@ _DTYPES = ("ns_dtype", "mu_dtype")
 _ZERO_IS_FINE = ("start_preconditioning_step", "update_prob_flat_start", "min_ndim_triangular",
                  "min_quantized_size", "min_dim_size_to_factor")
 _UNIT_INTERVAL = ("b1", "b2", "b3", "momentum", "momentum_start", "decay", "rho", "adam_b1",
-                  "adam_b2", "shampoo_b2")
+                  "adam_b2", "shampoo_b2", "preconditioner_update_probability")
+# Optional integers (default None) that must be positive when given.
+_POSITIVE_OR_NONE = ("num_heads", "root_override")
 
 
 def _is_learning_rate(key: str) -> bool:
@@ -232,6 +234,15 @@ def _check_value(name: str, key: str, value: Any, default: Any,
   elif isinstance(default, str) and not isinstance(value, str):
     if not callable(value) and not isinstance(value, (list, tuple)):
       raise ValueError(f"{where}: must be a string (default {default!r})")
+  elif default is None and real:
+    # An optional number (SGD's, RMSProp's and Adafactor's `momentum=None`): when given, the
+    # same rules as a number's default would set.
+    if not math.isfinite(value):
+      raise ValueError(f"{where}: must be a finite number or None (default None)")
+    if key in _UNIT_INTERVAL and not 0 <= value <= 1:
+      raise ValueError(f"{where}: must be in [0, 1] or None (default None)")
+    if key in _POSITIVE_OR_NONE and not (float(value).is_integer() and value >= 1):
+      raise ValueError(f"{where}: must be a positive integer or None (default None)")
 
 
 def _is_float_leaf(x: Any) -> bool:

@@ -134,13 +134,20 @@ def test_sizes_choices_and_flags_are_checked_at_create():
   cases = [("muon", "ns_steps", 0), ("soap", "precondition_every", -1), ("adamw", "b1", 1.5),
            ("adamw", "eps", -1e-8), ("adamw", "weight_decay", None), ("adamw", "nesterov", "no"),
            ("muon", "ns_dtype", "int8"), ("optax_muon", "scale", "bogus"),
-           ("muon", "adam_learning_rate", "1e-3"), ("adamw", "mu_dtype", "float33")]
+           ("muon", "adam_learning_rate", "1e-3"), ("adamw", "mu_dtype", "float33"),
+           # Optional numbers (default None) follow their kind's rules when given.
+           ("sgd", "momentum", 1.5), ("rmsprop", "momentum", -0.5),
+           ("adafactor", "momentum", float("nan")), ("soap", "shampoo_b2", 2.0),
+           ("psgd_kron", "preconditioner_update_probability", 1.5), ("muon", "num_heads", 0),
+           ("shampoo", "root_override", -2)]
   for name, key, value in cases:
     with pytest.raises(ValueError, match=f"hyperparameter {key}="):
       optimizers.create(name, learning_rate=0.1, **{key: value})
   # Values that mean something are still accepted: 0 warmup, a None default, a schedule.
   optimizers.create("muon", learning_rate=optax.constant_schedule(0.1), momentum_warmup_steps=0)
   optimizers.create("sgd", learning_rate=0, momentum=None)
+  optimizers.create("sgd", learning_rate=0.1, momentum=0.9)
+  optimizers.create("shampoo", learning_rate=0.1, root_override=2)
   optimizers.create("adamw", learning_rate=jnp.float32(0.1), mu_dtype="bfloat16")
   # None where the builder's signature documents it (`block_size: int | None`: never split),
   # though the default is a number.
