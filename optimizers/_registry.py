@@ -154,7 +154,14 @@ _DTYPES = ("ns_dtype", "mu_dtype")
 _ZERO_IS_FINE = ("start_preconditioning_step", "update_prob_flat_start", "min_ndim_triangular",
                  "min_quantized_size", "min_dim_size_to_factor")
 _UNIT_INTERVAL = ("b1", "b2", "b3", "momentum", "momentum_start", "decay", "rho", "adam_b1",
-                  "adam_b2", "shampoo_b2", "preconditioner_update_probability")
+                  "adam_b2", "shampoo_b2", "preconditioner_update_probability", "decay_rate",
+                  "update_prob_min")
+# Numbers that cannot be negative besides every `*eps` and `*weight_decay`: scales, thresholds,
+# tolerances, exponents and initial accumulators (a negative one is a NaN or a sign flip later).
+_NON_NEGATIVE = ("eps_root", "clipping_threshold", "initial_accumulator_value", "initial_scale",
+                 "alpha", "floor", "trust_coefficient", "update_prob_decay",
+                 "preconditioner_init_scale", "eta", "weight_lr_power", "r", "newton_tol",
+                 "failure_threshold")
 # Optional integers (default None) that must be positive when given.
 _POSITIVE_OR_NONE = ("num_heads", "root_override")
 
@@ -229,7 +236,8 @@ def _check_value(name: str, key: str, value: Any, default: Any,
       raise ValueError(f"{where}: must be a finite number (default {default})")
     if key in _UNIT_INTERVAL and not 0 <= value <= 1:
       raise ValueError(f"{where}: must be in [0, 1] (default {default})")
-    if (key.endswith("eps") or key.endswith("weight_decay")) and value < 0:
+    if (key.endswith("eps") or key.endswith("weight_decay") or key in _NON_NEGATIVE) \
+        and value < 0:
       raise ValueError(f"{where}: must be non-negative (default {default})")
   elif isinstance(default, str) and not isinstance(value, str):
     if not callable(value) and not isinstance(value, (list, tuple)):

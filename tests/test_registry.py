@@ -139,7 +139,10 @@ def test_sizes_choices_and_flags_are_checked_at_create():
            ("sgd", "momentum", 1.5), ("rmsprop", "momentum", -0.5),
            ("adafactor", "momentum", float("nan")), ("soap", "shampoo_b2", 2.0),
            ("psgd_kron", "preconditioner_update_probability", 1.5), ("muon", "num_heads", 0),
-           ("shampoo", "root_override", -2)]
+           ("shampoo", "root_override", -2), ("adamw", "eps_root", -1e-8),
+           ("adagrad", "initial_accumulator_value", -0.1), ("ademamix", "alpha", -5.0),
+           ("adafactor", "decay_rate", 1.5), ("sam", "eta", -0.01),
+           ("schedule_free_adamw", "weight_lr_power", -2.0), ("shampoo", "newton_tol", -1e-6)]
   for name, key, value in cases:
     with pytest.raises(ValueError, match=f"hyperparameter {key}="):
       optimizers.create(name, learning_rate=0.1, **{key: value})
