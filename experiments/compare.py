@@ -551,12 +551,16 @@ def print_targets(records_dir: str, workloads_: Sequence[str], baseline: str) ->
         f"{scoring.TARGET_BUDGET_FRACTION:.0%} of the budget (sorted) | floor |")
   print("|---|---|---|---|---|")
   for w in workloads_:
+    configured = runs_lib.workload_target(w)
+    # A budget workload's config sets no target (its steps-to-target view takes the reference
+    # runs', `compare reference`).
+    configured = "none" if configured is None else f"{configured:.4g}"
     try:
       t = scoring.baseline_target(records, w, baseline)
     except ValueError as e:
-      print(f"| {w} | {runs_lib.workload_target(w):.4g} | {e} | | |")
+      print(f"| {w} | {configured} | {e} | | |")
       continue
-    print(f"| {w} | {runs_lib.workload_target(w):.4g} | {t['target']:.4g} | "
+    print(f"| {w} | {configured} | {t['target']:.4g} | "
           f"{', '.join(f'{v:.4g}' for v in t['per_study'])} | {t['floor']:.2g} |")
 
 
@@ -738,8 +742,12 @@ def main(argv):
     configs_util.fail(f"the records directory {records_dir!r} {why}")
   t0 = time.time()
   if command == "targets":
-    check_baseline(records_lib.read_records(records_dir), records_dir)
-    print_targets(records_dir, _WORKLOADS.value, _BASELINE.value)
+    recs = records_lib.read_records(records_dir)
+    check_baseline(recs, records_dir)
+    # The records' own workloads unless --workloads names others.
+    present = [w for w in runs_lib.WORKLOAD_CONFIGS if any(r["workload"] == w for r in recs)]
+    print_targets(records_dir, _WORKLOADS.value if flags.FLAGS["workloads"].present else present,
+                  _BASELINE.value)
     return
   if command == "retarget":
     print(f"{retarget_records(records_dir)} records rescored on their workloads' targets")

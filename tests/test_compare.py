@@ -15,6 +15,7 @@ from experiments.harness import runs as runs_lib
 from experiments.harness import scoring
 
 INF = math.inf
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rec(workload, optimizer, study, trial, time_s, steps=None, final=1.0, seed=None):
@@ -206,6 +207,15 @@ def _full_budget_run(study, best, late):
           "git_sha": "x", "versions": {}, "device": "cpu"}
 
 
+def test_targets_of_a_budget_workload_which_configures_none():
+  # A budget workload's config has no target: `none` (was a TypeError formatting None).
+  out = subprocess.run([sys.executable, "-m", "experiments.compare", "targets",
+                        os.path.join(ROOT, "records", "budgets")], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout
+  row = next(ln for ln in out.splitlines() if ln.startswith("| speedrun_budgets |"))
+  assert row.split("|")[2].strip() == "none" and float(row.split("|")[3]) > 0, out
+
+
 @pytest.mark.slow
 def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
   target = runs_lib.workload_target("logreg")
@@ -221,6 +231,10 @@ def test_targets_and_retarget_commands_as_a_user_runs_them(tmp_path):
   cells = [c.strip() for c in line.strip("|").split("|")]
   assert cells[1] == f"{target:.4g}" and cells[2] == "0.003"  # the 4th best, not step 400's
   assert cells[3] == "0.0004, 0.001, 0.002, 0.003, 0.005"
+  # Without --workloads: the records' own workloads only (it listed the five default ones).
+  out = subprocess.run(cmd + ["targets", str(tmp_path)], check=True, capture_output=True,
+                       text=True).stdout
+  assert [ln.split("|")[1].strip() for ln in out.splitlines()[2:]] == ["logreg"], out
 
   out = subprocess.run(cmd + ["retarget", str(tmp_path)], check=True, capture_output=True,
                        text=True).stdout

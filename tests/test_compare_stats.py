@@ -74,6 +74,9 @@ def test_never_reaching_optimizers_and_unbounded_intervals():
   assert scoring.ratio_text(c[("v", "only")], "adamw").startswith("0x (adamw never) [0.00, 0.00]")
   assert math.isnan(c[("v", "never")]["ratio"]) and c[("v", "never")]["p"] == 1.0
   assert (c[("v", "never")]["lo"], c[("v", "never")]["hi"]) == (1.0, 1.0)
+  # ... which is no interval to print (it was `both never [1.00, 1.00] (p = 1)`).
+  assert scoring.ratio_text(c[("v", "never")], "adamw") == \
+      "both never (no study reached the target)"
   # One study: no interval (a bootstrap over one study is its point) and no test.
   one = scoring.compare_to(_records({"adamw": [100.0], "x": [50.0]}), "adamw")[("w", "x")]
   assert math.isnan(one["p"]) and one["verdict"] == 0

@@ -252,7 +252,7 @@ def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_ta
   that of the whole tuning protocol. Returns per pair: `ratio` (median over studies / the
   baseline's; inf: only the baseline reached the target, 0: only the optimizer did, NaN: neither
   did), `lo`, `hi` (`bootstrap_ratio`), `p` (`rank_test`), `n`, `n_base` (studies), `median`,
-  `median_base`, and `verdict`: -1 when the optimizer measurably needs less than the baseline,
+  `median_base`, `reached` (the studies of both sides that reached it), and `verdict`: -1 when the optimizer measurably needs less than the baseline,
   +1 more, 0 inconclusive (`inconclusive_text`); and `alpha`. Measurable means the interval
   excludes 1 and p < alpha: either alone is not enough with the few studies a CPU sweep
   affords (the interval of 2 studies on each side often excludes 1; their smallest p is 0.33).
@@ -274,6 +274,7 @@ def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_ta
       verdict = -1 if hi < 1.0 else 1
     out[(w, o)] = {"ratio": ratio, "lo": lo, "hi": hi, "p": p, "n": len(a), "n_base": len(b),
                    "median": float(np.median(a)), "median_base": float(np.median(b)),
+                   "reached": int(np.isfinite(a).sum() + np.isfinite(b).sum()),
                    "verdict": verdict, "alpha": alpha}
   return out
 
@@ -293,8 +294,11 @@ def interval_text(c: dict) -> str:
 
 def ratio_text(c: dict, baseline: str) -> str:
   """`0.77x [0.25, 1.60] (p = 0.67)`; `never` / `0x (<baseline> never)` / `both never` for
-  the infinite, zero and undefined ratios."""
+  the infinite, zero and undefined ratios; `both never (no study reached the target)` without
+  an interval where every resample could only be a tie."""
   r = c["ratio"]
+  if math.isnan(r) and c.get("reached") == 0:
+    return "both never (no study reached the target)"
   if math.isnan(r):
     point = "both never"
   elif r == INF:
