@@ -74,6 +74,7 @@ flags.register_validator("sizes", lambda v: set(v) <= set(SIZES),
 
 
 def config_path(optimizer: str) -> str:
+  """The CPU speedrun's config file of `optimizer` (AdamW's is the plain one)."""
   suffix = "" if optimizer == "adamw" else f"_{optimizer}"
   return f"configs/speedrun_cpu{suffix}.py"
 
