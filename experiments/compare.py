@@ -810,6 +810,10 @@ def main(argv):
     configs_util.fail(f"no records in {records_dir} (no <workload>.jsonl there; "
           "`python -m experiments.compare sweep` writes them)")
   check_baseline(records + self_tuning, records_dir)
+  workloads_here = sorted({r["workload"] for r in records + self_tuning})
+  if flags.FLAGS["speedrun_workload"].present and _SPEEDRUN.value not in workloads_here:
+    configs_util.fail(f"--speedrun_workload={_SPEEDRUN.value}: no records of it in "
+                      f"{records_dir}; its workloads: {', '.join(workloads_here)}")
   if command in ("score", "sweep", "all"):
     # The external-tuning ruleset's report last: its last line is the JSON of its scores.
     for title, rs in (("Self-tuning ruleset", self_tuning), ("External-tuning ruleset", records)):

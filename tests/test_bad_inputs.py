@@ -243,6 +243,9 @@ def test_compare_flag_values_and_names_are_checked_before_any_work(tmp_path):
        f"ERROR: --baseline=adamW: no records of it in {history}; did you mean 'adamw'? the "
        "optimizers there: adamw, adamw_8bit, ademamix, cautious, dion, lion, muon, normuon, "
        "psgd_kron, schedule_free_adamw, sgd, shampoo, soap"),
+      (("score", history, "--speedrun_workload=speedrn"),
+       f"ERROR: --speedrun_workload=speedrn: no records of it in {history}; its workloads: "
+       "gpt_deep, logreg, mds, mlp_digits, speedrun"),
       (("sweep", str(tmp_path / "r"), "--optimizers=muon", "--baseline=sgd", "--quick"),
        f"ERROR: --baseline=sgd: no records of it in {tmp_path / 'r'} nor in --optimizers; the "
        "optimizers there: muon")):
