@@ -252,8 +252,9 @@ def compare_to(records: Sequence[dict], baseline: str, field: str = "steps_to_ta
   that of the whole tuning protocol. Returns per pair: `ratio` (median over studies / the
   baseline's; inf: only the baseline reached the target, 0: only the optimizer did, NaN: neither
   did), `lo`, `hi` (`bootstrap_ratio`), `p` (`rank_test`), `n`, `n_base` (studies), `median`,
-  `median_base`, `reached` (the studies of both sides that reached it), and `verdict`: -1 when the optimizer measurably needs less than the baseline,
-  +1 more, 0 inconclusive (`inconclusive_text`); and `alpha`. Measurable means the interval
+  `median_base`, `reached` (the studies of both sides that reached it), and `verdict`: -1
+  when the optimizer measurably needs less than the baseline, +1 more, 0 inconclusive
+  (`inconclusive_text`); and `alpha`. Measurable means the interval
   excludes 1 and p < alpha: either alone is not enough with the few studies a CPU sweep
   affords (the interval of 2 studies on each side often excludes 1; their smallest p is 0.33).
   """
