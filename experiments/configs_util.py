@@ -64,15 +64,16 @@ def fail(message: str, status: int = 2) -> NoReturn:
 
 def run(main: Callable[[list[str]], object]) -> None:
   """`absl.app.run(main)` for the scripts under scripts/: `--help` exits 0 and a flag absl
-  refuses (unknown, malformed, a config file that does not load) and an `app.UsageError`
-  raised by `main` are one `ERROR:` line and status 2, as for the trainer and `compare`;
-  `main`'s return value is the exit status, as absl's."""
+  refuses (unknown, malformed, a config file that does not load) and an `app.UsageError` or
+  `validate.ConfigError` raised by `main` are one `ERROR:` line and status 2, as for the
+  trainer and `compare`; `main`'s return value is the exit status, as absl's."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  from experiments.training import validate  # pylint: disable=g-import-not-at-top
 
   def checked_main(argv):
     try:
       return main(argv)
-    except app.UsageError as e:
+    except (app.UsageError, validate.ConfigError) as e:
       fail(str(e))
 
   app.run(checked_main, flags_parser=lambda argv: parse_config_flags(

@@ -35,6 +35,9 @@ def main(argv):
   workdirs = argv[1:]
   if not workdirs:
     raise app.UsageError("give one or more workdirs")
+  missing = [wd for wd in workdirs if not os.path.isfile(os.path.join(wd, "metrics.jsonl"))]
+  if missing:
+    raise app.UsageError(f"not a training run's workdir (no metrics.jsonl): {', '.join(missing)}")
   fig = draw(workdirs, smooth=_SMOOTH.value, target=_TARGET.value)
   out = _OUT.value or os.path.join(workdirs[0], "curves.png")
   fig.savefig(out, dpi=120)

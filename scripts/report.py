@@ -7,7 +7,9 @@ with --baseline_steps it is also shown as a fraction of that many steps.
 """
 
 import os
+import sys
 
+from absl import app
 from absl import flags
 import numpy as np
 
@@ -19,9 +21,19 @@ _BASELINE = flags.DEFINE_integer("baseline_steps", None, "Steps the baseline too
 
 
 def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("give one or more workdirs")
+  # A glob (runs/sweeps/*/*) may catch directories that are no runs: each is named on stderr;
+  # none that is a run is the one error line.
+  skipped = [wd for wd in argv[1:] if not os.path.isfile(os.path.join(wd, "metrics.jsonl"))]
+  if len(skipped) == len(argv) - 1:
+    raise app.UsageError(f"no training run's workdir (none holds a metrics.jsonl): "
+                         f"{', '.join(skipped)}")
+  for wd in skipped:
+    print(f"skipped {wd}: no metrics.jsonl", file=sys.stderr)
   rows = []
   for wd in argv[1:]:
-    if not os.path.exists(os.path.join(wd, "metrics.jsonl")):
+    if wd in skipped:
       continue
     rec = metrics_lib.read_metrics(wd)
     val = [(r["step"], r["val_loss"]) for r in rec if isinstance(r.get("val_loss"), float)]

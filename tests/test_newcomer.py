@@ -207,7 +207,15 @@ def test_a_script_s_own_checks_and_config_files_are_one_line_and_status_2():
       (["scripts.bench_train_step", "--config=configs/speedrun_cpu.py", "--config.train.stpes=3"],
        ["--config.train.stpes: the config has no field 'train.stpes'; did you mean "
         "'train.steps'?"]),
-      (["scripts.bench_mfu", "--sizes=small,huge"], ["--sizes: choose from small, large"])):
+      (["scripts.bench_mfu", "--sizes=small,huge"], ["--sizes: choose from small, large"]),
+      # A directory that is no run: report printed an empty table (status 0), plots and
+      # quantize_eval a traceback.
+      (["scripts.report", "/nonexistent_run"],
+       ["no training run's workdir (none holds a metrics.jsonl): /nonexistent_run"]),
+      (["scripts.plots", "/nonexistent_run"],
+       ["not a training run's workdir (no metrics.jsonl): /nonexistent_run"]),
+      (["scripts.quantize_eval", "--workdir=/nonexistent_run"],
+       ["'/nonexistent_run' is not a training run's workdir"])):
     rc, out = start([sys.executable, "-m", *args])
     line = assert_one_error(rc, out)
     assert all(p in line for p in parts), (args, line)
