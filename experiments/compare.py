@@ -41,8 +41,9 @@ The speedrun's optimizer track (modded-nanogpt) accepts a record when the mean f
 seeds is below the target by at least c / sqrt(n); `record_rule` applies it and `welch` tests a
 claimed steps-to-target speed-up (Welch's unequal-variance t-test).
 
-Exit status: 0 done (also --help), 2 a usage error (a wrong command, flag or records directory:
-one `ERROR:` line), 3 a workdir or records directory that cannot be written (no space left, ...:
+Exit status: 0 done (also --help), 2 a usage error (a wrong command, flag value or records
+directory, or a --baseline / --workloads / --speedrun_workload the records lack: one `ERROR:`
+line), 3 a workdir or records directory that cannot be written (no space left, ...:
 one line), 1 `all` or `budgets` refused to publish results tuned at an edge of a search space (one
 `ERROR:` line naming them; `--allow_edges` publishes anyway), 128+N stopped by signal N
 (SIGTERM, Ctrl-C: after the running trial's record is written; rerun the same command to
